@@ -1,0 +1,290 @@
+"""Losses of manifold distillation (Jia et al., Sec. 3) and of the DeiT baseline it builds on.
+
+Plain functions of tensors. Patch features are (n, p, c) tensors with the prefix tokens (class,
+distillation) already dropped by the caller: they carry no image patch, and the teacher and student
+need not have the same number of them. Student and teacher widths may differ (c_s != c_t): every
+manifold term compares cosine relation maps M(X) = X' X'^T, whose size depends on the number of
+patches only, never on the width.
+
+Relation maps are built in float32 (float64 for float64 inputs) with autocast off: cosine maps in
+bf16 carry ~1e-2 errors, the size of the differences being distilled.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MANIFOLD_TERMS = ("ci", "cp", "rs")
+_REDUCTIONS = ("paper", "released")
+
+
+def _no_autocast(t: Tensor):
+    try:
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    except RuntimeError:  # a device type without autocast support
+        return contextlib.nullcontext()
+
+
+def _unit(f: Tensor) -> Tensor:
+    """L2-normalise every patch embedding, in at least float32."""
+    return F.normalize(f.to(torch.promote_types(f.dtype, torch.float32)), dim=-1)
+
+
+def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
+    if f_s.dim() != 3 or f_t.dim() != 3 or f_s.shape[:2] != f_t.shape[:2]:
+        raise ValueError(
+            f"student features {tuple(f_s.shape)} and teacher features {tuple(f_t.shape)} must both be "
+            "(n, p, c) with the same batch size n and number of patches p")
+
+
+def _map_gap(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
+    """Squared gap between batched relation maps x x^T: summed ("paper") or averaged ("released")."""
+    gap = (x_s @ x_s.transpose(-1, -2) - x_t @ x_t.transpose(-1, -2)).pow(2)
+    return gap.sum() if reduction == "paper" else gap.mean()
+
+
+def _ci(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
+    """Eq. 10, cross-image: one n x n map per patch index, i.e. how the images relate at that position."""
+    gap = _map_gap(u_s.transpose(0, 1), u_t.transpose(0, 1), reduction)
+    return gap / u_s.shape[1] if reduction == "paper" else gap
+
+
+def _cp(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
+    """Eq. 11, cross-patch: one p x p map per image, i.e. how the patches of one image relate."""
+    gap = _map_gap(u_s, u_t, reduction)
+    return gap / u_s.shape[0] if reduction == "paper" else gap
+
+
+def _rs(u_s: Tensor, u_t: Tensor, k: int, reduction: str, generator: torch.Generator | None) -> Tensor:
+    """Eq. 12, random sample: a k x k map over k patches drawn from the whole batch, so that relations
+    between different patches of different images (missed by ci and cp) are sampled too."""
+    n, p = u_s.shape[:2]
+    if k == 0:
+        return u_s.new_zeros(())
+    if not 0 < k <= n * p:
+        raise ValueError(f"k={k} patches cannot be drawn from the n*p = {n}*{p} = {n * p} patches of the batch")
+    device = generator.device if generator is not None else u_s.device
+    idx = torch.randperm(n * p, generator=generator, device=device)[:k].to(u_s.device)
+    return _map_gap(u_s.flatten(0, 1)[idx], u_t.flatten(0, 1)[idx], reduction)
+
+
+def _terms(f_s, f_t, names, k, reduction, generator) -> dict[str, Tensor]:
+    _check_pair(f_s, f_t)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    with _no_autocast(f_s):
+        u_s, u_t = _unit(f_s), _unit(f_t)
+        out = {}
+        if "ci" in names:
+            out["ci"] = _ci(u_s, u_t, reduction)
+        if "cp" in names:
+            out["cp"] = _cp(u_s, u_t, reduction)
+        if "rs" in names:
+            out["rs"] = _rs(u_s, u_t, k, reduction, generator)
+    return out
+
+
+def manifold_terms(f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper",
+                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """The three sampled manifold terms (Eq. 10-12) between student and teacher patch features.
+
+    f_s: (n, p, c_s), f_t: (n, p, c_t). reduction="paper" sums the squared map gaps and divides ci by p
+    and cp by n as written in the paper; "released" averages over all map elements, as the authors'
+    code does (the two differ by constant factors per term, which changes the effective weights).
+    The k rs rows are the same for student and teacher, drawn with `generator` (None: global RNG).
+    """
+    return _terms(f_s, f_t, MANIFOLD_TERMS, k, reduction, generator)
+
+
+# --- exact patch-level manifold loss (Eq. 8) without the (np x np) map -------------------------------
+#
+# With the rows of A (m x c_s) and B (m x c_t) the unit patch embeddings,
+#     ||AA^T - BB^T||_F^2 = ||A^T A||^2 - 2 ||A^T B||^2 + ||B^T B||^2,
+# c x c Gram matrices instead of an m x m map. Transformer features share a large mean direction, so
+# these three terms are ~m^2 and cancel down to the small gap. Write A = Ab + 1 mu^T, B = Bb + 1 nu^T
+# with centered Ab, Bb (1^T Ab = 0, 1^T Bb = 0). Then
+#     AA^T - BB^T = G + w 1^T + 1 w^T + d 1 1^T,
+#     G = Ab Ab^T - Bb Bb^T,  w = Ab mu - Bb nu,  d = mu^T mu - nu^T nu,
+# and since G 1 = 0 and 1^T w = 0 every cross term vanishes:
+#     ||AA^T - BB^T||^2 = ||Ab^T Ab||^2 - 2 ||Ab^T Bb||^2 + ||Bb^T Bb||^2 + 2 m ||w||^2 + m^2 d^2.
+# Centering removes the shared direction; float64 products remove the rest of the cancellation (a
+# float32 product already errs by ~1e-7 of the Gram terms, more than the whole gap of near-identical
+# maps). Rows are streamed in chunks, so memory is O(c^2 + chunk * c) and time O(m c^2).
+
+_CHUNK = 4096
+
+
+def _rows(f: Tensor, dtype: torch.dtype, chunk: int):
+    """Unit rows of an (n, p, c) tensor as (chunk, c) blocks in `dtype`."""
+    for block in f.reshape(-1, f.shape[-1]).split(chunk):
+        yield F.normalize(block.to(dtype), dim=-1)
+
+
+def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64,
+                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """||M(A) - M(B)||^2 / m^2 through c x c Grams (no autograd), with products in `dtype` and sums in
+    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) for the backward pass.
+
+    center=False or dtype=float32 are the less accurate variants, kept to measure why they are not used.
+    """
+    m = f_s.shape[0] * f_s.shape[1]
+    f64 = torch.float64
+    mu, nu = f_s.new_zeros(f_s.shape[-1], dtype=f64), f_t.new_zeros(f_t.shape[-1], dtype=f64)
+    if center:
+        for a, b in zip(_rows(f_s, dtype, chunk), _rows(f_t, dtype, chunk)):
+            mu += a.sum(0, dtype=f64)
+            nu += b.sum(0, dtype=f64)
+        mu, nu = mu / m, nu / m
+    xx = mu.new_zeros(mu.numel(), mu.numel())
+    xy = mu.new_zeros(mu.numel(), nu.numel())
+    yy = mu.new_zeros(nu.numel(), nu.numel())
+    w2 = mu.new_zeros(())
+    mu_c, nu_c = mu.to(dtype), nu.to(dtype)
+    for a, b in zip(_rows(f_s, dtype, chunk), _rows(f_t, dtype, chunk)):
+        a, b = a - mu_c, b - nu_c
+        xx += (a.T @ a).to(f64)
+        xy += (a.T @ b).to(f64)
+        yy += (b.T @ b).to(f64)
+        w2 += (a @ mu_c - b @ nu_c).to(f64).pow(2).sum()
+    d = mu @ mu - nu @ nu
+    total = xx.pow(2).sum() - 2 * xy.pow(2).sum() + yy.pow(2).sum() + 2 * m * w2 + m * m * d * d
+    grams = (xx + m * torch.outer(mu, mu), xy + m * torch.outer(mu, nu), yy + m * torch.outer(nu, nu))
+    return total / (m * m), grams
+
+
+class _ExactManifold(torch.autograd.Function):
+    """Forward via Grams; backward streams rows again, so nothing of size m x m (or m x c) is saved."""
+
+    @staticmethod
+    def forward(ctx, f_s: Tensor, f_t: Tensor, chunk: int) -> Tensor:
+        value, grams = _manifold_gram(f_s, f_t, chunk=chunk)
+        ctx.chunk = chunk
+        ctx.save_for_backward(f_s, f_t, *grams)
+        return value.to(torch.promote_types(f_s.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B.
+        f_s, f_t, xx, xy, yy = ctx.saved_tensors
+        m = f_s.shape[0] * f_s.shape[1]
+        scale = 4 * grad_out.to(torch.float64) / (m * m)
+        need_s, need_t = ctx.needs_input_grad[:2]
+        rows_s, rows_t = f_s.reshape(m, -1), f_t.reshape(m, -1)
+        grad_s = torch.empty_like(rows_s, memory_format=torch.contiguous_format) if need_s else None
+        grad_t = torch.empty_like(rows_t, memory_format=torch.contiguous_format) if need_t else None
+        for rows in (slice(i, i + ctx.chunk) for i in range(0, m, ctx.chunk)):
+            with torch.enable_grad():
+                x_s = rows_s[rows].detach().to(torch.float64).requires_grad_(need_s)
+                x_t = rows_t[rows].detach().to(torch.float64).requires_grad_(need_t)
+                a, b = F.normalize(x_s, dim=-1), F.normalize(x_t, dim=-1)
+            if need_s:
+                g = scale * (a.detach() @ xx - b.detach() @ xy.T)
+                grad_s[rows] = torch.autograd.grad(a, x_s, g)[0]
+            if need_t:
+                g = scale * (b.detach() @ yy - a.detach() @ xy)
+                grad_t[rows] = torch.autograd.grad(b, x_t, g)[0]
+        grad_s = grad_s.view(f_s.shape) if need_s else None
+        grad_t = grad_t.view(f_t.shape) if need_t else None
+        return grad_s, grad_t, None
+
+
+def manifold_exact(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """Exact patch-level manifold loss, Eq. 8, averaged over the (np x np) map: ||M(F_S) - M(F_T)||^2 / (np)^2.
+
+    Computed without the map in O(np c^2) time and O(c^2) memory (see the derivation above), accurate
+    to ~1e-6 relative even when student and teacher maps nearly coincide. Differentiable in both inputs.
+    """
+    _check_pair(f_s, f_t)
+    with _no_autocast(f_s):
+        return _ExactManifold.apply(f_s.to(torch.promote_types(f_s.dtype, torch.float32)),
+                                    f_t.to(torch.promote_types(f_t.dtype, torch.float32)), _CHUNK)
+
+
+def manifold_naive(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """The same quantity as `manifold_exact`, built the obvious way with two (np x np) maps (reference)."""
+    _check_pair(f_s, f_t)
+    with _no_autocast(f_s):
+        a, b = _unit(f_s).flatten(0, 1), _unit(f_t).flatten(0, 1)
+        return (a @ a.T - b @ b.T).pow(2).mean()
+
+
+def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
+                  terms: Sequence[str] = MANIFOLD_TERMS, weights: dict[str, float] | None = None,
+                  k: int = 192, reduction: str = "paper", layer_reduce: str = "sum",
+                  exact_weight: float = 0.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Weighted manifold terms over pairs of (student block, teacher block) features.
+
+    Eq. 9 per pair (weights play alpha and beta; the paper uses ci 1, cp 1, rs 0.2), combined over the
+    pairs by "sum" (Eq. 13) or "mean" (the released code). exact_weight > 0 adds the exact loss of
+    Eq. 8 as "exact". Returns each weighted term and their "total"; unlisted terms are not computed.
+    """
+    unknown = set(terms) - set(MANIFOLD_TERMS)
+    if unknown:
+        raise ValueError(f"unknown manifold terms {sorted(unknown)}; known: {MANIFOLD_TERMS}")
+    if layer_reduce not in ("sum", "mean"):
+        raise ValueError(f"layer_reduce must be 'sum' or 'mean', got {layer_reduce!r}")
+    if len(feats_s) != len(feats_t) or not feats_s:
+        raise ValueError(f"need equally many student and teacher blocks (at least one), got "
+                         f"{len(feats_s)} and {len(feats_t)}")
+    weights = {**{name: 1.0 for name in terms}, **(weights or {})}
+    per_pair: dict[str, list[Tensor]] = {name: [] for name in terms}
+    if exact_weight > 0:
+        per_pair["exact"] = []
+    for f_s, f_t in zip(feats_s, feats_t):
+        values = _terms(f_s, f_t, terms, k, reduction, generator)  # rs with k == 0 is a zero, not a sample
+        for name in terms:
+            per_pair[name].append(weights[name] * values[name])
+        if exact_weight > 0:
+            per_pair["exact"].append(exact_weight * manifold_exact(f_s, f_t))
+    reduce = torch.sum if layer_reduce == "sum" else torch.mean
+    out = {name: reduce(torch.stack(values)) for name, values in per_pair.items()}
+    out["total"] = torch.stack(list(out.values())).sum()
+    return out
+
+
+# --- logit and feature losses -------------------------------------------------------------------------
+
+def kd_loss(student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau: float = 1.0) -> Tensor:
+    """DeiT's distillation term on the student's distillation head.
+
+    "soft": tau^2 KL(teacher || student) of the tempered distributions (Eq. 5; tau^2 keeps the gradient
+    scale independent of tau), averaged over the batch. "hard": cross-entropy against the teacher's
+    decision y_t = argmax (Eq. 6).
+    """
+    if kind == "soft":
+        return F.kl_div(F.log_softmax(student_kd_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
+                        reduction="batchmean", log_target=True) * (tau * tau)
+    if kind == "hard":
+        return F.cross_entropy(student_kd_logits, teacher_logits.argmax(dim=1))
+    raise ValueError(f"kd_loss kind must be 'soft' or 'hard', got {kind!r}")
+
+
+def classification_loss(logits: Tensor, target: Tensor, *, smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy against class indices (with label smoothing) or against soft targets.
+
+    Soft (float, (n, classes)) targets come from Mixup/CutMix, which already folds label smoothing into
+    them, so `smoothing` only applies to class indices.
+    """
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(f"soft targets {tuple(target.shape)} must match logits {tuple(logits.shape)}")
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+def embedding_transfer(f_s: Tensor, f_t: Tensor, proj: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Direct embedding transfer (FitNets; the paper's Table 7 baseline): MSE between the student's
+    features, mapped by `proj` when the widths differ, and the teacher's. Unlike the manifold terms it
+    needs equal widths, which is the restriction the paper's method lifts."""
+    if proj is None and f_s.shape[-1] != f_t.shape[-1]:
+        raise ValueError(f"student width {f_s.shape[-1]} != teacher width {f_t.shape[-1]}: "
+                         "embedding transfer needs a projection (proj) between them")
+    if proj is not None:
+        f_s = proj(f_s)
+    if f_s.shape != f_t.shape:
+        raise ValueError(f"projected student features {tuple(f_s.shape)} do not match teacher {tuple(f_t.shape)}")
+    return F.mse_loss(f_s.float(), f_t.float())
