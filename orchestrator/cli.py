@@ -1,0 +1,141 @@
+"""`kdgrid`: the command line. Heavy imports (torch, timm, mlflow, ray) happen inside each command,
+so `kdgrid --help` answers at once.
+
+The stages, each in its own module: spec (trainer.spec, orchestrator.grid) -> plan (orchestrator.plan)
+-> launch (orchestrator.launch) -> train (trainer.engine) -> track (trainer.tracking) -> report
+(orchestrator.report).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_WORKDIR = "kdgrid_runs"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./kdgrid.db)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                   help="where runs keep checkpoints, locks and logs (default: ./kdgrid_runs)")
+
+
+def _grid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="mini", help="paper | mini | smoke, or a path to a scale YAML (default: mini)")
+    p.add_argument("--tables", default="all", help="comma-separated table numbers, e.g. 2,5 (default: all, with Figure 4)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per row (default: 1)")
+    p.add_argument("--recipe", default="paper", help="recipe for manifold rows: paper | released (default: paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scale setting, e.g. --set data.root=/datasets/imagenet (repeatable; YAML values)")
+
+
+def _launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--workers", type=int, default=None, help="local: parallel worker processes (default: CPU cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process (default: 1)")
+    p.add_argument("--ray-address", default=None, help="ray: an existing cluster's address (default: start one here)")
+    p.add_argument("--slurm-config", default=None, help="slurm: launcher config YAML (resources, partition, ...)")
+    p.add_argument("--no-cohorts", action="store_true", help="train every run in its own process")
+    p.add_argument("--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdgrid",
+        description="Reproduce the ablation grid of 'Efficient Vision Transformers via Fine-Grained Manifold "
+                    "Distillation' (Tables 2-7, Figure 4): plan, launch, track in MLflow, report.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one spec file (or several, sharing a teacher pass when they can)")
+    p.add_argument("specs", nargs="+", help="experiment spec YAML files")
+    _common(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="train again even if MLflow has it finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("plan", help="print the planned runs of a grid, deduplicated, with their MLflow status")
+    _grid(p)
+    _common(p)
+    p.add_argument("--dump", default=None, metavar="DIR", help="also write every planned run's resolved spec YAML here")
+
+    p = sub.add_parser("launch", help="launch the missing runs of a grid and return")
+    _grid(p)
+    _common(p)
+    _launch(p)
+
+    p = sub.add_parser("reproduce", help="plan, launch what is missing, wait, and write the report")
+    _grid(p)
+    _common(p)
+    _launch(p)
+    p.add_argument("--out", default="reports", help="report folder (default: ./reports)")
+
+    p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
+    _grid(p)
+    _common(p)
+    p.add_argument("--format", choices=("md", "latex", "html"), default="md")
+    p.add_argument("--out", default=None, help="write the report (and figure) into this folder")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "plan":
+            from orchestrator.plan import cmd_plan
+            return cmd_plan(args)
+        if args.command in ("launch", "reproduce"):
+            from orchestrator.launch import cmd_launch
+            return cmd_launch(args, wait=args.command == "reproduce")
+        if args.command == "report":
+            from orchestrator.report import cmd_report
+            return cmd_report(args)
+        if args.command == "ui":
+            from orchestrator.report import cmd_ui
+            return cmd_ui(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from trainer.spec import SpecError
+
+        if isinstance(err, SpecError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 1
+
+
+def _train(args) -> int:
+    from contextlib import nullcontext
+
+    from trainer.run import train_specs
+    from trainer.spec import load_experiment
+
+    specs = [load_experiment(p) for p in args.specs]  # every spec is checked before anything trains
+    progress = nullcontext()
+    callbacks = ()
+    if not args.quiet:
+        from trainer.progress import RichProgress
+
+        progress = RichProgress()
+        callbacks = (progress,)
+    with progress:
+        results = train_specs(specs, work=args.workdir, tracking_uri=args.tracking_uri, threads=args.threads,
+                              device=args.device, callbacks=callbacks, force=args.force)
+    for h, status in results.items():
+        print(f"{h[:8]}  {status}")
+    return 0 if all(not s.startswith("failed") for s in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,574 @@
+"""The training engine: a cohort of runs trained in lockstep against one frozen teacher.
+
+Runs that share teacher, data, data order and batch size (equal `cohort_key`) train in one process:
+each batch is augmented once and goes through the teacher once (under inference mode), then every
+student takes its own step with its own loss, optimizer, scheduler, EMA, RNG streams, checkpoint and
+MLflow run. A run alone is a cohort of one, so a run's numbers do not depend on its company:
+
+- data order and augmentation are functions of (seed, epoch) only (`data.epoch_generator`);
+- each member swaps its own global RNG state in around its step (model init, drop-path) and owns the
+  generator that samples L_rs's patches;
+- members join at their own checkpointed epoch and leave after their own last epoch.
+
+Nothing here syncs the host inside a step except at logging intervals (`recipe.log_every`), where loss
+sums are read, checked for NaN/inf, and reported.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from trainer import data as data_mod
+from trainer import losses, models, tracking, workdir
+from trainer.distributed import DistEnv, all_sum, broadcast_flags
+from trainer.spec import ExperimentSpec
+from trainer.taps import Student, forward_taps
+
+
+class Callback(Protocol):
+    """Progress hooks; launchers and the CLI plug their displays in here."""
+
+    def on_start(self, run_hash: str, spec: ExperimentSpec, start_epoch: int, steps: int) -> None: ...
+    def on_progress(self, run_hash: str, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch(self, run_hash: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_end(self, run_hash: str, status: str, reason: str | None) -> None: ...
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def cohort_key(spec: ExperimentSpec) -> str:
+    """Runs with equal keys see identical batches and can share one teacher forward per batch."""
+    payload = {
+        "teacher": spec.teacher.model_dump(mode="json") if spec.teacher else None,
+        "data": spec.data.model_dump(mode="json", exclude={"num_workers"}),
+        "seed": spec.seed,
+        "batch_size": spec.recipe.batch_size,
+        "amp": spec.recipe.amp,
+    }
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def environment(env: DistEnv) -> dict[str, str]:
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "host": platform.node(), "device": env.device,
+           "threads": str(torch.get_num_threads()), "world_size": str(env.world_size)}
+    if env.device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name(torch.device(env.device))
+    for pkg in ("torch", "torchvision", "timm", "mlflow", "pydantic", "ray", "submitit", "kdgrid"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                           text=True, timeout=5).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out["git_dirty"] = str(bool(dirty))
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = "unknown"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The objective: combine the loss functions of trainer.losses as the spec says (Eq. 5, 6, 9, 13).
+# ---------------------------------------------------------------------------------------------------
+def objective(spec: ExperimentSpec, out, target, t_logits, f_mf, t_mf, f_emb, t_emb,
+              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    d = spec.distillation
+    cls_logits, kd_logits = out if isinstance(out, tuple) else (out, out)
+    smoothing = spec.data.augment.smoothing
+    ce = losses.classification_loss(cls_logits, target, smoothing=smoothing)
+    terms: dict[str, torch.Tensor] = {}
+    if d.kd == "none":
+        if isinstance(out, tuple):  # a distillation head without a teacher learns the labels too
+            ce = (ce + losses.classification_loss(kd_logits, target, smoothing=smoothing)) / 2
+        total = ce
+    else:
+        kd = losses.kd_loss(kd_logits.float(), t_logits.float(), kind=d.kd, tau=d.tau)
+        total = (1 - d.kd_weight) * ce + d.kd_weight * kd
+        terms["kd"] = kd
+    terms["ce"] = ce
+    if d.manifold is not None:
+        m = d.manifold
+        weights = {"ci": m.term_scale.ci * m.weight, "cp": m.term_scale.cp * m.alpha * m.weight,
+                   "rs": m.term_scale.rs * m.beta * m.weight}
+        mf = losses.manifold_loss(f_mf, t_mf, terms=m.terms, weights=weights, k=m.k, reduction=m.reduction,
+                                  layer_reduce="sum" if m.reduction == "paper" else "mean",
+                                  exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
+                                  generator=generator)
+        total = total + mf.pop("total")
+        terms.update({f"mf_{k}": v for k, v in mf.items()})
+    if d.embedding is not None:
+        emb = sum(losses.embedding_transfer(fs.float(), ft.float()) for fs, ft in zip(f_emb, t_emb))
+        emb = emb * d.embedding.weight
+        total = total + emb
+        terms["embed"] = emb
+    terms["loss"] = total
+    return terms
+
+
+# ---------------------------------------------------------------------------------------------------
+# One member of a cohort.
+# ---------------------------------------------------------------------------------------------------
+def _rng_seed(seed: int, salt: int) -> int:
+    return (seed * 7919 + salt) % (2**63 - 1)
+
+
+@dataclass
+class Member:
+    spec: ExperimentSpec
+    hash: str
+    dir: Path
+    student: nn.Module  # the Student wrapper (DDP-wrapped when distributed)
+    core: Student  # the unwrapped wrapper, for state dicts
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    ema: Any | None
+    rs_gen: torch.Generator
+    rng: torch.Tensor  # this run's CPU RNG state, swapped in around its steps
+    cuda_rng: torch.Tensor | None
+    steps: int
+    lr: float
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    history: list = field(default_factory=list)
+    run: tracking.RunLog | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+    t_mf: tuple[int, ...] = ()
+    t_emb: tuple[int, ...] = ()
+    failed: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.recipe.epochs
+
+    @contextmanager
+    def scope(self, device: str):
+        """Run with this member's own global RNG streams (drop-path, dropout, init)."""
+        outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(device) if device.startswith("cuda") else None
+        torch.set_rng_state(self.rng)
+        if outer_cuda is not None and self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, device)
+        try:
+            yield
+        finally:
+            self.rng = torch.get_rng_state()
+            if outer_cuda is not None:
+                self.cuda_rng = torch.cuda.get_rng_state(device)
+                torch.cuda.set_rng_state(outer_cuda, device)
+            torch.set_rng_state(outer)
+
+    def state(self, epoch_done: int) -> dict:
+        return {
+            "format": 1, "hash": self.hash, "epoch": epoch_done,
+            "model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": self.rng, "cuda_rng": self.cuda_rng, "rs_gen": self.rs_gen.get_state(),
+            "best_top1": self.best_top1, "history": self.history,
+            "run_id": self.run.run_id if self.run else None,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        self.core.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.rng = ckpt["rng"]
+        self.cuda_rng = ckpt.get("cuda_rng")
+        self.rs_gen.set_state(ckpt["rs_gen"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.best_top1 = float(ckpt["best_top1"])
+        self.history = list(ckpt["history"])
+
+
+def effective_lr(spec: ExperimentSpec, world_size: int) -> float:
+    """DeiT's linear scaling: lr * batch_size * world_size / 512."""
+    r = spec.recipe
+    if r.lr_scale_batch is None:
+        return r.lr
+    return r.lr * r.batch_size * world_size / r.lr_scale_batch
+
+
+def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Member:
+    from timm.optim import param_groups_weight_decay
+    from timm.scheduler import CosineLRScheduler
+
+    run_hash = spec.content_hash()
+    rng_owner = torch.Generator().manual_seed(_rng_seed(spec.seed, 1))
+    outer = torch.get_rng_state()
+    torch.set_rng_state(rng_owner.get_state())  # model init draws from this run's own stream
+    try:
+        model = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
+        d = spec.distillation
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(d.kd != "none")
+        mf_blocks = tuple(b - 1 for b in d.manifold.student_blocks) if d.manifold else ()
+        emb_blocks = tuple(b - 1 for b in d.embedding.student_blocks) if d.embedding else ()
+        projections = None
+        if d.embedding is not None:
+            info_s = models.model_info(spec.student.name, **spec.model_kwargs())
+            info_t = models.model_info(spec.teacher.name, **spec.teacher_kwargs())
+            if info_s.width != info_t.width:  # FitNets' regressor: a learned linear map per block pair
+                projections = nn.ModuleList(nn.Linear(info_s.width, info_t.width) for _ in emb_blocks)
+        core = Student(model, mf_blocks, emb_blocks, projections)
+        rng = torch.get_rng_state()
+    finally:
+        torch.set_rng_state(outer)
+    device = torch.device(env.device)
+    core.to(device)
+    student: nn.Module = core
+    if env.world_size > 1:
+        student = nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
+    if spec.recipe.compile:
+        student = torch.compile(student)
+    r = spec.recipe
+    lr = effective_lr(spec, env.world_size)
+    no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()}
+    groups = param_groups_weight_decay(core, r.weight_decay, no_weight_decay_list=no_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
+                                  warmup_t=int(r.warmup_epochs * steps), warmup_lr_init=r.warmup_lr,
+                                  t_in_epochs=False)
+    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and r.amp and amp_dtype(spec) == torch.float16) \
+        else None
+    ema = None
+    if r.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=r.ema_decay)
+    rs_gen = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 2))
+    m = Member(spec=spec, hash=run_hash, dir=workdir.run_dir(wd, run_hash), student=student, core=core,
+               optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, rs_gen=rs_gen, rng=rng,
+               cuda_rng=None, steps=steps, lr=lr)
+    if device.type == "cuda":
+        m.cuda_rng = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 3)).get_state()
+    if d.manifold:
+        m.t_mf = tuple(b - 1 for b in d.manifold.teacher_blocks)
+    if d.embedding:
+        m.t_emb = tuple(b - 1 for b in d.embedding.teacher_blocks)
+    return m
+
+
+def amp_dtype(spec: ExperimentSpec) -> torch.dtype:
+    return torch.bfloat16  # bf16 needs no loss scaling; losses run in float32 regardless
+
+
+# ---------------------------------------------------------------------------------------------------
+# Teacher
+# ---------------------------------------------------------------------------------------------------
+def load_teacher(spec: ExperimentSpec, wd: Path, tracking_uri: str | None, device: str) -> nn.Module:
+    t = spec.teacher
+    assert t is not None
+    if t.source == "hub":
+        import timm
+
+        model = timm.create_model(t.name, pretrained=True, **spec.teacher_kwargs())
+    else:
+        if t.source == "checkpoint":
+            path = Path(t.path).expanduser()
+        else:
+            path = workdir.run_dir(wd, t.run) / "final.pt"
+            if not path.exists():
+                c = tracking.client(tracking_uri)
+                run = tracking.runs_by_hash(c, spec.scale, [t.run]).get(t.run)
+                if run is None or run.info.status != "FINISHED":
+                    raise FileNotFoundError(
+                        f"teacher run {t.run} ({t.name}) has not finished: train it first "
+                        f"(`kdgrid reproduce` trains teachers before the students that need them)")
+                path = tracking.fetch_artifact(c, run.info.run_id, "checkpoints/final.pt", path.parent)
+        ckpt = workdir.load(path)
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+        model = models.create(t.name, **spec.teacher_kwargs())
+        model.load_state_dict(state)
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, val, device: str, autocast) -> dict[str, float]:
+    """top-1 / top-5 / loss over the validation set (summed across ranks)."""
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n
+    for x, y in val.epoch(0, 0):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            out = model(x)
+        out = out.float()
+        top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+        stats[0] += (top5[:, 0] == y).sum()
+        stats[1] += (top5 == y[:, None]).any(dim=1).sum()
+        stats[2] += torch.nn.functional.cross_entropy(out, y, reduction="sum")
+        stats[3] += y.numel()
+    all_sum(stats)
+    c1, c5, loss, n = stats.tolist()
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cohort loop
+# ---------------------------------------------------------------------------------------------------
+def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str | Path = "kdgrid_runs",
+          tracking_uri: str | None = None, callbacks: tuple[Callback, ...] = (), force: bool = False
+          ) -> dict[str, str]:
+    """Train `specs` (one cohort) to completion. Returns {hash: finished|skipped|locked|failed: reason}."""
+    env = env or DistEnv(device="cuda" if torch.cuda.is_available() else "cpu")
+    keys = {cohort_key(s) for s in specs}
+    if len(keys) != 1:
+        raise ValueError("a cohort's runs must share teacher, data, seed and batch size (cohort_key)")
+    wd = Path(work).expanduser().resolve()
+    first = specs[0]
+    device = env.device
+    use_amp = first.recipe.amp and device.startswith("cuda")
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype(first))) if use_amp else nullcontext
+    client = tracking.client(tracking_uri) if env.main else None
+
+    # Which runs to train: not finished in MLflow, not locked by another process (rank 0 decides).
+    results: dict[str, str] = {}
+    todo, locks = [], {}
+    for s in dict((s.content_hash(), s) for s in specs).values():
+        h = s.content_hash()
+        ok = True
+        if env.main:
+            run = tracking.runs_by_hash(client, s.scale, [h]).get(h)
+            if run is not None and run.info.status == "FINISHED" and not force:
+                results[h], ok = "skipped: finished in MLflow", False
+            else:
+                lock = workdir.RunLock(workdir.run_dir(wd, h))
+                try:
+                    lock.acquire()
+                    locks[h] = lock
+                except workdir.LockHeld as err:
+                    results[h], ok = f"locked: {err}", False
+        todo.append((s, ok))
+    flags = broadcast_flags([ok for _, ok in todo], device)
+    todo = [s for (s, _), ok in zip(todo, flags) if ok]
+    if not todo:
+        return results
+
+    train_data, val_data = data_mod.build(first.data, first.recipe.batch_size, env.rank, env.world_size)
+    steps = len(train_data)
+    if steps == 0:
+        raise ValueError(f"the training set has fewer than batch_size={first.recipe.batch_size} images per rank")
+    mixup = data_mod.mixup_fn(first.data)
+
+    members: list[Member] = []
+    for s in todo:
+        m = build_member(s, env, wd, steps)
+        ckpt_path = m.dir / "checkpoint.pt"
+        if ckpt_path.exists() and not force:
+            ckpt = workdir.load(ckpt_path)
+            m.restore(ckpt)
+            run_id = ckpt.get("run_id")
+        else:
+            run_id = None
+        if env.main:
+            m.dir.mkdir(parents=True, exist_ok=True)
+            (m.dir / "spec.yaml").write_text(s.to_yaml())
+            m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
+            _log_start(m, env)
+        members.append(m)
+        for cb in callbacks:
+            cb.on_start(m.hash, s, m.start_epoch, steps)
+
+    teacher = load_teacher(first, wd, tracking_uri, device) if first.teacher is not None else None
+    t_blocks = tuple(sorted({b for m in members for b in m.t_mf + m.t_emb}))
+    if teacher is not None and any(m.start_epoch == 0 for m in members):
+        t_eval = evaluate(teacher, val_data, device, autocast)
+        for m in members:
+            if env.main and m.start_epoch == 0:
+                m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
+
+    last_epoch = max(m.epochs for m in members)
+    try:
+        for epoch in range(min(m.start_epoch for m in members), last_epoch):
+            active = [m for m in members if m.start_epoch <= epoch < m.epochs and not m.failed]
+            if not active:
+                continue
+            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks)
+            for m in active:
+                if m.failed:
+                    continue
+                metrics = _end_epoch(m, epoch, val_data, env, autocast)
+                for cb in callbacks:
+                    cb.on_epoch(m.hash, epoch, metrics)
+        for m in members:
+            if m.failed:
+                results[m.hash] = f"failed: {m.failed}"
+                continue
+            if env.main:
+                _finish(m)
+            results[m.hash] = "finished"
+            for cb in callbacks:
+                cb.on_end(m.hash, "finished", None)
+    except BaseException as err:  # KeyboardInterrupt, SIGTERM from a scheduler, ...
+        for m in members:
+            if m.hash not in results and env.main and m.run is not None:
+                reason = f"{type(err).__name__}: {err}"
+                m.run.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED", reason)
+        raise
+    finally:
+        for lock in locks.values():
+            lock.release()
+    for m in members:
+        if m.failed:
+            for cb in callbacks:
+                cb.on_end(m.hash, "failed", m.failed)
+    return results
+
+
+def _log_start(m: Member, env: DistEnv) -> None:
+    s = m.spec
+    params = s.model_dump(mode="json", exclude={"tags", "name"})
+    params["effective"] = {"lr": m.lr, "world_size": env.world_size,
+                           "global_batch_size": s.recipe.batch_size * env.world_size,
+                           "steps_per_epoch": m.steps, "content_hash": m.hash}
+    m.run.log_params(params)
+    m.run.set_tags({f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)})
+    m.run.log_artifact(m.dir / "spec.yaml")
+
+
+def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks, mixup, env: DistEnv,
+                 autocast, callbacks) -> None:
+    import numpy as np
+
+    device = env.device
+    seed = active[0].spec.seed
+    if mixup is not None:  # timm's Mixup draws from numpy's global RNG: make it a function of (seed, epoch)
+        np.random.seed(_rng_seed(seed, 1000 + epoch) % 2**32)
+    for m in active:
+        m.student.train()
+        m.sums, m.count = {}, 0
+    log_every = active[0].spec.recipe.log_every
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(train_data.epoch(seed, epoch)):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y
+        if mixup is not None:
+            x, target = mixup(x, y)
+        t_logits, t_feats = None, {}
+        if teacher is not None:
+            with torch.inference_mode(), autocast():
+                t_out, feats = forward_taps(teacher, x, t_blocks)
+            # inference tensors cannot be saved for backward: hand the students ordinary tensors
+            t_logits = t_out.clone()
+            t_feats = {b: f.clone() for b, f in zip(t_blocks, feats)}
+        for m in active:
+            if m.failed:
+                continue
+            try:
+                _step(m, x, target, t_logits, t_feats, epoch * m.steps + step, autocast, device)
+            except Exception as err:  # one student's failure does not stop its cohort
+                _fail(m, f"{type(err).__name__}: {err}", traceback.format_exc())
+        if (step + 1) % log_every == 0 or step + 1 == len(train_data):
+            for m in active:
+                if not m.failed:
+                    _check_and_report(m, epoch, step, callbacks, time.perf_counter() - t0)
+
+
+def _step(m: Member, x, target, t_logits, t_feats, global_step: int, autocast, device: str) -> None:
+    r = m.spec.recipe
+    with m.scope(device):
+        with autocast():
+            out, f_mf, f_emb = m.student(x)
+        terms = objective(m.spec, out, target, t_logits, f_mf, [t_feats[b] for b in m.t_mf], f_emb,
+                          [t_feats[b] for b in m.t_emb], m.rs_gen)
+        loss = terms["loss"]
+        m.optimizer.zero_grad(set_to_none=True)
+        if m.scaler is not None:
+            m.scaler.scale(loss).backward()
+            m.scaler.unscale_(m.optimizer)
+        else:
+            loss.backward()
+        if r.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(m.core.parameters(), r.clip_grad)
+        if m.scaler is not None:
+            m.scaler.step(m.optimizer)
+            m.scaler.update()
+        else:
+            m.optimizer.step()
+        m.scheduler.step_update(num_updates=global_step + 1)
+        if m.ema is not None:
+            m.ema.update(m.core.model, step=global_step)
+    for k, v in terms.items():
+        v = v.detach().float()
+        m.sums[k] = m.sums[k] + v if k in m.sums else v.clone()
+    m.count += 1
+
+
+def _check_and_report(m: Member, epoch: int, step: int, callbacks, elapsed: float) -> None:
+    values = {k: v.item() / m.count for k, v in m.sums.items()}  # the host sync of a logging interval
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        _fail(m, f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
+                 + ", ".join(f"{k}={values[k]}" for k in bad), None)
+        return
+    values["lr"] = m.optimizer.param_groups[0]["lr"]
+    values["step_time_s"] = elapsed / (step + 1)
+    for cb in callbacks:
+        cb.on_progress(m.hash, epoch, step + 1, values)
+
+
+def _fail(m: Member, reason: str, tb: str | None) -> None:
+    m.failed = reason
+    if m.run is not None:
+        if tb:
+            (m.dir / "error.txt").write_text(tb)
+        m.run.finish("FAILED", reason)
+
+
+def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast) -> dict[str, float]:
+    t_eval = time.perf_counter()
+    metrics = {f"train.{k}": (v.item() / max(m.count, 1)) for k, v in m.sums.items()}
+    val = evaluate(m.core.model, val_data, env.device, autocast)
+    metrics.update({f"val.{k}": v for k, v in val.items()})
+    if m.ema is not None:
+        metrics.update({f"val_ema.{k}": v for k, v in evaluate(m.ema.module, val_data, env.device, autocast).items()})
+    metrics["lr"] = m.optimizer.param_groups[0]["lr"]
+    metrics["eval_time_s"] = time.perf_counter() - t_eval
+    m.best_top1 = max(m.best_top1, metrics["val.top1"])
+    metrics["val.best_top1"] = m.best_top1
+    m.history.append({"epoch": epoch + 1, **metrics})
+    if env.main:
+        m.run.log_metrics(metrics, step=epoch + 1)
+        workdir.save_atomic(m.state(epoch + 1), m.dir / "checkpoint.pt")
+    m.start_epoch = epoch + 1
+    return metrics
+
+
+def _finish(m: Member) -> None:
+    final = {"model": m.core.model.state_dict()}
+    if m.ema is not None:
+        final["ema"] = m.ema.module.state_dict()
+    workdir.save_atomic(final, m.dir / "final.pt")
+    last = m.history[-1]["val.top1"] if m.history else float("nan")
+    m.run.log_metrics({"best_top1": m.best_top1, "last_top1": last}, step=m.epochs)
+    m.run.log_artifact(m.dir / "final.pt", "checkpoints")
+    m.run.log_artifact(m.dir / "checkpoint.pt", "checkpoints")
+    (m.dir / "history.json").write_text(json.dumps(m.history, indent=1))
+    m.run.finish("FINISHED")

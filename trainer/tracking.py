@@ -1,0 +1,176 @@
+"""The MLflow layout, in one place: where runs live, how they are named and tagged, how one is found.
+
+One experiment per scale (`kdgrid-mini`, ...); one MLflow run per content hash, found again by its
+`kdgrid.hash` tag, so a killed run resumes into the same MLflow run and a finished one is never redone.
+The trainer writes through `RunLog`; the orchestrator and the report read through `runs_by_hash`.
+Each process owns explicit run ids (MlflowClient, not the fluent API): a cohort logs several runs at once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+HASH, SCALE, RECIPE, ROLE = "kdgrid.hash", "kdgrid.scale", "kdgrid.recipe", "kdgrid.role"
+TABLES, ROWS, FAILURE, LOG = "kdgrid.tables", "kdgrid.rows", "kdgrid.failure", "kdgrid.log"
+DEFAULT_DB = "kdgrid.db"
+
+
+def default_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def experiment_name(scale: str) -> str:
+    return f"kdgrid-{scale}"
+
+
+def _retry(fn: Callable, *args, **kwargs):
+    """SQLite allows one writer at a time: several training processes retry briefly instead of failing."""
+    delay = 0.05
+    for attempt in range(12):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException or sqlalchemy OperationalError
+            if "locked" not in str(err).lower() or attempt == 11:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or default_uri())
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (./mlartifacts), not in the process's working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(c, scale: str) -> str:
+    name = experiment_name(scale)
+    exp = _retry(c.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return _retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
+                      tags={"kdgrid.scale": scale})
+    except Exception:  # created meanwhile by another process
+        exp = _retry(c.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def runs_by_hash(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str, Any]:
+    """The MLflow run of each content hash (the newest where there are several)."""
+    exp = _retry(c.get_experiment_by_name, experiment_name(scale))
+    if exp is None:
+        return {}
+    wanted = set(hashes) if hashes is not None else None
+    out: dict[str, Any] = {}
+    token = None
+    while True:
+        page = _retry(c.search_runs, [exp.experiment_id], max_results=1000, page_token=token,
+                      order_by=["attributes.start_time ASC"])
+        for run in page:
+            h = run.data.tags.get(HASH)
+            if h and (wanted is None or h in wanted):
+                out[h] = run
+        token = page.token
+        if not token:
+            return out
+
+
+def run_state(run) -> str:
+    """finished / partial (started, not finished: killed, failed or still running) / missing."""
+    if run is None:
+        return "missing"
+    return "finished" if run.info.status == "FINISHED" else "partial"
+
+
+def fetch_artifact(c, run_id: str, path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(_retry(c.download_artifacts, run_id, path, str(dst)))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = str(list(v) if isinstance(v, tuple) else v)[:6000]
+    return out
+
+
+class RunLog:
+    """The MLflow run of one content hash, created on first start and reopened on resume."""
+
+    def __init__(self, c, run_id: str):
+        self.c, self.run_id = c, run_id
+
+    @classmethod
+    def open(cls, c, spec, run_hash: str, run_id: str | None = None, new: bool = False) -> "RunLog":
+        """Reopen this hash's run (by id, else by tag), or create it; `new` always creates one."""
+        from mlflow.entities import RunStatus
+
+        exp = experiment_id(c, spec.scale)
+        if new:
+            run_id = None
+        elif run_id is None:
+            existing = runs_by_hash(c, spec.scale, [run_hash]).get(run_hash)
+            run_id = existing.info.run_id if existing is not None else None
+        run = None
+        if run_id is not None:
+            try:
+                run = _retry(c.get_run, run_id)
+            except Exception:  # the store was reset since the checkpoint was written
+                run = None
+        if run is not None:
+            _retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if FAILURE in run.data.tags:
+                _retry(c.delete_tag, run_id, FAILURE)
+            return cls(c, run_id)
+        tags = {HASH: run_hash, SCALE: spec.scale, **spec.tags}
+        if spec.recipe_name:
+            tags[RECIPE] = spec.recipe_name
+        run = _retry(c.create_run, exp, tags=tags, run_name=spec.name or run_hash)
+        return cls(c, run.info.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = _retry(self.c.get_run, self.run_id).data.params
+        items = [Param(k, v) for k, v in _flatten(params).items() if k not in existing]
+        for i in range(0, len(items), 100):
+            _retry(self.c.log_batch, self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            _retry(self.c.log_batch, self.run_id, tags=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if items:
+            _retry(self.c.log_batch, self.run_id, metrics=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        _retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            self.set_tags({FAILURE: reason})
+        _retry(self.c.set_terminated, self.run_id, status)
