@@ -1,0 +1,194 @@
+"""Exact patch-level manifold loss (Eq. 8 through Gram matrices) vs the full (np x np) map and vs the three
+sampled terms of Eq. 9, measured side by side at the paper's shapes.
+
+    python -m benchmarks.bench_loss            # n=128, p=196, c_S in (192, 384), c_T=384: minutes on 1 core
+    python -m benchmarks.bench_loss --quick    # small shapes, seconds (smoke test)
+
+Timings are forward + backward (gradient w.r.t. the student only), median over --repeats runs.
+Peak memory is the extra memory one forward + backward needs above what was in use before it:
+  * CUDA: torch.cuda.max_memory_allocated() above the bytes allocated at the start (tensor bytes).
+  * CPU: growth of the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)
+    above the resident set at the start, after malloc_trim(0) hands freed heap pages back. This counts all
+    memory the process touches (tensors, autograd buffers, allocator slack), so it is an upper bound on
+    tensor bytes; each function is warmed up on tiny inputs first so that loading kernel code is not
+    counted.
+Accuracy is measured on near-identical student/teacher features (teacher = student + 1e-4 noise, same
+width), without and with a direction shared by all patches (as in trained ViTs), against a float64
+reference that builds the full map in row blocks (the definition, not the Gram identity).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import re
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from trainer.losses import _manifold_gram, manifold_exact, manifold_naive, manifold_terms
+
+
+class PeakMemory:
+    """Context manager: `.peak` = extra bytes at the high-water mark inside the block (see module doc)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, None
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident set
+            self.base = self._status("VmRSS")
+        except OSError:  # not Linux / not allowed: report n/a
+            self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        elif self.base is not None:
+            self.peak = self._status("VmHWM") - self.base
+        return False
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference_f64(f_s, f_t, rows=1024):
+    """Eq. 8 / m^2 by its definition in float64, the map built `rows` rows at a time."""
+    a = F.normalize(f_s.double().flatten(0, 1), dim=-1)
+    b = F.normalize(f_t.double().flatten(0, 1), dim=-1)
+    total = sum((a[i:i + rows] @ a.T - b[i:i + rows] @ b.T).pow(2).sum() for i in range(0, len(a), rows))
+    return (total / len(a) ** 2).item()
+
+
+def run(fn, f_s, f_t, repeats, device):
+    """Forward + backward `repeats` times: (median seconds, peak extra bytes of the first run, loss, grad)."""
+    times = []
+    for r in range(repeats):
+        f_s.grad = None
+        sync(device)
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            loss = fn(f_s, f_t)
+            loss.backward()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        if r == 0:
+            peak = mem.peak
+        del loss
+    return statistics.median(times), peak, f_s.grad.detach().clone()
+
+
+def near_identical(n, p, c, shared_mean, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    f_s = torch.randn(n, p, c, generator=g)
+    if shared_mean:
+        f_s += 3.0 * torch.randn(c, generator=g)
+    f_t = f_s + 1e-4 * torch.randn(n, p, c, generator=g)
+    return f_s.to(device), f_t.to(device)
+
+
+def fmt_bytes(b):
+    return "n/a" if b is None else f"{b / 2**20:.1f} MiB"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes (seconds), for smoke tests")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of exact and terms (naive: at most 2)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    n, p, c_t, widths, k = (8, 16, 24, (12, 24), 32) if args.quick else (128, 196, 384, (192, 384), 192)
+    m = n * p
+
+    def terms(s, t):
+        return sum(manifold_terms(s, t, min(k, s.shape[0] * s.shape[1]), generator=gen).values())
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    fns = {"manifold_exact": manifold_exact, "manifold_naive": manifold_naive, "manifold_terms": terms}
+    tiny = torch.randn(2, 3, 4, device=device, requires_grad=True), torch.randn(2, 3, 5, device=device)
+    for fn in fns.values():  # load kernels before anything is measured
+        fn(*tiny).backward()
+
+    where = f"{device.type}" + (f" ({torch.get_num_threads()} thread)" if device.type == "cpu" else
+                                f" ({torch.cuda.get_device_name(device)})")
+    print(f"manifold_exact vs manifold_naive vs manifold_terms | {where} | torch {torch.__version__}")
+    print(f"n={n} p={p} (m={m}) c_T={c_t} k={k}, float32, forward+backward w.r.t. f_s, median of "
+          f"{args.repeats} (naive {min(2, args.repeats)})")
+    rows = []
+
+    def row(c_s, metric, value, goal="", ok=None):
+        rows.append((c_s, metric, value, goal, "" if ok is None else ("PASS" if ok else "MISS")))
+
+    for c_s in widths:
+        g = torch.Generator().manual_seed(c_s)
+        f_s = torch.randn(n, p, c_s, generator=g).to(device).requires_grad_()
+        f_t = torch.randn(n, p, c_t, generator=g).to(device)
+        res = {}
+        for name, fn in fns.items():
+            reps = min(2, args.repeats) if name == "manifold_naive" else args.repeats
+            res[name] = run(fn, f_s, f_t, reps, device)
+        (t_e, m_e, g_e), (t_n, m_n, g_n), (t_t, _, _) = res["manifold_exact"], res["manifold_naive"], res[
+            "manifold_terms"]
+        row(c_s, "time exact | naive | terms", f"{t_e:.3f} s | {t_n:.3f} s | {t_t:.3f} s")
+        row(c_s, "speed-up naive / exact", f"{t_n / t_e:.0f}x", ">= 30x", t_n / t_e >= 30)
+        row(c_s, "peak extra memory exact | naive", f"{fmt_bytes(m_e)} | {fmt_bytes(m_n)}")
+        if m_e and m_n:
+            row(c_s, "memory ratio naive / exact", f"{m_n / m_e:.0f}x", ">= 30x", m_n / m_e >= 30)
+        row(c_s, "time exact / terms", f"{t_e / t_t:.2f}x", "<= 1.3x", t_e / t_t <= 1.3)
+        diff = (g_e - g_n).abs().max().item()
+        rel_g = diff / g_n.abs().max().item()
+        row(c_s, "grad exact vs naive: max|diff|, /max|g|", f"{diff:.1e}, {rel_g:.1e}", "<= 1e-4 rel",
+            rel_g <= 1e-4)
+        del f_s, f_t, g_e, g_n, res
+
+        # Accuracy on near-identical features of equal width c_s, without / with a shared direction.
+        variants = {
+            "exact (centered, f64 products)": lambda s, t: manifold_exact(s, t).item(),
+            "naive map fp32": lambda s, t: manifold_naive(s, t).item(),
+            "Gram identity fp32 uncentered": lambda s, t: _manifold_gram(s, t, center=False,
+                                                                          dtype=torch.float32)[0].item(),
+            "(ablation) Gram fp32 centered": lambda s, t: _manifold_gram(s, t, dtype=torch.float32)[0].item(),
+            "(ablation) Gram f64 uncentered": lambda s, t: _manifold_gram(s, t, center=False)[0].item(),
+        }
+        errs = {name: [] for name in variants}
+        for shared in (False, True):
+            s, t = near_identical(n, p, c_s, shared, device, seed=c_s + 1)
+            ref = reference_f64(s, t)
+            for name, fn in variants.items():
+                errs[name].append(abs(fn(s, t) - ref) / ref)
+            del s, t
+        for name, (e0, e1) in errs.items():
+            row(c_s, f"rel err: {name}", f"{e0:.1e} | {e1:.1e}", "<= 1e-5", max(e0, e1) <= 1e-5)
+
+    w = max(len(r[1]) for r in rows)
+    print("rel err columns: near-identical features without | with a direction shared by all patches")
+    print(f"{'c_S':>4}  {'metric':<{w}}  {'value':<32} {'goal':<12} result")
+    for c_s, metric, value, goal, ok in rows:
+        print(f"{c_s:>4}  {metric:<{w}}  {value:<32} {goal:<12} {ok}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

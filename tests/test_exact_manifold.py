@@ -1,0 +1,145 @@
+"""manifold_exact (Eq. 8 through Gram matrices) against the full (np x np) relation map in float64."""
+import pytest
+import torch
+
+import trainer.losses as losses
+from trainer.losses import _manifold_gram, manifold_exact, manifold_naive
+
+N, P, CS, CT = 4, 9, 8, 12
+
+
+def randn(*shape, seed, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def reference(f_s, f_t):
+    """Eq. 8 / m^2 on the full map, float64, from the very same (upcast) input values."""
+    return manifold_naive(f_s.double(), f_t.double()).item()
+
+
+def rel(x, ref):
+    return abs(float(x.detach() if torch.is_tensor(x) else x) - ref) / abs(ref)
+
+
+def near_identical(c, seed, shared_mean):
+    """Teacher = student + 1e-4 noise. shared_mean adds one direction common to all patches, as in trained
+    transformers (pairwise cosines ~0.9): the maps' shared part then dwarfs their difference."""
+    f_s = randn(N, P, c, seed=seed, dtype=torch.float64)
+    if shared_mean:
+        f_s = f_s + 3.0 * randn(c, seed=seed + 1, dtype=torch.float64)
+    f_t = f_s + 1e-4 * randn(N, P, c, seed=seed + 2, dtype=torch.float64)
+    return f_s.float(), f_t.float()
+
+
+def test_matches_full_map_unequal_widths():
+    f_s, f_t = randn(N, P, CS, seed=0), randn(N, P, CT, seed=1)
+    got = manifold_exact(f_s, f_t)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    assert rel(got, reference(f_s, f_t)) <= 1e-5
+
+
+@pytest.mark.parametrize("shared_mean", [False, True])
+def test_near_identical_features_stay_accurate(shared_mean):
+    f_s, f_t = near_identical(CS, seed=3, shared_mean=shared_mean)
+    ref = reference(f_s, f_t)
+    err = rel(manifold_exact(f_s, f_t), ref)
+    # The plain float32 Gram identity, ||A^T A||^2 - 2||A^T B||^2 + ||B^T B||^2, no centering: its three
+    # terms are ~1e8 (shared mean) or ~1e3 times the result and cancel. Measured here (torch 2.14, x86):
+    # relative error 4e0 (no shared mean) / 8e3 (shared mean) vs 2e-8 / 1e-9 for manifold_exact.
+    plain = rel(_manifold_gram(f_s, f_t, center=False, dtype=torch.float32)[0], ref)
+    naive32 = rel(manifold_naive(f_s, f_t), ref)  # the full map in float32: 2e-5 / 4e-4
+    print(f"\nshared_mean={shared_mean}: exact {err:.1e}, plain fp32 Gram {plain:.1e}, naive fp32 map {naive32:.1e}")
+    assert err <= 1e-5
+    assert plain >= 10 * err
+
+
+def test_centering_is_needed_even_in_float64():
+    """Patches nearly parallel (shared direction 30x the rest, cosines ~0.9997): float64 products alone
+    are not enough, the uncentered Gram terms cancel ~1e15-fold. Measured: 4e-2 uncentered vs 2e-8."""
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.randn(N, P, CS, generator=g, dtype=torch.float64) + 30 * torch.randn(CS, generator=g,
+                                                                                     dtype=torch.float64)
+    f_t = (f_s + 1e-4 * torch.randn(N, P, CS, generator=g, dtype=torch.float64)).float()
+    f_s = f_s.float()
+    ref = reference(f_s, f_t)
+    err = rel(manifold_exact(f_s, f_t), ref)
+    uncentered = rel(_manifold_gram(f_s, f_t, center=False, dtype=torch.float64)[0], ref)
+    assert err <= 1e-5
+    assert uncentered >= 10 * err
+
+
+def test_chunked_streaming_and_noncontiguous_input(monkeypatch):
+    """m = 36 rows in chunks of 7 (last one short), features sliced out of a token tensor."""
+    monkeypatch.setattr(losses, "_CHUNK", 7)
+    tokens = randn(N, P + 2, CS, seed=4)
+    f_s = tokens[:, 2:].requires_grad_()  # not contiguous
+    f_t = randn(N, P, CT, seed=5)
+    ref_s = f_s.detach().double().requires_grad_()
+    manifold_naive(ref_s, f_t.double()).backward()
+    got = manifold_exact(f_s, f_t)
+    got.backward()
+    assert rel(got, reference(f_s.detach(), f_t)) <= 1e-5
+    assert not f_s.is_contiguous()
+    torch.testing.assert_close(f_s.grad.double(), ref_s.grad, rtol=1e-4, atol=1e-5 * ref_s.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("case", ["random", "near_identical"])
+def test_gradients_match_autograd_of_full_map(case):
+    if case == "random":
+        f_s, f_t = randn(N, P, CS, seed=6), randn(N, P, CT, seed=7)
+    else:
+        f_s, f_t = near_identical(CS, seed=8, shared_mean=True)
+    f_s, f_t = f_s.requires_grad_(), f_t.requires_grad_()
+    ref_s, ref_t = f_s.detach().double().requires_grad_(), f_t.detach().double().requires_grad_()
+    manifold_naive(ref_s, ref_t).backward()
+    (3.0 * manifold_exact(f_s, f_t)).backward()  # a non-unit upstream gradient too
+    for got, ref in ((f_s.grad, ref_s.grad), (f_t.grad, ref_t.grad)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), 3.0 * ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_gradcheck_float64():
+    f_s = randn(2, 3, 4, seed=9, dtype=torch.float64).requires_grad_()
+    f_t = randn(2, 3, 5, seed=10, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(manifold_exact, (f_s, f_t))
+
+
+def test_teacher_without_grad_gets_none():
+    f_s, f_t = randn(N, P, CS, seed=11).requires_grad_(), randn(N, P, CT, seed=12)
+    manifold_exact(f_s, f_t).backward()
+    assert f_s.grad is not None and f_s.grad.abs().sum() > 0 and f_t.grad is None
+
+
+def test_autocast_and_half_inputs_give_float32():
+    f_s, f_t = randn(N, P, CS, seed=13).requires_grad_(), randn(N, P, CT, seed=14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = manifold_exact(f_s, f_t)
+    assert got.dtype == torch.float32
+    assert rel(got, reference(f_s.detach(), f_t)) <= 1e-5
+    got.backward()
+    assert f_s.grad.dtype == torch.float32
+    b_s, b_t = f_s.detach().bfloat16(), f_t.bfloat16()
+    got = manifold_exact(b_s, b_t)
+    assert got.dtype == torch.float32 and rel(got, reference(b_s, b_t)) <= 1e-5
+
+
+def test_zero_patch_stays_finite():
+    f_s, f_t = randn(N, P, CS, seed=15), randn(N, P, CT, seed=16)
+    f_s[0, 0] = 0.0
+    f_s.requires_grad_()
+    got = manifold_exact(f_s, f_t)
+    got.backward()
+    assert rel(got, reference(f_s.detach(), f_t)) <= 1e-5
+    assert torch.isfinite(f_s.grad).all()
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match=r"\(4, 9, 8\).*\(4, 8, 12\)"):
+        manifold_exact(randn(N, P, CS, seed=0), randn(N, P - 1, CT, seed=1))
+
+
+def test_benchmark_quick_smoke(capsys):
+    from benchmarks.bench_loss import main
+    main(["--quick", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "manifold_exact" in out and "PASS" in out
