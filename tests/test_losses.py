@@ -203,6 +203,9 @@ def test_manifold_loss_exact_term(layer_reduce):
     torch.testing.assert_close(out["exact"], 0.5 * sum(by_loop) / scale)
     torch.testing.assert_close(out["total"], out["cp"] + out["exact"])
     assert "exact" not in manifold_loss(fs, ft, terms=("cp",))
+    only_exact = manifold_loss(fs, ft, terms=(), exact_weight=2.0)
+    assert set(only_exact) == {"exact", "total"}
+    torch.testing.assert_close(only_exact["total"], 2.0 * sum(by_loop))
 
 
 def test_manifold_loss_errors():

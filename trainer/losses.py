@@ -235,14 +235,15 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
     if exact_weight > 0:
         per_pair["exact"] = []
     for f_s, f_t in zip(feats_s, feats_t):
-        values = _terms(f_s, f_t, terms, k, reduction, generator)  # rs with k == 0 is a zero, not a sample
-        for name in terms:
-            per_pair[name].append(weights[name] * values[name])
+        if terms:
+            values = _terms(f_s, f_t, terms, k, reduction, generator)  # rs with k == 0: zero, no draw
+            for name in terms:
+                per_pair[name].append(weights[name] * values[name])
         if exact_weight > 0:
             per_pair["exact"].append(exact_weight * manifold_exact(f_s, f_t))
     reduce = torch.sum if layer_reduce == "sum" else torch.mean
     out = {name: reduce(torch.stack(values)) for name, values in per_pair.items()}
-    out["total"] = torch.stack(list(out.values())).sum()
+    out["total"] = torch.stack(list(out.values())).sum() if out else feats_s[0].new_zeros((), dtype=torch.float32)
     return out
 
 
