@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 HASH, SCALE, RECIPE, ROLE = "kdgrid.hash", "kdgrid.scale", "kdgrid.recipe", "kdgrid.role"
 TABLES, ROWS, FAILURE, LOG = "kdgrid.tables", "kdgrid.rows", "kdgrid.failure", "kdgrid.log"
+SEED = "kdgrid.seed"  # the planned run's seed (a string, as every tag)
 DEFAULT_DB = "kdgrid.db"
 
 
