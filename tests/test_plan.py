@@ -192,6 +192,20 @@ def test_status_without_a_store(tmp_path):
     assert not db.exists()
 
 
+def test_status_from_mlflow(tmp_path):
+    p = plan("smoke", "6")
+    uri = f"sqlite:///{tmp_path / 'kdgrid.db'}"
+    c = tracking.client(uri)
+    done, started = p.students[0], p.students[1]
+    tracking.RunLog.open(c, done.spec, done.hash).finish()
+    run = tracking.RunLog.open(c, started.spec, started.hash)
+    states, note = run_states(p, uri)
+    assert note is None and states[done.hash] == "finished" and states[started.hash] == "partial"
+    assert sum(s == "missing" for s in states.values()) == len(p.runs) - 2
+    tags = c.get_run(run.run_id).data.tags  # the planned metadata lands in MLflow as is
+    assert tags[tracking.ROWS] == started.spec.tags[tracking.ROWS] and tags[tracking.SEED] == "0"
+
+
 # ---- malformed input: rejected before any launch, with file, field path and reason -------------------
 def _table(*rows, table="9", base=None) -> dict:
     return {"table": table, "title": "test", "columns": [{"header": "Teacher", "field": "teacher"}],
