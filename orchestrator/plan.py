@@ -459,9 +459,12 @@ def print_plan(plan: Plan, states: dict[str, str], note: str | None = None, cons
     console.print(table)
     counts = {k: sum(1 for r in plan.runs if states.get(r.hash, "missing") == k) for k in STATE_STYLE}
     merged = plan.rows_before_dedup - len(plan.runs)
-    console.print(f"{plan.rows_before_dedup} runs before deduplication ({pairs} row×seed pairs + "
-                  f"{len(plan.teachers)} teacher runs) → {len(plan.runs)} unique runs after deduplication "
-                  f"({len(plan.students)} students, {len(plan.teachers)} teachers; {merged} merged)",
+    def n(k: int, what: str) -> str:
+        return f"{k} {what}{'' if k == 1 else 's'}"
+
+    console.print(f"{plan.rows_before_dedup} runs before deduplication ({n(pairs, 'row×seed pair')} + "
+                  f"{n(len(plan.teachers), 'teacher run')}) → {len(plan.runs)} unique runs after deduplication "
+                  f"({n(len(plan.students), 'student')}, {n(len(plan.teachers), 'teacher')}; {merged} merged)",
                   highlight=False)
     console.print("status: " + ", ".join(f"{counts[k]} {k}" for k in STATE_STYLE), highlight=False)
     if note:
