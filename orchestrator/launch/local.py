@@ -1,0 +1,197 @@
+"""The local launcher: a pool of spawned worker processes on this machine, with a live view.
+
+Each worker is a fresh interpreter (multiprocessing "spawn": no forked torch or MLflow state) with one
+torch thread by default (`--threads`); there are as many as the machine's cores over threads (or its GPUs,
+one each) unless `--workers` says otherwise. A worker takes items one at a time, so the cost of importing
+torch is paid once per worker, not per item. An item starts once the items it depends on have ended;
+its runs whose teacher did not finish are reported blocked and not started. Workers report through a
+multiprocessing queue (the engine callback `view.QueueCallback`), feeding the live table.
+
+A worker that dies (killed, out of memory) fails only its item: its runs are marked failed in MLflow
+with the reason, a fresh worker replaces it, and the other items go on.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import time
+from pathlib import Path
+
+from orchestrator.launch.items import LaunchContext, WorkItem, log_path, mark_abandoned, run_item, runnable
+from orchestrator.launch.view import QueueCallback, RunView
+
+
+def default_workers(threads: int) -> tuple[int, int]:
+    """(workers, gpus): one worker per GPU where there are GPUs, else cores // threads."""
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:
+        pass
+    if gpus:
+        return gpus, gpus
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, threads)), 0
+
+
+def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dict[str, str]) -> None:
+    """A worker process: set its environment before torch loads, then train items until told to stop."""
+    os.environ.update(env)
+    out = log_path(work, f"worker-{wid}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # stray output stays off the view
+    os.dup2(fd, 1), os.dup2(fd, 2)
+    os.close(fd)
+    import trainer.run  # noqa: F401  (torch, timm, MLflow: loaded while the first item is still queued)
+
+    callback = QueueCallback(events)
+    while True:
+        payload = tasks.get()
+        if payload is None:
+            return
+        events.put(("item_start", wid, payload["id"]))
+        try:
+            results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,))
+        except KeyboardInterrupt:
+            events.put(("item_end", wid, payload["id"], {h: "failed: interrupted" for h in payload["hashes"]}))
+            return
+        events.put(("item_end", wid, payload["id"], results))
+
+
+def _signal_name(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
+
+
+class _Pool:
+    def __init__(self, ctx: LaunchContext, n: int, gpus: int, events):
+        self.ctx, self.gpus, self.events = ctx, gpus, events
+        self.mp = mp.get_context("spawn")
+        self.procs: dict[int, mp.Process] = {}
+        self.tasks: dict[int, object] = {}
+        for wid in range(n):
+            self.start(wid)
+
+    def start(self, wid: int) -> None:
+        env = {"OMP_NUM_THREADS": str(self.ctx.threads), "MKL_NUM_THREADS": str(self.ctx.threads),
+               "PYTHONUNBUFFERED": "1"}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(wid % self.gpus)
+        self.tasks[wid] = self.mp.Queue()
+        p = self.mp.Process(target=_worker, name=f"kdgrid-worker-{wid}", daemon=True,
+                            args=(wid, self.tasks[wid], self.events, str(self.ctx.work), self.ctx.tracking_uri,
+                                  self.ctx.threads, env))
+        p.start()
+        self.procs[wid] = p
+
+    def stop(self, grace: float = 30.0) -> None:
+        for wid, p in self.procs.items():
+            if p.is_alive():
+                self.tasks[wid].put(None)
+        deadline = time.monotonic() + grace
+        for p in self.procs.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in self.procs.values():
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+    def interrupt(self) -> None:
+        for p in self.procs.values():
+            if p.is_alive() and p.pid:
+                try:
+                    os.kill(p.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+
+def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
+    """Train every item on a local pool; fill and return `outcomes` ({hash: outcome})."""
+    if not ctx.wait:
+        raise RuntimeError("the local launcher trains in this process's children: use `launch_detached`")
+    workers = ctx.workers
+    _, gpus = default_workers(ctx.threads)
+    names = ctx.names
+    item_of = {h: it.id for it in items for h in it.hashes}
+    view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
+                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {workers} local worker(s)")
+    events = mp.get_context("spawn").Queue()
+    pending = list(items)
+    running: dict[int, WorkItem] = {}
+    ended: set[str] = set()
+    pool = _Pool(ctx, min(workers, len(items)), gpus, events)
+    idle = set(pool.procs)
+    try:
+        with view:
+            while pending or running:
+                for it in list(pending):
+                    if not idle:
+                        break
+                    if any(d not in ended for d in it.deps):
+                        continue
+                    pending.remove(it)
+                    part = runnable(it, outcomes, names)
+                    for h in it.hashes:
+                        if h in outcomes:
+                            view.set_state(h, outcomes[h])
+                    if part is None:
+                        ended.add(it.id)
+                        continue
+                    wid = min(idle)
+                    idle.discard(wid)
+                    running[wid] = part
+                    pool.tasks[wid].put(part.payload())
+                try:
+                    ev = events.get(timeout=0.5)
+                except queue_mod.Empty:
+                    ev = None
+                while ev is not None:
+                    if ev[0] == "item_start":
+                        for h in running[ev[1]].hashes:
+                            view.set_state(h, "running: starting", quiet=True)
+                    elif ev[0] == "item_end":
+                        wid, item_id, results = ev[1], ev[2], ev[3]
+                        it = running.pop(wid)
+                        for h, o in results.items():
+                            outcomes[h] = o
+                            view.set_state(h, o)
+                        ended.add(item_id)
+                        idle.add(wid)
+                    else:
+                        view.handle(ev)
+                    try:
+                        ev = events.get_nowait()
+                    except queue_mod.Empty:
+                        ev = None
+                for wid, it in list(running.items()):
+                    p = pool.procs[wid]
+                    if p.is_alive():
+                        continue
+                    reason = f"worker process {p.pid} {_signal_name(p.exitcode)} (log {log_path(ctx.work, it.id)})"
+                    mark_abandoned(ctx, it.hashes, reason)
+                    for h in it.hashes:
+                        outcomes.setdefault(h, f"failed: {reason}")
+                        view.set_state(h, outcomes[h])
+                    running.pop(wid)
+                    ended.add(it.id)
+                    pool.start(wid)
+                    idle.add(wid)
+    except KeyboardInterrupt:
+        pool.interrupt()
+        pool.stop(grace=30.0)
+        raise
+    finally:
+        pool.stop()
+    return outcomes
+
+
+def default_parallelism(ctx: LaunchContext) -> int:
+    return ctx.hints.get("workers") or default_workers(ctx.threads)[0]

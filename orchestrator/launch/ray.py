@@ -1,0 +1,172 @@
+"""The Ray launcher: one Ray Tune trial per work item, dependency stage by dependency stage.
+
+Ray is started here for the call (`ray.init(include_dashboard=False, num_cpus=...)`, bound to
+127.0.0.1) or joined with `--ray-address` (an existing cluster: the workdir and the MLflow store must
+be reachable from every node, e.g. a shared filesystem and an MLflow server; kdgrid's own code is
+shipped to the workers with the job, the dependencies must be installed there, as in docker/).
+
+A trial is a cohort: `tune.with_resources` gives it `--threads` CPUs (and a GPU where the cluster has
+GPUs), its function runs `items.run_item`, which trains the very MLflow runs the other launchers would
+create, and it reports to Tune as it goes: an event when a run starts, every epoch's metrics, and the
+item's outcomes at the end (a Tune callback feeds them to the live view). Stages (teachers, then their
+students) run one Tuner each, in order; a student whose teacher failed is blocked and never started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, log_path, mark_abandoned, run_item,
+                                       runnable, stages)
+from orchestrator.launch.view import RunView
+
+
+def _init(ctx: LaunchContext) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet = dict(logging_level="warning", log_to_driver=False)
+    if ctx.ray_address:
+        # kdgrid's packages travel with the job, so the cluster trains the very code that planned the grid
+        ray.init(address=ctx.ray_address, runtime_env={
+            "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
+            "env_vars": {"MLFLOW_TRACKING_URI": ctx.tracking_uri}}, **quiet)
+        return
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ray.init(include_dashboard=False, num_cpus=cores, **quiet)
+
+
+def _gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def default_parallelism(ctx: LaunchContext) -> int:
+    """Trials the cluster can hold at once: its GPUs, else its CPUs over --threads."""
+    import ray
+
+    _init(ctx)
+    return _gpus() or max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, ctx.threads))
+
+
+class _Report:
+    """Engine callback inside a trial: run starts, epochs and ends become Tune results."""
+
+    def __init__(self):
+        from ray import tune
+
+        self.report = tune.report
+
+    def on_start(self, run_hash, spec, start_epoch, steps) -> None:
+        self.report({"kdgrid_event": json.dumps(["start", run_hash, start_epoch, steps, spec.recipe.epochs])})
+
+    def on_progress(self, run_hash, epoch, step, metrics) -> None:
+        pass  # per-step progress stays in the item's log; Tune gets epochs
+
+    def on_epoch(self, run_hash, epoch, metrics) -> None:
+        flat = {k.replace(".", "_"): float(v) for k, v in metrics.items()}
+        self.report({"kdgrid_event": json.dumps(["epoch", run_hash, epoch, metrics]), "run": run_hash,
+                     "epoch": epoch + 1, **flat})
+
+    def on_end(self, run_hash, status, reason) -> None:
+        self.report({"kdgrid_event": json.dumps(["end", run_hash, status, reason])})
+
+
+def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int) -> None:
+    from ray import tune
+
+    payload = payloads[config["item"]]
+    results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(_Report(),))
+    tune.report({"kdgrid_results": json.dumps(results), "done": True})
+
+
+_VIEWS: dict[int, tuple[RunView, dict[str, list[str]]]] = {}
+
+
+class _ViewCallback(Callback):
+    """Feeds the trials' reports to the live view. Tune pickles its callbacks: this one holds only a key."""
+
+    def __init__(self, view: RunView, hashes_of: dict[str, list[str]]):
+        self.key = id(view)
+        _VIEWS[self.key] = (view, hashes_of)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        ev = result.get("kdgrid_event")
+        if ev and self.key in _VIEWS:
+            _VIEWS[self.key][0].handle(tuple(json.loads(ev)))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.key in _VIEWS:
+            view, hashes = _VIEWS[self.key]
+            for h in hashes.get(trial.config.get("item"), ()):
+                view.set_state(h, "running: trial started", quiet=True)
+
+
+def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
+    import ray
+    from ray import tune
+
+    if not ctx.wait:
+        raise RuntimeError("the Ray launcher drives its trials from this process: use `launch_detached`")
+    _init(ctx)
+    names = ctx.names
+    hints = ctx.hints.get("ray") or {}  # a scale's `launch.ray: {cpus: .., gpus: ..}` per trial
+    cpu, gpu = hints.get("cpus", ctx.threads), hints.get("gpus", 1 if _gpus() else 0)
+    item_of = {h: it.id for it in items for h in it.hashes}
+    view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
+                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Ray Tune trials")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        with view:
+            for k, stage in enumerate(stages(items)):
+                parts = []
+                for it in stage:
+                    part = runnable(it, outcomes, names)
+                    for h in it.hashes:
+                        if h in outcomes:
+                            view.set_state(h, outcomes[h])
+                    if part is not None:
+                        parts.append(part)
+                if not parts:
+                    continue
+                payloads = {p.id: p.payload() for p in parts}
+                trainable = tune.with_parameters(_trainable, payloads=payloads, work=str(ctx.work),
+                                                 uri=ctx.tracking_uri, threads=ctx.threads)
+                trainable = tune.with_resources(trainable, {"cpu": cpu, "gpu": gpu})
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={"item": tune.grid_search([p.id for p in parts])},
+                    tune_config=tune.TuneConfig(max_concurrent_trials=ctx.workers, reuse_actors=False),
+                    run_config=tune.RunConfig(
+                        name=f"kdgrid-{ctx.plan.scale}-{stamp}-stage{k}", storage_path=str(ctx.work / "ray"),
+                        verbose=0, callbacks=[_ViewCallback(view, {p.id: p.hashes for p in parts})],
+                        failure_config=tune.FailureConfig(max_failures=0)))
+                for result in tuner.fit():
+                    item_id = result.config["item"]
+                    part = next(p for p in parts if p.id == item_id)
+                    got = json.loads((result.metrics or {}).get("kdgrid_results", "{}"))
+                    if result.error is not None or not got:
+                        reason = (f"Ray trial of {item_id} ended without results: "
+                                  f"{type(result.error).__name__ if result.error else 'no report'}: "
+                                  f"{str(result.error).strip().splitlines()[-1] if result.error else ''} "
+                                  f"(log {log_path(ctx.work, item_id)}, trial dir {result.path})")
+                        mark_abandoned(ctx, part.hashes, reason)
+                        got = {h: f"failed: {reason}" for h in part.hashes}
+                    for h, o in got.items():
+                        outcomes[h] = o
+                        view.set_state(h, o)
+    finally:
+        _VIEWS.pop(id(view), None)
+        if not ctx.ray_address:
+            ray.shutdown()
+    return outcomes

@@ -1,0 +1,162 @@
+"""The launchers' live view: one row per run with its state, epoch, accuracy and ETA.
+
+Fed by events, plain tuples that cross process boundaries as they are:
+  ("start", hash, start_epoch, steps, epochs)     ("progress", hash, epoch, step, metrics)
+  ("epoch", hash, epoch, metrics)                 ("end", hash, status, reason)
+plus `set_state` from the launcher (queued, running, submitted, blocked, skipped, ...).
+On a terminal it is a rich Live table; elsewhere (CI logs, a detached launch) it prints one line per
+state change and per epoch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.launch.items import kind
+
+STYLE = {"queued": "dim", "submitted": "dim", "running": "cyan", "finished": "green", "skipped": "green",
+         "failed": "bold red", "blocked": "red", "running elsewhere": "yellow",
+         "deferred": "yellow"}
+
+
+@dataclass
+class Row:
+    name: str
+    item: str
+    state: str = "queued"
+    detail: str = ""
+    epoch: int = 0  # epochs done
+    epochs: int = 0
+    steps: int = 0
+    step: int = 0
+    step_time: float | None = None
+    eval_time: float = 0.0
+    top1: float | None = None
+    best: float | None = None
+    loss: float | None = None
+    seen: dict = field(default_factory=dict)
+
+    def eta(self) -> float | None:
+        if self.state != "running" or self.step_time is None or not self.steps:
+            return None
+        left_steps = max(0, (self.epochs - self.epoch) * self.steps - self.step)
+        return left_steps * self.step_time + (self.epochs - self.epoch) * self.eval_time
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class RunView:
+    def __init__(self, runs, item_of: dict[str, str], console: Console | None = None, title: str = "kdgrid"):
+        self.console = console or Console()
+        self.rows = {r.hash: Row(name=r.spec.name or r.spec.student.name, item=item_of.get(r.hash, ""),
+                                 epochs=r.spec.recipe.epochs) for r in runs}
+        self.title = title
+        self.live: Live | None = None
+        self.t0 = time.monotonic()
+
+    # ---- display --------------------------------------------------------------------------------
+    def __enter__(self) -> "RunView":
+        if self.console.is_terminal:
+            self.live = Live(self, console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def _line(self, h: str, text: str) -> None:
+        if self.live is None:
+            r = self.rows[h]
+            self.console.print(f"[{_fmt_time(time.monotonic() - self.t0)}] {h[:8]} {r.name} ({r.item}): {text}",
+                               markup=False, highlight=False, soft_wrap=True)
+
+    def __rich__(self) -> Table:
+        counts: dict[str, int] = {}
+        for r in self.rows.values():
+            counts[r.state] = counts.get(r.state, 0) + 1
+        t = Table(title=f"{self.title} - " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+                  title_justify="left", expand=False)
+        for col in ("run", "name", "item", "state", "epoch", "top1", "best", "loss", "ETA"):
+            t.add_column(col, justify="right" if col in ("epoch", "top1", "best", "loss", "ETA") else "left",
+                         no_wrap=col != "state", overflow="fold")
+        for h, r in self.rows.items():
+            ep = f"{r.epoch}/{r.epochs}" if not (r.state == "running" and r.steps) else \
+                f"{r.epoch}/{r.epochs} {100 * r.step // r.steps}%"
+            state = r.state + (f": {r.detail}" if r.detail and r.state in ("failed", "blocked") else "")
+            t.add_row(h[:8], r.name, r.item, f"[{STYLE.get(r.state, '')}]{state}[/]", ep,
+                      "" if r.top1 is None else f"{r.top1:.2f}", "" if r.best is None else f"{r.best:.2f}",
+                      "" if r.loss is None else f"{r.loss:.3f}", _fmt_time(r.eta()))
+        return t
+
+    # ---- updates --------------------------------------------------------------------------------
+    def set_state(self, h: str, outcome: str, quiet: bool = False) -> None:
+        r = self.rows.get(h)
+        if r is None:
+            return
+        k = kind(outcome)
+        detail = outcome.split(":", 1)[1].strip() if ":" in outcome else ""
+        if (r.state, r.detail) == (k, detail):
+            return
+        r.state, r.detail = k, detail
+        if k in ("finished", "skipped"):
+            r.step, r.epoch = 0, r.epochs
+        if not quiet:
+            self._line(h, outcome)
+
+    def handle(self, event: tuple) -> None:
+        what, h = event[0], event[1]
+        r = self.rows.get(h)
+        if r is None:
+            return
+        if what == "start":
+            _, _, start_epoch, steps, epochs = event
+            r.epoch, r.steps, r.epochs, r.step = start_epoch, steps, epochs, 0
+            self.set_state(h, "running", quiet=True)
+            self._line(h, f"running from epoch {start_epoch}/{epochs}" + (" (resumed)" if start_epoch else ""))
+        elif what == "progress":
+            _, _, epoch, step, metrics = event
+            r.epoch, r.step = epoch, step
+            r.loss = metrics.get("loss", r.loss)
+            r.step_time = metrics.get("step_time_s", r.step_time)
+        elif what == "epoch":
+            _, _, epoch, metrics = event
+            r.epoch, r.step = epoch + 1, 0
+            r.top1 = metrics.get("val.top1", r.top1)
+            r.best = metrics.get("val.best_top1", r.best)
+            r.loss = metrics.get("train.loss", r.loss)
+            r.eval_time = metrics.get("eval_time_s", r.eval_time)
+            self._line(h, f"epoch {r.epoch}/{r.epochs} top1 {r.top1:.2f} loss {r.loss:.3f}"
+                       if r.top1 is not None and r.loss is not None else f"epoch {r.epoch}/{r.epochs}")
+        elif what == "end":
+            _, _, status, reason = event
+            self.set_state(h, status if not reason else f"{status}: {reason}")
+
+
+class QueueCallback:
+    """An engine callback (trainer.engine.Callback) that forwards its events as view tuples to a queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def on_start(self, run_hash, spec, start_epoch, steps) -> None:
+        self.queue.put(("start", run_hash, start_epoch, steps, spec.recipe.epochs))
+
+    def on_progress(self, run_hash, epoch, step, metrics) -> None:
+        self.queue.put(("progress", run_hash, epoch, step, dict(metrics)))
+
+    def on_epoch(self, run_hash, epoch, metrics) -> None:
+        self.queue.put(("epoch", run_hash, epoch, dict(metrics)))
+
+    def on_end(self, run_hash, status, reason) -> None:
+        self.queue.put(("end", run_hash, status, reason))
