@@ -30,6 +30,7 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, kind, log_path, mark_abandoned,
-                                       run_item, runnable)
+from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, log_path, mark_abandoned, run_item,
+                                       runnable)
 from orchestrator.launch.view import RunView
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -185,17 +186,29 @@ def _folder(cfg: SlurmConfig, ctx: LaunchContext) -> Path:
 
 
 class Ledger:
-    """{run hash: Slurm job id} of every submission from this folder."""
+    """Every submission from this folder: {run hash: job id} and {job id: item id}."""
 
     def __init__(self, folder: Path):
         self.path = folder / "kdgrid-jobs.json"
-        self.jobs: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.runs: dict[str, str] = data.get("runs", {})
+        self.items: dict[str, str] = data.get("items", {})
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.jobs, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps({"runs": self.runs, "items": self.items}, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
+
+
+@dataclass
+class Tracked:
+    """A job this launch waits for: submitted now, or adopted from an earlier launch of the same grid."""
+
+    job: Any  # submitit Job
+    item: str
+    hashes: list[str]  # the runs of this launch it trains
+    adopted: bool = False
 
 
 def _state(folder: Path, job_id: str) -> str:
@@ -231,37 +244,44 @@ def _executor(cfg: SlurmConfig, res: Resources, ctx: LaunchContext, folder: Path
 
 
 def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], cfg: SlurmConfig,
-           view: RunView | None = None) -> dict[str, Any]:
-    """Submit every item (deps first); returns {item id: submitit Job}. Runs a live job of an earlier
-    launch holds are not submitted again: they get 'running elsewhere' and their job serves as dep."""
+           view: RunView | None = None) -> list[Tracked]:
+    """Submit every item, deps first. Runs that a live job of an earlier launch from the same folder
+    holds are not submitted again: they are 'running elsewhere', that job is adopted (waited for) and
+    serves as their students' dependency."""
     folder = _folder(cfg, ctx)
     folder.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(folder)
     job_of_run: dict[str, str] = {}  # run hash -> job id, for the students' dependencies
+    adopted: dict[str, list[str]] = {}
     for it in items:
         for h in it.hashes:
-            old = ledger.jobs.get(h)
+            old = ledger.runs.get(h)
             if old and _state(folder, old) in ALIVE:
                 job_of_run[h] = old
+                adopted.setdefault(old, []).append(h)
                 outcomes[h] = f"running elsewhere: Slurm job {old} of an earlier launch"
-    jobs: dict[str, Any] = {}
-    items = [it for it in items if any(h not in outcomes for h in it.hashes)]
-    # Groups that can share an array: same level, role (resources) and dependency jobs.
-    groups: dict[tuple, list[tuple[WorkItem, list[str]]]] = {}
-    for it in items:
-        groups.setdefault((it.level, it.role), []).append((it, []))
-    for (level, role), members in sorted(groups.items()):
-        res = cfg.resources(role)
-        batches: dict[tuple[str, ...], list[WorkItem]] = {}
-        for it, _ in members:
-            sub = WorkItem(id=it.id, runs=[r for r in it.runs if r.hash not in outcomes], deps=it.deps,
-                           key=it.key, level=it.level)
-            after = sorted({job_of_run[d] for r in sub.runs for d in r.deps if d in job_of_run})
-            batches.setdefault(tuple(after), []).append(sub)
-        for after, subs in batches.items():
+                if view is not None:
+                    view.set_state(h, outcomes[h], quiet=True)
+    tracked = [Tracked(submitit.SlurmJob(folder=folder, job_id=j), ledger.items.get(j, j), hs, adopted=True)
+               for j, hs in adopted.items()]
+    if adopted:
+        ctx.console.print(f"{sum(map(len, adopted.values()))} run(s) already in Slurm job(s) of an earlier launch: "
+                          f"{', '.join(adopted)}; not submitted again", highlight=False)
+    for level in sorted({it.level for it in items}):
+        # Items of one level that can share an array: same role (resources) and same dependency jobs (the
+        # jobs of earlier levels, submitted just before, or adopted).
+        batches: dict[tuple[str, tuple[str, ...]], list[WorkItem]] = {}
+        for it in items:
+            runs = [r for r in it.runs if r.hash not in outcomes]
+            if it.level != level or not runs:
+                continue
+            after = tuple(sorted({job_of_run[d] for r in runs for d in r.deps if d in job_of_run}))
+            batches.setdefault((it.role, after), []).append(
+                WorkItem(id=it.id, runs=runs, deps=it.deps, key=it.key, level=it.level))
+        for (role, after), subs in sorted(batches.items()):
             use_array = cfg.array and len(subs) > 1
-            name = f"kdgrid-{ctx.plan.scale}-{role}"
-            ex, threads = _executor(cfg, res, ctx, folder, name, list(after), len(subs) if use_array else 0)
+            ex, threads = _executor(cfg, cfg.resources(role), ctx, folder, f"kdgrid-{ctx.plan.scale}-{role}",
+                                    list(after), len(subs) if use_array else 0)
             calls = [ItemJob(s.payload(), str(ctx.work), ctx.tracking_uri, threads, cfg.lock_wait_s) for s in subs]
             if use_array:
                 with ex.batch():
@@ -269,10 +289,10 @@ def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], 
             else:
                 submitted = [ex.submit(c) for c in calls]
             for s, job in zip(subs, submitted):
-                jobs[s.id] = job
+                tracked.append(Tracked(job, s.id, s.hashes))
+                ledger.items[job.job_id] = s.id
                 for h in s.hashes:
-                    job_of_run[h] = job.job_id
-                    ledger.jobs[h] = job.job_id
+                    job_of_run[h] = ledger.runs[h] = job.job_id
                     outcomes[h] = f"submitted: Slurm job {job.job_id}" + (
                         f" (after {', '.join(after)})" if after else "")
                     if view is not None:
@@ -281,18 +301,18 @@ def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], 
             ctx.console.print(f"submitted {len(subs)} {role} item(s) as Slurm job(s) "
                               f"{', '.join(j.job_id for j in submitted)}"
                               + (f" after {', '.join(after)}" if after else ""), highlight=False)
-    return jobs
+    return tracked
 
 
 # ---------------------------------------------------------------------------------------------------
 # Waiting
 # ---------------------------------------------------------------------------------------------------
-def _job_failure(job, item: WorkItem, ctx: LaunchContext, err: BaseException) -> str:
-    state = _state(Path(job.paths.folder), job.job_id)
+def _job_failure(t: Tracked, ctx: LaunchContext, err: BaseException) -> str:
+    state = _state(Path(t.job.paths.folder), t.job.job_id)
     last = str(err).strip().splitlines()
     text = last[-1] if last else type(err).__name__
-    return (f"Slurm job {job.job_id} {state}: {text[:300]} (log {log_path(ctx.work, item.id)}, "
-            f"Slurm log {job.paths.stderr})")
+    return (f"Slurm job {t.job.job_id} {state}: {text[:300]} (log {log_path(ctx.work, t.item)}, "
+            f"Slurm log {t.job.paths.stderr})")
 
 
 def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dict[str, int]) -> None:
@@ -317,48 +337,47 @@ def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dic
 
 def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
     cfg = load_config(ctx.slurm_config, ctx.threads, ctx.hints)
-    names = ctx.names
     # Students of runs that failed earlier are not submitted; everything else goes in, deps first.
-    todo = [p for it in items if (p := runnable(it, outcomes, names)) is not None]
+    todo = [p for it in items if (p := runnable(it, outcomes, ctx.names)) is not None]
     item_of = {h: it.id for it in items for h in it.hashes}
     view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
                    title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs")
     for h, o in outcomes.items():
         if h in item_of:
             view.set_state(h, o, quiet=True)
-    jobs = submit(todo, ctx, outcomes, cfg, view)
+    tracked = submit(todo, ctx, outcomes, cfg, view)
     if not ctx.wait:
-        ctx.console.print(f"submitted {len(jobs)} job(s); follow them with squeue, or wait for the report with "
-                          "the same command as `kdgrid reproduce` (it launches nothing twice)", highlight=False)
+        ctx.console.print(f"{len(tracked)} Slurm job(s) hold the missing runs; follow them with squeue, or wait "
+                          "for them and the report with `kdgrid reproduce` and the same options (it submits "
+                          "nothing twice)", highlight=False)
         return outcomes
-    by_id = {it.id: it for it in todo}
     seen: dict[str, int] = {}
     running: set[str] = set()
     with view:
-        while jobs:
+        while tracked:
             time.sleep(cfg.poll_s)
-            for item_id, job in list(jobs.items()):
-                it = by_id[item_id]
-                state = job.state
+            for t in list(tracked):
+                job = t.job
                 if not job.done():
-                    if state == "RUNNING" and item_id not in running:
-                        running.add(item_id)
-                        for h in it.hashes:
+                    if job.state == "RUNNING" and job.job_id not in running:
+                        running.add(job.job_id)
+                        for h in t.hashes:
                             view.set_state(h, f"running: Slurm job {job.job_id}")
                     continue
-                del jobs[item_id]
+                tracked.remove(t)
+                running.discard(job.job_id)
                 try:
                     got = job.results()[0]
                 except Exception as err:
-                    reason = _job_failure(job, it, ctx, err)
-                    mark_abandoned(ctx, it.hashes, reason)
-                    got = {h: f"failed: {reason}" for h in it.hashes}
-                for h in it.hashes:
+                    reason = _job_failure(t, ctx, err)
+                    mark_abandoned(ctx, t.hashes, reason)
+                    got = {h: f"failed: {reason}" for h in t.hashes}
+                for h in t.hashes:
                     o = got.get(h, f"failed: Slurm job {job.job_id} returned no result for this run")
                     outcomes[h] = o
                     view.set_state(h, o)
-            _poll_mlflow(view, ctx, [h for i in running if i in jobs for h in by_id[i].hashes], seen)
+            _poll_mlflow(view, ctx, [h for t in tracked if t.job.job_id in running for h in t.hashes], seen)
     return outcomes
 
 
-__all__ = ["SlurmConfig", "Resources", "load_config", "ItemJob", "submit", "launch", "kind"]
+__all__ = ["SlurmConfig", "Resources", "load_config", "ItemJob", "submit", "launch"]

@@ -1,0 +1,104 @@
+"""The Slurm launcher on a real (single-node) Slurm: `../shared/ci/slurm_up.sh` starts one, as root.
+
+- the smoke grid: `kdgrid launch --launcher slurm` submits everything (students held by dependencies on
+  their teachers' jobs) and returns; a second `launch` submits nothing; `reproduce` waits for those jobs
+  and every run is finished in MLflow with its metrics;
+- a job with 2 tasks trains with DDP on CPU (gloo), world size 2, and its metrics reach MLflow.
+
+The submitit folder, the workdir and the SQLite store are under tmp_path: the same machine as the job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.test_launch_local import LESS_DATA, kdgrid, mlflow_runs, store
+from trainer import tracking
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no Slurm here: `sinfo` not found (start one with ../shared/ci/slurm_up.sh, as root)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"sinfo failed: {err}"
+    if not any(s.rstrip("*~#") in ("idle", "mixed") for s in states):
+        return f"no idle Slurm node (sinfo says: {' '.join(states) or 'nothing'})"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
+              pytest.mark.skipif(_slurm_problem() is not None, reason=_slurm_problem() or "")]
+
+
+def config(tmp_path, **extra) -> str:
+    data = {"partition": "debug", "cpus_per_task": 1, "timeout_min": 30, "poll_s": 2,
+            "folder": str(tmp_path / "submitit"), **extra}
+    path = tmp_path / "slurm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.timeout(1500)
+def test_smoke_grid_through_slurm(tmp_path):
+    from orchestrator.plan import make_plan
+
+    uri, work = store(tmp_path)
+    grid = ["--scale", "smoke", "--launcher", "slurm", "--slurm-config", config(tmp_path, array=True, array_parallelism=2),
+            "--tracking-uri", uri, "--workdir", str(work), *LESS_DATA]
+    plan = make_plan("smoke", overrides=list(LESS_DATA[1::2]))
+
+    first = kdgrid("launch", *grid, cwd=tmp_path, timeout=300)  # submits and returns
+    assert first.returncode == 0, first.stdout + first.stderr
+    teachers = re.search(r"submitted \d+ teacher item\(s\) as Slurm job\(s\) (\S+)", first.stdout)
+    students = re.findall(r"submitted \d+ student item\(s\) as Slurm job\(s\) .* after (\S+)", first.stdout)
+    assert teachers and students, first.stdout  # students wait for their teachers' jobs
+
+    second = kdgrid("launch", *grid, cwd=tmp_path, timeout=300)  # the same grid again: nothing new
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "submitted" not in second.stdout.replace("not submitted again", "")
+    done = int(re.search(r"(\d+) finished in MLflow", second.stdout).group(1))  # fast runs may be done already
+    assert re.search(rf"{len(plan.runs) - done} run\(s\) already in Slurm job\(s\) of an earlier launch",
+                     second.stdout), second.stdout
+
+    third = kdgrid("reproduce", *grid, "--out", str(tmp_path / "reports"), cwd=tmp_path, timeout=1400)
+    assert third.returncode == 0, third.stdout[-5000:] + third.stderr[-3000:]
+    assert re.search(rf"runs: {len(plan.runs)} finished", third.stdout), third.stdout[-3000:]
+    runs = mlflow_runs(uri)
+    assert sorted(runs) == sorted(r.hash for r in plan.runs)
+    c = tracking.client(uri)
+    for r in plan.runs:
+        run = runs[r.hash]
+        assert run.info.status == "FINISHED", (r.spec.name, run.data.tags.get(tracking.FAILURE))
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "val.top1")) == [1, 2]
+    assert (tmp_path / "reports" / "report.md").exists()
+
+
+@pytest.mark.timeout(900)
+def test_two_task_job_trains_with_ddp(tmp_path):
+    from rich.console import Console
+
+    from orchestrator.launch import execute
+    from orchestrator.plan import make_plan
+
+    uri, work = store(tmp_path)
+    plan = make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2]))
+    baseline = next(r for r in plan.students if not r.deps)  # no teacher: one job, nothing to wait for
+    plan = dataclasses.replace(plan, runs=[baseline])
+    cfg = config(tmp_path, tasks_per_node=2, array=False)
+    outcomes, ctx, items = execute(plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg,
+                                   console=Console(width=200))
+    assert outcomes == {baseline.hash: "finished"}, outcomes
+    run = mlflow_runs(uri)[baseline.hash]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["effective.world_size"] == "2"
+    assert int(run.data.params["effective.global_batch_size"]) == 2 * baseline.spec.recipe.batch_size
+    history = tracking.client(uri).get_metric_history(run.info.run_id, "val.top1")
+    assert sorted(m.step for m in history) == list(range(1, baseline.spec.recipe.epochs + 1))
+    assert (work / "logs" / f"{items[0].id}.log").exists() and (work / "logs" / f"{items[0].id}.rank1.log").exists()
