@@ -13,6 +13,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -80,25 +81,54 @@ def test_smoke_grid_through_slurm(tmp_path):
     assert (tmp_path / "reports" / "report.md").exists()
 
 
+def _squeue_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
 @pytest.mark.timeout(900)
-def test_two_task_job_trains_with_ddp(tmp_path):
+def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
+    """A 2-task job (DDP over gloo, world size 2) trains the CaiT-S24 teacher; after its first epoch's
+    checkpoint it is preempted (SIGUSR2, as Slurm warns a job it is about to stop): submitit calls the
+    job's checkpoint() and requeues it, and the requeued job resumes the same MLflow run from epoch 1."""
+    import torch
     from rich.console import Console
 
     from orchestrator.launch import execute
     from orchestrator.plan import make_plan
 
     uri, work = store(tmp_path)
-    plan = make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2]))
-    baseline = next(r for r in plan.students if not r.deps)  # no teacher: one job, nothing to wait for
-    plan = dataclasses.replace(plan, runs=[baseline])
+    plan = make_plan("smoke", "fig4", overrides=["data.train_subset=512", "data.val_subset=128"])
+    teacher = plan.teachers[0]  # no teacher of its own: one job, nothing to wait for
+    plan = dataclasses.replace(plan, runs=[teacher])
     cfg = config(tmp_path, tasks_per_node=2, array=False)
+    console = Console(width=200)
     outcomes, ctx, items = execute(plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg,
-                                   console=Console(width=200))
-    assert outcomes == {baseline.hash: "finished"}, outcomes
-    run = mlflow_runs(uri)[baseline.hash]
-    assert run.info.status == "FINISHED"
+                                   wait=False, console=console)
+    job = re.search(r"Slurm job (\S+)", outcomes[teacher.hash]).group(1)
+    logs = work / "logs" / items[0].id  # + .log (rank 0) and .rank1.log; submitit's own messages land there too
+
+    ckpt = work / teacher.hash / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not (ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] == 1):
+        assert time.monotonic() < deadline, "no checkpoint of epoch 1"
+        time.sleep(0.2)
+    run_id = mlflow_runs(uri)[teacher.hash].info.run_id
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # preemption notice
+    while _squeue_state(job) != "PENDING":  # requeued by the job itself
+        assert time.monotonic() < deadline, f"job {job} was not requeued: {_squeue_state(job)!r}"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the requeue delay
+
+    outcomes, ctx, items = execute(plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg,
+                                   console=console)  # adopts the requeued job and waits for it
+    assert outcomes == {teacher.hash: "finished"}, outcomes
+    run = mlflow_runs(uri)[teacher.hash]
+    assert run.info.status == "FINISHED" and run.info.run_id == run_id  # resumed into the same run
     assert run.data.params["effective.world_size"] == "2"
-    assert int(run.data.params["effective.global_batch_size"]) == 2 * baseline.spec.recipe.batch_size
+    assert int(run.data.params["effective.global_batch_size"]) == 2 * teacher.spec.recipe.batch_size
     history = tracking.client(uri).get_metric_history(run.info.run_id, "val.top1")
-    assert sorted(m.step for m in history) == list(range(1, baseline.spec.recipe.epochs + 1))
-    assert (work / "logs" / f"{items[0].id}.log").exists() and (work / "logs" / f"{items[0].id}.rank1.log").exists()
+    assert sorted(m.step for m in history) == [1, 2]  # every epoch once
+    item_log = logs.with_suffix(".log").read_text()
+    assert "Requeued job" in item_log and item_log.count("=== interrupted") == 1
+    assert item_log.count("done: {") == 1 and '"finished"' in item_log
+    assert logs.with_suffix(".rank1.log").exists()

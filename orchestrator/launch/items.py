@@ -347,16 +347,16 @@ def run_item(payload: dict, *, work: str | Path, tracking_uri: str, threads: int
             if todo:
                 results.update(train_specs(todo, work=work, tracking_uri=tracking_uri, threads=threads,
                                            device=device, callbacks=tuple(callbacks)))
-        except BaseException as err:
+        except Exception as err:
             traceback.print_exc()
-            reason = f"{type(err).__name__}: {err}".strip()
             for h in payload["hashes"]:
-                results.setdefault(h, f"failed: {reason}")
-            if not isinstance(err, Exception):
-                raise
-        finally:
-            for h in payload["hashes"]:
-                results.setdefault(h, "failed: the trainer returned no result for this run")
-            print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} item {payload['id']} done: "
-                  + json.dumps(results), flush=True)
+                results.setdefault(h, f"failed: {type(err).__name__}: {err}".strip())
+        except BaseException as err:  # preempted (submitit's SystemExit), interrupted: not a failure
+            traceback.print_exc()
+            print(f"=== interrupted ({type(err).__name__}: {err}): the runs resume from their checkpoints "
+                  "next time", flush=True)
+            raise
+        for h in payload["hashes"]:
+            results.setdefault(h, "failed: the trainer returned no result for this run")
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} item {payload['id']} done: {json.dumps(results)}", flush=True)
     return results
