@@ -123,14 +123,18 @@ def test_autocast_and_half_inputs_give_float32():
     assert got.dtype == torch.float32 and rel(got, reference(b_s, b_t)) <= 1e-5
 
 
-def test_zero_patch_stays_finite():
+def test_zero_and_tiny_patches_follow_f_normalize():
+    """Rows with norm below F.normalize's eps (1e-12) are divided by eps, not projected: same here."""
     f_s, f_t = randn(N, P, CS, seed=15), randn(N, P, CT, seed=16)
-    f_s[0, 0] = 0.0
+    f_s[0, 0], f_s[1, 3] = 0.0, 1e-13 * f_s[1, 3]
     f_s.requires_grad_()
+    ref_s = f_s.detach().double().requires_grad_()
+    manifold_naive(ref_s, f_t.double()).backward()
     got = manifold_exact(f_s, f_t)
     got.backward()
     assert rel(got, reference(f_s.detach(), f_t)) <= 1e-5
     assert torch.isfinite(f_s.grad).all()
+    torch.testing.assert_close(f_s.grad.double(), ref_s.grad, rtol=1e-4, atol=1e-5 * ref_s.grad.abs().max().item())
 
 
 def test_shape_mismatch():

@@ -106,22 +106,33 @@ def manifold_terms(f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper"
 #     ||AA^T - BB^T||_F^2 = ||A^T A||^2 - 2 ||A^T B||^2 + ||B^T B||^2,
 # c x c Gram matrices instead of an m x m map. Transformer features share a large mean direction, so
 # these three terms are ~m^2 and cancel down to the small gap. Write A = Ab + 1 mu^T, B = Bb + 1 nu^T
-# with centered Ab, Bb (1^T Ab = 0, 1^T Bb = 0). Then
+# with mu, nu the mean rows, so that 1^T Ab = 0 and 1^T Bb = 0. Then
 #     AA^T - BB^T = G + w 1^T + 1 w^T + d 1 1^T,
 #     G = Ab Ab^T - Bb Bb^T,  w = Ab mu - Bb nu,  d = mu^T mu - nu^T nu,
 # and since G 1 = 0 and 1^T w = 0 every cross term vanishes:
 #     ||AA^T - BB^T||^2 = ||Ab^T Ab||^2 - 2 ||Ab^T Bb||^2 + ||Bb^T Bb||^2 + 2 m ||w||^2 + m^2 d^2.
 # Centering removes the shared direction; float64 products remove the rest of the cancellation (a
 # float32 product already errs by ~1e-7 of the Gram terms, more than the whole gap of near-identical
-# maps). Rows are streamed in chunks, so memory is O(c^2 + chunk * c) and time O(m c^2).
+# maps). Two passes over row blocks (means, then Grams and w), so memory is O(c^2 + chunk * c) and time
+# O(m c^2). (One pass with a provisional shift and w from the Grams is ~10% faster but loses up to
+# 1e-4 relative on nearly parallel patches: w^2 then cancels as a difference of quadratic forms.)
 
 _CHUNK = 1024  # rows per block: float64 blocks of 1024 x c stay a few MB, GEMMs stay efficient
+_EPS = 1e-12  # F.normalize's
 
 
-def _rows(f: Tensor, dtype: torch.dtype, chunk: int):
-    """Unit rows of an (n, p, c) tensor as (chunk, c) blocks in `dtype`."""
-    for block in f.reshape(-1, f.shape[-1]).split(chunk):
-        yield F.normalize(block.to(dtype), dim=-1)
+def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """F.normalize(x, dim=1) as (x * r, r) with r = 1 / max(||x||, eps), kept for the backward pass."""
+    r = x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
+    return x * r, r
+
+
+def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
+    """Row blocks of the (m, c_s) and (m, c_t) views of f_s and f_t, with their row slice."""
+    m = f_s.shape[0] * f_s.shape[1]
+    x_s, x_t = f_s.reshape(m, -1), f_t.reshape(m, -1)
+    for i in range(0, m, chunk):
+        yield x_s[i:i + chunk], x_t[i:i + chunk], slice(i, i + chunk)
 
 
 def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64,
@@ -131,21 +142,19 @@ def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torc
 
     center=False or dtype=float32 are the less accurate variants, kept to measure why they are not used.
     """
-    m = f_s.shape[0] * f_s.shape[1]
-    f64 = torch.float64
-    mu, nu = f_s.new_zeros(f_s.shape[-1], dtype=f64), f_t.new_zeros(f_t.shape[-1], dtype=f64)
+    f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
+    c_s, c_t = f_s.shape[-1], f_t.shape[-1]
+    mu, nu = f_s.new_zeros(c_s, dtype=f64), f_s.new_zeros(c_t, dtype=f64)
     if center:
-        for a, b in zip(_rows(f_s, dtype, chunk), _rows(f_t, dtype, chunk)):
-            mu += a.sum(0, dtype=f64)
-            nu += b.sum(0, dtype=f64)
+        for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
+            mu += _unit_rows(x_s.to(dtype))[0].sum(0, dtype=f64)
+            nu += _unit_rows(x_t.to(dtype))[0].sum(0, dtype=f64)
         mu, nu = mu / m, nu / m
-    xx = mu.new_zeros(mu.numel(), mu.numel())
-    xy = mu.new_zeros(mu.numel(), nu.numel())
-    yy = mu.new_zeros(nu.numel(), nu.numel())
+    xx, xy, yy = (mu.new_zeros(i, j) for i, j in ((c_s, c_s), (c_s, c_t), (c_t, c_t)))
     w2 = mu.new_zeros(())
     mu_c, nu_c = mu.to(dtype), nu.to(dtype)
-    for a, b in zip(_rows(f_s, dtype, chunk), _rows(f_t, dtype, chunk)):
-        a, b = a - mu_c, b - nu_c
+    for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
+        a, b = _unit_rows(x_s.to(dtype))[0] - mu_c, _unit_rows(x_t.to(dtype))[0] - nu_c
         xx += (a.T @ a).to(f64)
         xy += (a.T @ b).to(f64)
         yy += (b.T @ b).to(f64)
@@ -168,28 +177,25 @@ class _ExactManifold(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B.
+        # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B;
+        # then through a = x / ||x||: dx = (da - a (a . da)) / ||x|| (just da / eps below eps, as F.normalize).
         f_s, f_t, xx, xy, yy = ctx.saved_tensors
         m = f_s.shape[0] * f_s.shape[1]
         scale = 4 * grad_out.to(torch.float64) / (m * m)
         need_s, need_t = ctx.needs_input_grad[:2]
-        rows_s, rows_t = f_s.reshape(m, -1), f_t.reshape(m, -1)
-        grad_s = torch.empty_like(rows_s, memory_format=torch.contiguous_format) if need_s else None
-        grad_t = torch.empty_like(rows_t, memory_format=torch.contiguous_format) if need_t else None
-        for rows in (slice(i, i + ctx.chunk) for i in range(0, m, ctx.chunk)):
-            with torch.enable_grad():
-                x_s = rows_s[rows].detach().to(torch.float64).requires_grad_(need_s)
-                x_t = rows_t[rows].detach().to(torch.float64).requires_grad_(need_t)
-                a, b = F.normalize(x_s, dim=-1), F.normalize(x_t, dim=-1)
+        grad_s = f_s.new_empty(m, f_s.shape[-1]) if need_s else None
+        grad_t = f_t.new_empty(m, f_t.shape[-1]) if need_t else None
+
+        def through_norm(da, a, r):
+            return (da - a * (a * da).sum(1, keepdim=True) * (r < 1 / _EPS)) * r
+
+        for x_s, x_t, rows in _blocks(f_s, f_t, ctx.chunk):
+            (a, r_a), (b, r_b) = _unit_rows(x_s.to(torch.float64)), _unit_rows(x_t.to(torch.float64))
             if need_s:
-                g = scale * (a.detach() @ xx - b.detach() @ xy.T)
-                grad_s[rows] = torch.autograd.grad(a, x_s, g)[0]
+                grad_s[rows] = through_norm(scale * torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_a)
             if need_t:
-                g = scale * (b.detach() @ yy - a.detach() @ xy)
-                grad_t[rows] = torch.autograd.grad(b, x_t, g)[0]
-        grad_s = grad_s.view(f_s.shape) if need_s else None
-        grad_t = grad_t.view(f_t.shape) if need_t else None
-        return grad_s, grad_t, None
+                grad_t[rows] = through_norm(scale * torch.addmm(b @ yy, a, xy, alpha=-1), b, r_b)
+        return (grad_s.view(f_s.shape) if need_s else None), (grad_t.view(f_t.shape) if need_t else None), None
 
 
 def manifold_exact(f_s: Tensor, f_t: Tensor) -> Tensor:
