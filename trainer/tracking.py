@@ -134,14 +134,16 @@ class RunLog:
                 run = _retry(c.get_run, run_id)
             except Exception:  # the store was reset since the checkpoint was written
                 run = None
+        tags = {HASH: run_hash, SCALE: spec.scale, **spec.tags}
+        if spec.recipe_name:
+            tags[RECIPE] = spec.recipe_name
         if run is not None:
             _retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             if FAILURE in run.data.tags:
                 _retry(c.delete_tag, run_id, FAILURE)
-            return cls(c, run_id)
-        tags = {HASH: run_hash, SCALE: spec.scale, **spec.tags}
-        if spec.recipe_name:
-            tags[RECIPE] = spec.recipe_name
+            log = cls(c, run_id)
+            log.set_tags(tags)  # the grid may have grown: refresh which tables and rows use this run
+            return log
         run = _retry(c.create_run, exp, tags=tags, run_name=spec.name or run_hash)
         return cls(c, run.info.run_id)
 
