@@ -4,7 +4,8 @@ sampled terms of Eq. 9, measured side by side at the paper's shapes.
     python -m benchmarks.bench_loss            # n=128, p=196, c_S in (192, 384), c_T=384: minutes on 1 core
     python -m benchmarks.bench_loss --quick    # small shapes, seconds (smoke test)
 
-Timings are forward + backward (gradient w.r.t. the student only), median over --repeats runs.
+Timings are forward + backward (gradient w.r.t. the student only), median over --repeats runs; exact and
+terms run alternately so that the load of a shared machine weighs on both alike.
 Peak memory is the extra memory one forward + backward needs above what was in use before it:
   * CUDA: torch.cuda.max_memory_allocated() above the bytes allocated at the start (tensor bytes).
   * CPU: growth of the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)
@@ -78,22 +79,26 @@ def reference_f64(f_s, f_t, rows=1024):
     return (total / len(a) ** 2).item()
 
 
-def run(fn, f_s, f_t, repeats, device):
-    """Forward + backward `repeats` times: (median seconds, peak extra bytes of the first run, loss, grad)."""
-    times = []
-    for r in range(repeats):
-        f_s.grad = None
+def run_once(fn, f_s, f_t, device):
+    """One forward + backward: (seconds, peak extra bytes, grad of f_s)."""
+    f_s.grad = None
+    sync(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        fn(f_s, f_t).backward()
         sync(device)
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            loss = fn(f_s, f_t)
-            loss.backward()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        if r == 0:
-            peak = mem.peak
-        del loss
-    return statistics.median(times), peak, f_s.grad.detach().clone()
+        seconds = time.perf_counter() - t0
+    return seconds, mem.peak, f_s.grad.detach().clone()
+
+
+def run(fns, f_s, f_t, repeats, device):
+    """Run `fns` round-robin `repeats` times, so that a change in machine load hits all of them alike:
+    {name: (median seconds, peak extra bytes of the first run, grad of the first run)}."""
+    runs = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            runs[name].append(run_once(fn, f_s, f_t, device))
+    return {name: (statistics.median(r[0] for r in rs), rs[0][1], rs[0][2]) for name, rs in runs.items()}
 
 
 def near_identical(n, p, c, shared_mean, device, seed):
@@ -112,7 +117,7 @@ def fmt_bytes(b):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (seconds), for smoke tests")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of exact and terms (naive: at most 2)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of exact and terms (naive: at most 2)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -135,7 +140,7 @@ def main(argv=None):
                                 f" ({torch.cuda.get_device_name(device)})")
     print(f"manifold_exact vs manifold_naive vs manifold_terms | {where} | torch {torch.__version__}")
     print(f"n={n} p={p} (m={m}) c_T={c_t} k={k}, float32, forward+backward w.r.t. f_s, median of "
-          f"{args.repeats} (naive {min(2, args.repeats)})")
+          f"{args.repeats} (naive {min(2, args.repeats)}), exact and terms interleaved")
     rows = []
 
     def row(c_s, metric, value, goal="", ok=None):
@@ -145,10 +150,9 @@ def main(argv=None):
         g = torch.Generator().manual_seed(c_s)
         f_s = torch.randn(n, p, c_s, generator=g).to(device).requires_grad_()
         f_t = torch.randn(n, p, c_t, generator=g).to(device)
-        res = {}
-        for name, fn in fns.items():
-            reps = min(2, args.repeats) if name == "manifold_naive" else args.repeats
-            res[name] = run(fn, f_s, f_t, reps, device)
+        fast = {name: fns[name] for name in ("manifold_exact", "manifold_terms")}
+        res = {**run(fast, f_s, f_t, args.repeats, device),
+               **run({"manifold_naive": manifold_naive}, f_s, f_t, min(2, args.repeats), device)}
         (t_e, m_e, g_e), (t_n, m_n, g_n), (t_t, m_t, _) = (res[name] for name in fns)
         row(c_s, "time exact | naive | terms", f"{t_e:.3f} s | {t_n:.3f} s | {t_t:.3f} s")
         row(c_s, "speed-up naive / exact", f"{t_n / t_e:.0f}x", ">= 30x", t_n / t_e >= 30)
