@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,8 +35,45 @@ def _slurm_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow,
-              pytest.mark.skipif(_slurm_problem() is not None, reason=_slurm_problem() or "")]
+_PROBLEM = _slurm_problem()
+
+
+def needs_slurm(test):
+    for mark in (pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")):
+        test = mark(test)
+    return test
+
+
+def test_config_example_and_scale_hints_make_the_sbatch_script(tmp_path):
+    """No Slurm needed: experiments/slurm.example.yaml over the paper scale's hints, per role, as sbatch."""
+    from orchestrator.launch.items import LaunchContext
+    from orchestrator.launch.slurm import _executor, load_config
+    from orchestrator.plan import make_plan
+    from trainer.spec import SpecError
+
+    root = Path(__file__).resolve().parents[1]
+    plan = make_plan("paper", "2")
+    cfg = load_config(str(root / "experiments" / "slurm.example.yaml"), threads=1, hints=plan.launch)
+    res = cfg.resources("student")
+    assert (res.gpus_per_node, res.tasks_per_node, res.cpus_per_task, res.world_size) == (8, 8, 10, 8)
+    ctx = LaunchContext(plan=plan, work=tmp_path / "work", tracking_uri="http://mlflow.example:5000")
+    ex, threads = _executor(cfg, res, ctx, tmp_path / "slurm", "kdgrid-paper-student", ["12", "13_1"])
+    script = ex._executor._make_submission_file_text("CMD", "uid")
+    for line in ("--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--partition=gpu",
+                 "--dependency=afterany:12:13_1", "--signal=USR2@300", "--time=4320", "--mem=480GB",
+                 "export MLFLOW_TRACKING_URI=http://mlflow.example:5000", f"export PYTHONPATH={root}"):
+        assert line in script, line
+
+    hinted = load_config(None, threads=3, hints={"resources": {"cpus": 2}, "teacher_resources": {"time_min": 99}})
+    assert hinted.resources("student").cpus_per_task == 2 and hinted.resources("teacher").timeout_min == 99
+    assert load_config(None, threads=3).cpus_per_task == 3  # no hint, no file: --threads
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"gpus_per_node": -1, "partiton": "debug", "teacher": {"nodes": 0}}))
+    with pytest.raises(SpecError) as err:
+        load_config(str(bad))
+    text = str(err.value)
+    assert "gpus_per_node" in text and "partiton" in text and str(bad) in text
 
 
 def config(tmp_path, **extra) -> str:
@@ -46,6 +84,7 @@ def config(tmp_path, **extra) -> str:
     return str(path)
 
 
+@needs_slurm
 @pytest.mark.timeout(1500)
 def test_smoke_grid_through_slurm(tmp_path):
     from orchestrator.plan import make_plan
@@ -85,6 +124,7 @@ def _squeue_state(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
+@needs_slurm
 @pytest.mark.timeout(900)
 def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
     """A 2-task job (DDP over gloo, world size 2) trains the CaiT-S24 teacher; after its first epoch's

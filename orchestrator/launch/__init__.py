@@ -79,7 +79,7 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
     """Launch the plan's missing runs; returns ({hash: outcome} for every planned run, context, items)."""
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     uri = absolute_uri(tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # for anything the workers start themselves
     ctx = LaunchContext(plan=plan, work=Path(work).expanduser().resolve(), tracking_uri=uri, threads=threads,
@@ -175,7 +175,7 @@ def cmd_launch(args, wait: bool) -> int:
 
     from orchestrator.plan import make_plan
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines stay whole in logs
     uri = absolute_uri(args.tracking_uri)
     work = Path(args.workdir).expanduser().resolve()
     plan = make_plan(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=args.recipe,
