@@ -10,6 +10,7 @@ The submitit folder, the workdir and the SQLite store are under tmp_path: the sa
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -74,6 +75,17 @@ def test_config_example_and_scale_hints_make_the_sbatch_script(tmp_path):
         load_config(str(bad))
     text = str(err.value)
     assert "gpus_per_node" in text and "partiton" in text and str(bad) in text
+
+
+@pytest.fixture(autouse=True)
+def cancel_leftover_jobs(tmp_path):
+    """A failing test must not leave its jobs on the node's CPUs: cancel what its launches submitted."""
+    yield
+    ledger = tmp_path / "submitit" / "kdgrid-jobs.json"
+    if ledger.exists() and shutil.which("scancel"):
+        jobs = sorted(set(json.loads(ledger.read_text()).get("runs", {}).values()))
+        if jobs:
+            subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
 
 
 def config(tmp_path, **extra) -> str:

@@ -81,7 +81,6 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
 
     console = console or Console(soft_wrap=True)
     uri = absolute_uri(tracking_uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # for anything the workers start themselves
     ctx = LaunchContext(plan=plan, work=Path(work).expanduser().resolve(), tracking_uri=uri, threads=threads,
                         workers=1, wait=wait, console=console, ray_address=ray_address, slurm_config=slurm_config)
     mod = _launcher_module(launcher)

@@ -42,7 +42,8 @@ def _init(ctx: LaunchContext) -> None:
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ray.init(include_dashboard=False, num_cpus=cores, **quiet)
+    # address="local": a new Ray for this call, never one that `ray start` left recorded in /tmp/ray
+    ray.init(address="local", include_dashboard=False, num_cpus=cores, **quiet)
 
 
 def _gpus() -> int:
