@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tests.test_launch_local import LESS_DATA, kdgrid, mlflow_runs, store
+from tests.test_launch_local import LESS_DATA, ROOT, kdgrid, mlflow_runs, store
+from tests.test_slurm import _squeue_state, config, needs_slurm
 from trainer import tracking
 
 
@@ -41,3 +42,48 @@ def test_nan_teacher_fails_with_reason_and_log_students_blocked_rest_finishes(tm
     assert runs[baseline.hash].info.status == "FINISHED"  # the rest went on
     assert not any(r.hash in runs for r in students)  # blocked runs never start
     assert (tmp_path / "reports" / "report.md").exists()  # the report still comes out
+
+
+@needs_slurm
+@pytest.mark.timeout(600)
+def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
+    """Slurm: the teacher's job is cancelled while it trains; reproduce reports it with Slurm's state and
+    its logs, the students (already queued behind it) are blocked with why, and the baseline finishes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+
+    uri, work = store(tmp_path)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "reproduce", "--scale", "smoke", "--tables", "fig4",
+           "--launcher", "slurm", "--slurm-config", config(tmp_path, array=True), "--tracking-uri", uri,
+           "--workdir", str(work), "--out", str(tmp_path / "reports"),
+           "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
+    log = tmp_path / "reproduce.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (m := re.search(r"teacher item\(s\) as Slurm job\(s\) (\d+)", log.read_text())):
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        job = m.group(1)
+        while _squeue_state(job) != "RUNNING":
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        subprocess.run(["scancel", job], check=True)
+        p.wait(400)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = log.read_text()
+    assert p.returncode == 1, text
+    m = re.search(rf"FAILED +\w+ teacher[^:]*: Slurm job {job} CANCELLED[^\n]*\(log (\S+), Slurm log (\S+)\)", text)
+    assert m, text
+    assert m.group(1).startswith(str(work / "logs")) and m.group(2).endswith(f"{job}_0_log.err")
+    students = re.findall(r"BLOCKED +\w+ t2 [^\n]*teacher \w+ \(teacher · cait_s24\) did not finish "
+                          rf"\(failed: Slurm job {job} CANCELLED", text)
+    assert len(students) == 2, text
+    assert re.search(r"runs: 2 blocked, 1 failed, 1 finished", text), text

@@ -38,8 +38,8 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, log_path, mark_abandoned, run_item,
-                                       runnable)
+from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, blocked_by, is_bad, kind,
+                                       log_path, mark_abandoned, run_item, runnable)
 from orchestrator.launch.view import RunView
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -340,7 +340,8 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     # Students of runs that failed earlier are not submitted; everything else goes in, deps first.
     todo = [p for it in items if (p := runnable(it, outcomes, ctx.names)) is not None]
     item_of = {h: it.id for it in items for h in it.hashes}
-    view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
+    runs = {r.hash: r for it in items for r in it.runs}
+    view = RunView(list(runs.values()), item_of, ctx.console,
                    title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs")
     for h, o in outcomes.items():
         if h in item_of:
@@ -374,6 +375,8 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                     got = {h: f"failed: {reason}" for h in t.hashes}
                 for h in t.hashes:
                     o = got.get(h, f"failed: Slurm job {job.job_id} returned no result for this run")
+                    if kind(o) == "blocked" and any(is_bad(outcomes.get(d, "")) for d in runs[h].deps):
+                        o = blocked_by(runs[h], outcomes, ctx.names) or o  # the teacher's fate in this launch
                     outcomes[h] = o
                     view.set_state(h, o)
             _poll_mlflow(view, ctx, [h for t in tracked if t.job.job_id in running for h in t.hashes], seen)
