@@ -41,7 +41,7 @@ class WorkItem:
     id: str
     runs: list  # PlannedRun, in plan order
     deps: list[str] = field(default_factory=list)  # ids of the items that must finish first
-    key: str = ""  # the runs' cohort key
+    key: str = ""  # what grouped the runs: their cohort key (with cohorts=False, the run's hash)
     level: int = 0  # dependency depth: 0 for items that need nothing, 1 for students of level-0 teachers, ...
 
     @property
@@ -143,7 +143,7 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
         for key, chunk in balanced:
             seen[key] = seen.get(key, 0) + 1
             role = "teacher" if any(r.role == "teacher" for r in chunk) else "student"
-            name = f"{role}-{(key if cohorts else chunk[0].hash)[:10]}"
+            name = f"{role}-{key[:10]}"
             if count[key] > 1:
                 name += f"-{seen[key]}of{count[key]}"
             items.append(WorkItem(id=name, runs=chunk, key=key, level=lvl))
