@@ -41,6 +41,23 @@ def mlflow_runs(uri: str, scale: str = "smoke") -> dict:
     return tracking.runs_by_hash(tracking.client(uri), scale)
 
 
+def assert_all_finished(uri: str, plan, output: str) -> None:
+    """Every planned run is FINISHED in MLflow with one val.top1 per epoch, and the launcher's summary line
+    says so (runs finished before this launch count as skipped)."""
+    summary = re.search(r"^runs: (.*)$", output, re.M)
+    assert summary, output[-3000:]
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) ([a-z ]+)", summary.group(1))}
+    assert set(counts) <= {"finished", "skipped"} and sum(counts.values()) == len(plan.runs), summary.group(0)
+    runs = mlflow_runs(uri, plan.scale)
+    assert sorted(runs) == sorted(r.hash for r in plan.runs)
+    c = tracking.client(uri)
+    for r in plan.runs:
+        run = runs[r.hash]
+        assert run.info.status == "FINISHED", (r.spec.name, run.data.tags.get(tracking.FAILURE))
+        steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "val.top1"))
+        assert steps == list(range(1, r.spec.recipe.epochs + 1)), (r.spec.name, steps)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Work items (no training)
 # ---------------------------------------------------------------------------------------------------

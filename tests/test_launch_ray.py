@@ -2,12 +2,9 @@
 every planned run is trained as part of a Tune trial (a cohort) and finishes in MLflow with its metrics."""
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from tests.test_launch_local import LESS_DATA, kdgrid, mlflow_runs, store
-from trainer import tracking
+from tests.test_launch_local import LESS_DATA, assert_all_finished, kdgrid, store
 
 
 @pytest.mark.slow
@@ -20,15 +17,6 @@ def test_smoke_grid_through_ray(tmp_path):
                  "--out", str(tmp_path / "reports"), *LESS_DATA, cwd=tmp_path, timeout=1100)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     plan = make_plan("smoke", overrides=list(LESS_DATA[1::2]))
-    runs = mlflow_runs(uri)
-    assert sorted(runs) == sorted(r.hash for r in plan.runs)
-    c = tracking.client(uri)
-    for r in plan.runs:
-        run = runs[r.hash]
-        assert run.info.status == "FINISHED", (r.spec.name, run.data.tags.get(tracking.FAILURE))
-        steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "val.top1"))
-        assert steps == list(range(1, r.spec.recipe.epochs + 1))
-    n = len(plan.runs)
-    assert re.search(rf"runs: {n} finished", out.stdout), out.stdout[-3000:]
+    assert_all_finished(uri, plan, out.stdout)
     assert list((work / "ray").glob("kdgrid-smoke-*-stage1"))  # the Tune experiments, one per stage
     assert (tmp_path / "reports" / "report.md").exists()

@@ -17,7 +17,6 @@ import os
 import queue as queue_mod
 import signal
 import time
-from pathlib import Path
 
 from orchestrator.launch.items import LaunchContext, WorkItem, log_path, mark_abandoned, run_item, runnable
 from orchestrator.launch.view import QueueCallback, RunView

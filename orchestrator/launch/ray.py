@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from ray.tune import Callback
 
