@@ -181,3 +181,21 @@ def test_unknown_model_fails_at_once_with_suggestions(tmp_path):
     assert f"{path}: student.name: unknown model 'deit_tinny_patch16_224'" in out.stderr
     assert "deit_tiny_patch16_224" in out.stderr  # the suggestion
     assert "Traceback" not in out.stderr
+
+
+def test_backfill_logs_checkpointed_epochs_mlflow_missed(tmp_path):
+    """A kill between an epoch's checkpoint and its MLflow write: resume logs it once, not twice."""
+    from types import SimpleNamespace
+
+    from trainer.engine import _backfill
+
+    c = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    spec = parse_experiment(smoke_specs.teacher())
+    log = tracking.RunLog.open(c, spec, spec.content_hash())
+    log.log_metrics({"val.top1": 50.0}, step=1)
+    history = [{"epoch": 1, "val.top1": 50.0}, {"epoch": 2, "val.top1": 60.0}]
+    member = SimpleNamespace(history=history, run=log)
+    _backfill(member)
+    _backfill(member)
+    steps = [(m.step, m.value) for m in c.get_metric_history(log.run_id, "val.top1")]
+    assert sorted(steps) == [(1, 50.0), (2, 60.0)]

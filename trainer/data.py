@@ -6,6 +6,7 @@ trained in a cohort beside other students, sees exactly the batches it would hav
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class TensorData:
     batch_size: int
     train: bool
     crop_padding: int = 0
+    crop_scale: tuple[float, float] | None = None
     hflip: float = 0.0
     rank: int = 0
     world_size: int = 1
@@ -122,6 +124,8 @@ class TensorData:
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
+        if self.crop_scale is not None:
+            x = _random_resized_crop(x, self.crop_scale, g)
         if self.crop_padding:
             p = self.crop_padding
             padded = torch.nn.functional.pad(x, (p, p, p, p))
@@ -135,6 +139,27 @@ class TensorData:
             flip = torch.rand(n, generator=g) < self.hflip
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
+
+
+def _random_resized_crop(x: torch.Tensor, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """timm/torchvision's RandomResizedCrop (ratio 3/4..4/3), per image, for a whole batch at once.
+
+    Each image gets a crop of area fraction U(scale) and log-uniform aspect ratio, resized back to the
+    full size (bilinear), as an affine resampling. DeiT's argument for hard distillation rests on this:
+    a crop that misses part of the object is where the teacher's label beats the ground truth.
+    """
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=g)
+    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
+    ratio = log_ratio.exp()
+    cw = (area * ratio).sqrt().clamp(max=1.0)  # crop width, as a fraction of the image side
+    ch = (area / ratio).sqrt().clamp(max=1.0)
+    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coordinates
+    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - ch)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, tx, ch, ty
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class FolderData:
@@ -194,6 +219,7 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
                 images = images.expand(-1, spec.in_chans, -1, -1).contiguous()
             out.append(TensorData(images, labels, batch_size, train,
                                   crop_padding=spec.augment.crop_padding if train else 0,
+                                  crop_scale=spec.augment.crop_scale if train else None,
                                   hflip=spec.augment.hflip if train else 0.0,
                                   rank=rank, world_size=world_size))
         return tuple(out)
@@ -205,7 +231,8 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
     root = Path(spec.root).expanduser()
     train_tf = create_transform(spec.img_size, is_training=True, color_jitter=a.color_jitter or None,
                                 auto_augment=a.rand_augment, interpolation="bicubic", re_prob=a.reprob,
-                                re_mode="pixel", re_count=1, hflip=a.hflip)
+                                re_mode="pixel", re_count=1, hflip=a.hflip,
+                                scale=a.crop_scale or (0.08, 1.0))
     val_tf = create_transform(spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
     train_ds, val_ds = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", val_tf)
     for ds, size, off in ((train_ds, spec.train_subset, 0), (val_ds, spec.val_subset, 1)):

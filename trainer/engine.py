@@ -392,6 +392,7 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             (m.dir / "spec.yaml").write_text(s.to_yaml())
             m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
             _log_start(m, env)
+            _backfill(m)
         members.append(m)
         for cb in callbacks:
             cb.on_start(m.hash, s, m.start_epoch, steps)
@@ -451,6 +452,16 @@ def _log_start(m: Member, env: DistEnv) -> None:
     m.run.log_params(params)
     m.run.set_tags({f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)})
     m.run.log_artifact(m.dir / "spec.yaml")
+
+
+def _backfill(m: Member) -> None:
+    """Log the checkpointed epochs MLflow has not seen (a kill between checkpoint and logging)."""
+    if not m.history:
+        return
+    logged = {x.step for x in tracking._retry(m.run.c.get_metric_history, m.run.run_id, "val.top1")}
+    for entry in m.history:
+        if entry["epoch"] not in logged:
+            m.run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
 
 
 def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks, mixup, env: DistEnv,
@@ -554,10 +565,10 @@ def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast) -> dict[
     m.best_top1 = max(m.best_top1, metrics["val.top1"])
     metrics["val.best_top1"] = m.best_top1
     m.history.append({"epoch": epoch + 1, **metrics})
-    if env.main:
-        m.run.log_metrics(metrics, step=epoch + 1)
-        workdir.save_atomic(m.state(epoch + 1), m.dir / "checkpoint.pt")
     m.start_epoch = epoch + 1
+    if env.main:  # checkpoint first: a kill in between loses no epoch and logs none twice (see _backfill)
+        workdir.save_atomic(m.state(epoch + 1), m.dir / "checkpoint.pt")
+        m.run.log_metrics(metrics, step=epoch + 1)
     return metrics
 
 

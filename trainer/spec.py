@@ -83,6 +83,8 @@ class AugmentSpec(StrictModel):
 
     hflip: Weight = 0.5
     crop_padding: int = Field(0, ge=0)  # Fashion-MNIST: random crop with this zero padding
+    # Random-resized crop: the area fraction range of the crop (DeiT/timm: (0.08, 1)); None: no such crop.
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
     rand_augment: str | None = None  # e.g. DeiT's "rand-m9-mstd0.5-inc1"
     color_jitter: Weight = 0.0
     reprob: Weight = 0.0  # random erasing probability
@@ -92,6 +94,14 @@ class AugmentSpec(StrictModel):
     mixup_switch_prob: Weight = 0.5
     smoothing: Weight = 0.0  # label smoothing
     repeated_aug: bool = False  # DeiT's repeated augmentation sampler (distributed runs)
+
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"crop_scale {list(v)}: the smaller area fraction comes first")
+        return v
 
 
 class DataSpec(StrictModel):
@@ -271,12 +281,16 @@ class ExperimentSpec(StrictModel):
 
 
 def _hashed(model: BaseModel) -> Any:
+    """The identity of a (sub)spec: execution details are left out, and so are options left unset
+    (None by default), so that adding an option to the schema does not orphan every finished run."""
     out = {}
     for name, field in type(model).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if extra.get("hash") is False:
             continue
         value = getattr(model, name)
+        if value is None and field.default is None:
+            continue
         out[name] = _hashed_value(value)
     return out
 
