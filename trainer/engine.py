@@ -338,6 +338,7 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
           ) -> dict[str, str]:
     """Train `specs` (one cohort) to completion. Returns {hash: finished|skipped|locked|failed: reason}."""
     env = env or DistEnv(device="cuda" if torch.cuda.is_available() else "cpu")
+    cpu0 = time.process_time()
     keys = {cohort_key(s) for s in specs}
     if len(keys) != 1:
         raise ValueError("a cohort's runs must share teacher, data, seed and batch size (cohort_key)")
@@ -405,17 +406,24 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             if env.main and m.start_epoch == 0:
                 m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
 
+    # Cost accounting: this process's CPU seconds, split evenly among the runs that shared them.
+    setup_share = (time.process_time() - cpu0) / len(members)
+    if env.main:
+        for m in members:
+            m.run.log_metrics({"cost.setup_cpu_s": setup_share}, step=m.start_epoch)
     last_epoch = max(m.epochs for m in members)
     try:
         for epoch in range(min(m.start_epoch for m in members), last_epoch):
             active = [m for m in members if m.start_epoch <= epoch < m.epochs and not m.failed]
             if not active:
                 continue
+            cpu_epoch = time.process_time()
             _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks)
+            share = (time.process_time() - cpu_epoch) / len(active)
             for m in active:
                 if m.failed:
                     continue
-                metrics = _end_epoch(m, epoch, val_data, env, autocast)
+                metrics = _end_epoch(m, epoch, val_data, env, autocast, share)
                 for cb in callbacks:
                     cb.on_epoch(m.hash, epoch, metrics)
         for m in members:
@@ -553,8 +561,8 @@ def _fail(m: Member, reason: str, tb: str | None) -> None:
         m.run.finish("FAILED", reason)
 
 
-def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast) -> dict[str, float]:
-    t_eval = time.perf_counter()
+def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast, train_cpu_s: float) -> dict[str, float]:
+    t_eval, cpu_eval = time.perf_counter(), time.process_time()
     metrics = {f"train.{k}": (v.item() / max(m.count, 1)) for k, v in m.sums.items()}
     val = evaluate(m.core.model, val_data, env.device, autocast)
     metrics.update({f"val.{k}": v for k, v in val.items()})
@@ -562,6 +570,7 @@ def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast) -> dict[
         metrics.update({f"val_ema.{k}": v for k, v in evaluate(m.ema.module, val_data, env.device, autocast).items()})
     metrics["lr"] = m.optimizer.param_groups[0]["lr"]
     metrics["eval_time_s"] = time.perf_counter() - t_eval
+    metrics["cost.cpu_s"] = train_cpu_s + time.process_time() - cpu_eval  # this run's share of the epoch
     m.best_top1 = max(m.best_top1, metrics["val.top1"])
     metrics["val.best_top1"] = m.best_top1
     m.history.append({"epoch": epoch + 1, **metrics})
