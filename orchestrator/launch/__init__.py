@@ -95,7 +95,8 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
         return outcomes, ctx, []
     ctx.workers = max(1, workers or mod.default_parallelism(ctx))
     cap = max_cohort if max_cohort is not None else ctx.hints.get("max_cohort")
-    items = work_items(todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts)
+    budget = getattr(mod, "memory_budget", lambda _ctx: None)(ctx)
+    items = work_items(todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts, memory_budget=budget)
     console.print(f"{len(items)} work item(s) over {len(stages(items))} stage(s), {ctx.workers} at a time "
                   f"({launcher} launcher); logs in {ctx.work / 'logs'}", highlight=False)
     mod.launch(items, ctx, outcomes)

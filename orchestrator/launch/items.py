@@ -94,8 +94,20 @@ def _levels(runs: Sequence) -> dict[str, int]:
     return level
 
 
+def _fit_memory(chunk: list, budget: int) -> list[list]:
+    """`chunk` in the fewest even parts whose estimated peak (one teacher forward plus every student's
+    step, trainer.footprint) fits `budget` bytes; a run too large alone still gets a part of its own."""
+    from trainer.footprint import cohort_bytes
+
+    for parts in range(1, len(chunk) + 1):
+        split = _even_chunks(chunk, parts)
+        if all(cohort_bytes([r.spec for r in c]) <= budget for c in split):
+            return split
+    return [[r] for r in chunk]
+
+
 def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: int = 1,
-               cohorts: bool = True) -> list[WorkItem]:
+               cohorts: bool = True, memory_budget: int | None = None) -> list[WorkItem]:
     """Group planned runs into work items, deps first.
 
     Runs with equal `cohort_key` form one item (each run alone with `cohorts=False`); an item holds at
@@ -103,6 +115,8 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
     larger than that level's fair share, ceil(runs / workers), is split into even parts (a cohort of 16 on 2
     workers trains as two cohorts of 8 rather than one of 16 beside an idle worker), and while a level has
     fewer items than workers its largest item is halved. Splitting costs a teacher forward per part.
+    With `memory_budget` (bytes a worker may use), a cohort whose estimated peak exceeds it is first
+    split into the fewest even parts that fit.
     Deps on runs not in `plan_runs` are taken as satisfied (the caller drops finished runs).
     """
     from trainer.engine import cohort_key
@@ -125,7 +139,8 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
             if lv != lvl:
                 continue
             cap = max_cohort or len(members)
-            parts += [(key, c) for c in _even_chunks(members, math.ceil(len(members) / cap))]
+            for c in _even_chunks(members, math.ceil(len(members) / cap)):
+                parts += [(key, f) for f in (_fit_memory(c, memory_budget) if memory_budget else [c])]
         share = math.ceil(sum(len(c) for _, c in parts) / max(1, workers))
         balanced = []
         for key, chunk in parts:

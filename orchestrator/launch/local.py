@@ -192,5 +192,16 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     return outcomes
 
 
+def memory_budget(ctx: LaunchContext) -> int:
+    """Bytes one worker may use: 90% of a GPU (a worker per GPU), else 80% of the RAM shared by the workers."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(0.9 * min(torch.cuda.get_device_properties(i).total_memory
+                             for i in range(torch.cuda.device_count())))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(0.8 * ram / max(1, ctx.workers))
+
+
 def default_parallelism(ctx: LaunchContext) -> int:
     return ctx.hints.get("workers") or default_workers(ctx.threads)[0]

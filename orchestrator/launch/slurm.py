@@ -63,6 +63,7 @@ class Resources(BaseModel):
     tasks_per_node: int = Field(1, ge=1)  # one task per GPU for DDP
     cpus_per_task: int | None = Field(None, ge=1)  # default: --threads
     mem_gb: float | None = Field(None, gt=0)
+    gpu_mem_gb: float | None = Field(None, gt=0)  # memory of one GPU on these nodes: sizes cohorts to fit
     timeout_min: int = Field(240, ge=1)  # a job that runs out of time checkpoints and is requeued
     signal_delay_s: int = Field(120, ge=0)  # how long before the time limit submitit is warned (SIGUSR2)
     additional: dict[str, Any] = Field(default_factory=dict)  # any other sbatch option: {"mail-type": "END"}
@@ -179,6 +180,14 @@ class ItemJob(submitit.helpers.Checkpointable):
 # ---------------------------------------------------------------------------------------------------
 def default_parallelism(ctx: LaunchContext) -> int:
     return load_config(ctx.slurm_config, ctx.threads, ctx.hints).array_parallelism
+
+
+def memory_budget(ctx: LaunchContext) -> int | None:
+    """Bytes one student job may hold per process: 90% of a GPU (`gpu_mem_gb`), else 80% of `mem_gb`."""
+    r = load_config(ctx.slurm_config, ctx.threads, ctx.hints).resources("student")
+    if r.gpus_per_node:
+        return int(0.9 * r.gpu_mem_gb * 2**30) if r.gpu_mem_gb else None
+    return int(0.8 * r.mem_gb * 2**30 / r.tasks_per_node) if r.mem_gb else None
 
 
 def _folder(cfg: SlurmConfig, ctx: LaunchContext) -> Path:
