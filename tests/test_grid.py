@@ -125,9 +125,10 @@ def test_scales():
     mini, _ = load_scale("mini")
     assert mini.data.dataset == "fashion_mnist" and mini.student.recipe.lr_scale_batch is None
     assert {t.source for t in mini.teachers.values()} == {"train"}
-    assert mini.models[TINY].name == "analog_deit_tiny_distilled" and mini.models[TINY].kwargs["patch_size"] == 4
-    assert mini.teacher_data(S24).train_subset > mini.data.train_subset
-    assert mini.teachers[S24].recipe.epochs > mini.student.recipe.epochs
+    assert mini.models[TINY].name == "analog_deit_tiny_distilled" and mini.models[TINY].kwargs["patch_size"] == 7
+    # teachers see the whole training set (train_subset None) and more images in all than any student
+    assert mini.teacher_data(S24).train_subset is None and mini.data.train_subset == 5000
+    assert 60000 * mini.teachers[S24].recipe.epochs > mini.data.train_subset * mini.student.recipe.epochs
     assert mini.launch.max_cohort
 
     smoke, _ = load_scale("smoke")

@@ -134,8 +134,8 @@ def test_names_and_tags_do_not_depend_on_tables():
 def test_rows_resolve_scale_recipe_and_row():
     p, r = plan("mini"), plan("mini", recipe="released")
     s = by_key(p, "t5.r1").spec
-    assert (s.student.name, s.student.kwargs["patch_size"], s.student.drop_path) == ("analog_deit_tiny_distilled", 4, 0.1)
-    assert (s.data.dataset, s.recipe.epochs, s.recipe.lr_scale_batch) == ("fashion_mnist", 10, None)
+    assert (s.student.name, s.student.kwargs["patch_size"], s.student.drop_path) == ("analog_deit_tiny_distilled", 7, 0.1)
+    assert (s.data.dataset, s.recipe.epochs, s.recipe.lr_scale_batch) == ("fashion_mnist", 12, None)
     d = s.distillation
     assert (d.kd, d.kd_weight) == ("hard", 0.5)
     assert (d.manifold.teacher_blocks, d.manifold.student_blocks) == ((3, 4, 21, 22), (3, 4, 9, 10))
