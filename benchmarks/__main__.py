@@ -1,0 +1,24 @@
+"""`python -m benchmarks [--quick]`: every benchmark, each printing ratios measured side by side.
+
+- bench_loss: the exact manifold loss (Eq. 8) vs the naive (np x np) map and the three-term approximation;
+- bench_step: a distillation step vs a teacher forward plus a student step, and a cohort's step;
+- bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
+  first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs.
+"""
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_grid, bench_loss, bench_step
+
+
+def main(argv: list[str]) -> int:
+    quick = ["--quick"] if "--quick" in argv else []
+    for name, bench, args in (("loss", bench_loss, quick), ("step", bench_step, quick), ("grid", bench_grid, [])):
+        print(f"\n===== benchmarks.bench_{name} {' '.join(args)}", flush=True)
+        bench.main(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

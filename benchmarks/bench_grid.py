@@ -1,0 +1,143 @@
+"""The grid's wall time and CPU-seconds per stage, and what cohorts and deduplication save.
+
+    python -m benchmarks.bench_grid [--scale mini] [--tracking-uri URI]           # read a grid already run
+    python -m benchmarks.bench_grid --run [--scale mini] [--seeds 1] [--workers 2]  # run it twice and compare
+
+Reading (the default) takes a store that `kdgrid reproduce` filled and prints, per stage (teachers,
+students): the runs, the stage's wall time (first start to last end, from MLflow) and its CPU-seconds
+(what the engine logged: `cost.setup_cpu_s` + `cost.cpu_s` per epoch, a cohort's process time split among
+the runs that shared it; process start-up and imports are not counted).
+
+`--run` trains the grid twice in fresh stores, side by side in one call: as kdgrid does it (deduplicated
+rows, cohorts sharing a teacher forward) and with every run in a process of its own (`--no-cohorts`).
+The ratio it prints compares the first with the same rows trained independently: each run's solo
+CPU-seconds counted once per table row that uses it (without deduplication a shared row is trained
+again), teachers once. Goal (issue 7): <= 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def stage_costs(uri: str, scale: str) -> dict[str, dict]:
+    """{"teacher"|"student": {runs, cpu_s, wall_s, start, end}} and per-hash CPU-seconds, from MLflow."""
+    from trainer import tracking
+
+    c = tracking.client(uri)
+    runs = tracking.runs_by_hash(c, scale)
+    stages: dict[str, dict] = {}
+    per_run: dict[str, float] = {}
+    for h, run in runs.items():
+        if run.info.status != "FINISHED":
+            continue
+        role = run.data.tags.get(tracking.ROLE, "student")
+        cpu = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
+                  for m in tracking._retry(c.get_metric_history, run.info.run_id, key))
+        per_run[h] = cpu
+        st = stages.setdefault(role, {"runs": 0, "cpu_s": 0.0, "start": float("inf"), "end": 0.0})
+        st["runs"] += 1
+        st["cpu_s"] += cpu
+        st["start"] = min(st["start"], run.info.start_time / 1000)
+        st["end"] = max(st["end"], (run.info.end_time or run.info.start_time) / 1000)
+    for st in stages.values():
+        st["wall_s"] = st["end"] - st["start"]
+    return {"stages": stages, "per_run": per_run}
+
+
+def print_stages(title: str, costs: dict) -> None:
+    stages = costs["stages"]
+    if not stages:
+        print(f"{title}: no finished runs")
+        return
+    start = min(s["start"] for s in stages.values())
+    end = max(s["end"] for s in stages.values())
+    print(f"{title}")
+    print(f"  {'stage':<10} {'runs':>5} {'wall':>10} {'CPU-s':>10}")
+    for role in ("teacher", "student"):
+        if role in stages:
+            s = stages[role]
+            print(f"  {role + 's':<10} {s['runs']:>5} {_mmss(s['wall_s']):>10} {s['cpu_s']:>10.0f}")
+    total_cpu = sum(s["cpu_s"] for s in stages.values())
+    print(f"  {'grid':<10} {sum(s['runs'] for s in stages.values()):>5} {_mmss(end - start):>10} {total_cpu:>10.0f}")
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _reproduce(scale: str, seeds: int, workers: int, folder: Path, extra: list[str]) -> float:
+    cmd = [sys.executable, "-m", "orchestrator.cli", "reproduce", "--scale", scale, "--seeds", str(seeds),
+           "--workers", str(workers), "--workdir", str(folder / "runs"),
+           "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--out", str(folder / "reports"), *extra]
+    t0 = time.perf_counter()
+    with open(folder / "reproduce.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="mini")
+    ap.add_argument("--tracking-uri", default=None, help="a store to read (default: ./kdgrid.db)")
+    ap.add_argument("--run", action="store_true", help="train the grid twice (cohorts, then solo) and compare")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--dir", default=None, help="--run: where to keep both grids (default: a temp folder)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="passed to kdgrid reproduce")
+    ap.add_argument("--quick", action="store_true", help="--run on a cut-down smoke grid (for tests)")
+    args = ap.parse_args(argv)
+    from trainer import tracking
+
+    if not args.run and not args.quick:
+        uri = args.tracking_uri or tracking.default_uri()
+        print_stages(f"{args.scale} grid in {uri}", stage_costs(uri, args.scale))
+        return 0
+
+    extra = [x for o in args.overrides for x in ("--set", o)]
+    if args.quick:
+        args.scale = "smoke"
+        extra += ["--tables", "3,6", "--set", "data.train_subset=256", "--set", "data.val_subset=128"]
+    base = Path(args.dir or tempfile.mkdtemp(prefix="kdgrid-bench-grid-"))
+    results = {}
+    for mode, flags in (("cohorts", []), ("solo", ["--no-cohorts"])):
+        folder = base / mode
+        folder.mkdir(parents=True, exist_ok=True)
+        wall = _reproduce(args.scale, args.seeds, args.workers, folder, extra + flags)
+        results[mode] = (wall, stage_costs(f"sqlite:///{folder / 'mlflow.db'}", args.scale))
+        print_stages(f"{mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), "
+                     f"command wall {_mmss(wall)}", results[mode][1])
+
+    from orchestrator.plan import make_plan
+
+    plan = make_plan(args.scale, tables=_tables(extra), seeds=args.seeds,
+                     overrides=[o for o in _sets(extra)])
+    solo = results["solo"][1]["per_run"]
+    independent = sum(solo[r.hash] * (len(r.uses) if r.role == "student" else 1) for r in plan.runs)
+    kdgrid = sum(results["cohorts"][1]["per_run"].values())
+    rows = sum(len(r.uses) for r in plan.runs if r.role == "student")
+    ratio = kdgrid / independent
+    print(f"\n{plan.rows_before_dedup} rows before deduplication -> {len(plan.runs)} runs; "
+          f"{rows} student rows trained independently would cost {independent:.0f} CPU-s")
+    print(f"  CPU-s with cohorts and deduplication / independently: {kdgrid:.0f} / {independent:.0f} = "
+          f"{ratio:.3f}   goal <= 0.5   {'PASS' if ratio <= 0.5 else 'MISS'}")
+    print(f"  wall: cohorts {_mmss(results['cohorts'][0])}, solo runs {_mmss(results['solo'][0])}")
+    return 0
+
+
+def _tables(extra: list[str]) -> str | None:
+    return extra[extra.index("--tables") + 1] if "--tables" in extra else None
+
+
+def _sets(extra: list[str]) -> list[str]:
+    return [extra[i + 1] for i, x in enumerate(extra) if x == "--set"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
