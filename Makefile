@@ -1,0 +1,25 @@
+# The two commands of the README. Both install what they need (scripts/bootstrap.sh).
+.PHONY: reproduce test plan report ui bench
+
+reproduce:  ## the mini reproduction: local launcher, MLflow in ./kdgrid.db, report in ./reports
+	scripts/bootstrap.sh run
+	.venv/bin/kdgrid reproduce $(ARGS)
+
+test:  ## the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
+	scripts/test.sh $(ARGS)
+
+plan:
+	scripts/bootstrap.sh run
+	.venv/bin/kdgrid plan $(ARGS)
+
+report:
+	scripts/bootstrap.sh run
+	.venv/bin/kdgrid report $(ARGS)
+
+ui:
+	scripts/bootstrap.sh run
+	.venv/bin/kdgrid ui $(ARGS)
+
+bench:
+	scripts/bootstrap.sh test
+	.venv/bin/python -m benchmarks $(ARGS)

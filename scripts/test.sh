@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: install, start a real single-node Slurm when we can (root + ../shared/ci), run pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh test
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 PYTHONUNBUFFERED=1
+slurm_up=../shared/ci/slurm_up.sh
+if [ "$(id -u)" = 0 ] && [ -x "$(command -v bash)" ] && [ -f "$slurm_up" ] && [ "${KDGRID_SLURM:-1}" = 1 ]; then
+  bash "$slurm_up"
+  trap 'bash ../shared/ci/slurm_down.sh >/dev/null 2>&1 || true' EXIT
+fi
+.venv/bin/python -m pytest -q --durations=25 "$@"
