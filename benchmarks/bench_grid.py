@@ -40,9 +40,10 @@ def stage_costs(uri: str, scale: str) -> dict[str, dict]:
         cpu = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
                   for m in tracking._retry(c.get_metric_history, run.info.run_id, key))
         per_run[h] = cpu
-        st = stages.setdefault(role, {"runs": 0, "cpu_s": 0.0, "start": float("inf"), "end": 0.0})
+        st = stages.setdefault(role, {"runs": 0, "cpu_s": 0.0, "unmetered": 0, "start": float("inf"), "end": 0.0})
         st["runs"] += 1
         st["cpu_s"] += cpu
+        st["unmetered"] += cpu == 0.0  # trained by a kdgrid that did not log cost.* yet
         st["start"] = min(st["start"], run.info.start_time / 1000)
         st["end"] = max(st["end"], (run.info.end_time or run.info.start_time) / 1000)
     for st in stages.values():
@@ -62,9 +63,11 @@ def print_stages(title: str, costs: dict) -> None:
     for role in ("teacher", "student"):
         if role in stages:
             s = stages[role]
-            print(f"  {role + 's':<10} {s['runs']:>5} {_mmss(s['wall_s']):>10} {s['cpu_s']:>10.0f}")
+            note = f"   ({s['unmetered']} run(s) without cost metrics)" if s["unmetered"] else ""
+            print(f"  {role + 's':<10} {s['runs']:>5} {_mmss(s['wall_s']):>10} {s['cpu_s']:>10.0f}{note}")
     total_cpu = sum(s["cpu_s"] for s in stages.values())
     print(f"  {'grid':<10} {sum(s['runs'] for s in stages.values()):>5} {_mmss(end - start):>10} {total_cpu:>10.0f}")
+    print("  wall: first start to last end of the stage's runs (MLflow); CPU-s: the engine's cost.* metrics")
 
 
 def _mmss(seconds: float) -> str:
