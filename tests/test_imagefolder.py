@@ -57,3 +57,22 @@ distillation: {{kd: soft, tau: 3.0, kd_weight: 0.5}}
     assert 0 <= m["val.top1"] <= 100 and m["train.ce"] > 0
     # DeiT's linear scaling: 5e-4 x 8 x 1 / 512
     assert float(run.data.params["effective.lr"]) == pytest.approx(5e-4 * 8 / 512)
+
+
+def test_deit_randaugment_posterize_at_full_magnitude_does_not_crash(tmp_path):
+    """DeiT's 'rand-m9-mstd0.5-inc1' draws magnitudes up to 10, where timm's PosterizeIncreasing keeps 0 bits;
+    Pillow 13 raises on 0 bits. The data path must give the old result (black) instead of killing the run."""
+    from timm.data import create_transform
+
+    from trainer.data import _posterize_zero_bits
+
+    tf = create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1")
+    _posterize_zero_bits(tf)
+    ra = next(t for t in tf.transforms if hasattr(t, "ops"))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+    img = Image.fromarray((torch.arange(32 * 32 * 3) % 256).to(torch.uint8).reshape(32, 32, 3).numpy())
+    out = op(img)
+    assert out.size == img.size and max(out.getextrema(), key=lambda e: e[1])[1] == 0  # 0 bits kept: black
+    op.magnitude = 5  # 2 bits kept: only the top two bits of each value survive
+    assert {v & 0x3F for v in op(img).tobytes()} == {0}

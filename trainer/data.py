@@ -233,6 +233,7 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
                                 auto_augment=a.rand_augment, interpolation="bicubic", re_prob=a.reprob,
                                 re_mode="pixel", re_count=1, hflip=a.hflip,
                                 scale=a.crop_scale or (0.08, 1.0))
+    _posterize_zero_bits(train_tf)
     val_tf = create_transform(spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
     train_ds, val_ds = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", val_tf)
     for ds, size, off in ((train_ds, spec.train_subset, 0), (val_ds, spec.val_subset, 1)):
@@ -242,6 +243,27 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
             ds.targets = [s[1] for s in ds.samples]
     return (FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size),
             FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size))
+
+
+def _posterize(img, bits_to_keep, **_):
+    """Posterize as Pillow did before it rejected 0 bits: keep `bits_to_keep` high bits, 0 -> black."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_zero_bits(transform) -> None:
+    """DeiT's RandAugment ('rand-m9-mstd0.5-inc1') asks timm's PosterizeIncreasing for 0 bits at the top
+    magnitudes; recent Pillow (13 here) raises on that, which would kill a run mid-epoch. Give this transform's
+    posterize ops the old semantics (the image DeiT was trained with), leaving timm itself untouched."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
 
 
 def mixup_fn(spec: DataSpec):
