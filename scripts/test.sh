@@ -8,5 +8,7 @@ slurm_up=../shared/ci/slurm_up.sh
 if [ "$(id -u)" = 0 ] && [ -x "$(command -v bash)" ] && [ -f "$slurm_up" ] && [ "${KDGRID_SLURM:-1}" = 1 ]; then
   bash "$slurm_up"
   trap 'bash ../shared/ci/slurm_down.sh >/dev/null 2>&1 || true' EXIT
+elif [ "${KDGRID_REQUIRE_SLURM:-0}" = 1 ]; then
+  echo "[test] KDGRID_REQUIRE_SLURM=1 but cannot start Slurm (needs root and $slurm_up): the Slurm tests will fail" >&2
 fi
 .venv/bin/python -m pytest -q --durations=25 "$@"
