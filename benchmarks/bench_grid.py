@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print_stages(f"{args.scale} grid in {uri}", stage_costs(uri, args.scale))
         return 0
 
-    extra = [x for o in args.overrides for x in ("--set", o)]
+    tables, overrides = None, list(args.overrides)
     if args.quick:
-        args.scale = "smoke"
-        extra += ["--tables", "3,6", "--set", "data.train_subset=256", "--set", "data.val_subset=128"]
+        args.scale, tables = "smoke", "3,6"
+        overrides += ["data.train_subset=256", "data.val_subset=128"]
+    extra = [x for o in overrides for x in ("--set", o)] + (["--tables", tables] if tables else [])
     base = Path(args.dir or tempfile.mkdtemp(prefix="kdgrid-bench-grid-"))
     results = {}
     for mode, flags in (("cohorts", []), ("solo", ["--no-cohorts"])):
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator.plan import make_plan
 
-    plan = make_plan(args.scale, tables=_tables(extra), seeds=args.seeds,
-                     overrides=[o for o in _sets(extra)])
+    plan = make_plan(args.scale, tables=tables, seeds=args.seeds, overrides=overrides)
     solo = results["solo"][1]["per_run"]
     independent = sum(solo[r.hash] * (len(r.uses) if r.role == "student" else 1) for r in plan.runs)
     kdgrid = sum(results["cohorts"][1]["per_run"].values())
@@ -132,14 +132,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratio:.3f}   goal <= 0.5   {'PASS' if ratio <= 0.5 else 'MISS'}")
     print(f"  wall: cohorts {_mmss(results['cohorts'][0])}, solo runs {_mmss(results['solo'][0])}")
     return 0
-
-
-def _tables(extra: list[str]) -> str | None:
-    return extra[extra.index("--tables") + 1] if "--tables" in extra else None
-
-
-def _sets(extra: list[str]) -> list[str]:
-    return [extra[i + 1] for i, x in enumerate(extra) if x == "--set"]
 
 
 if __name__ == "__main__":
