@@ -111,7 +111,7 @@ def objective(spec: ExperimentSpec, out, target, t_logits, f_mf, t_mf, f_emb, t_
         weights = {"ci": m.term_scale.ci * m.weight, "cp": m.term_scale.cp * m.alpha * m.weight,
                    "rs": m.term_scale.rs * m.beta * m.weight}
         mf = losses.manifold_loss(f_mf, t_mf, terms=m.terms, weights=weights, k=m.k, reduction=m.reduction,
-                                  layer_reduce="sum" if m.reduction == "paper" else "mean",
+                                  layer_reduce=m.layer_reduce,
                                   exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
                                   generator=generator)
         total = total + mf.pop("total")

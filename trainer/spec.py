@@ -163,10 +163,18 @@ class ManifoldSpec(StrictModel):
     student_blocks: tuple[Block, ...] = (1, 2, 3, 4, 9, 10, 11, 12)
     teacher_blocks: tuple[Block, ...] = (1, 2, 3, 4, 21, 22, 23, 24)
     reduction: Literal["paper", "released"] = "paper"
+    # How Eq. 13 combines the block pairs: "sum" (the paper's text) or "mean" (the released code). Unset
+    # follows the reduction (paper -> sum, released -> mean), which keeps earlier runs' content hashes.
+    layers: Literal["sum", "mean"] | None = None
     term_scale: TermScale = TermScale()
     weight: Weight = 1.0
     exact: bool = False  # add the exact patch-level loss (Eq. 8) computed through Gram matrices
     exact_weight: Weight = 1.0
+
+    @property
+    def layer_reduce(self) -> str:
+        """How the block pairs' losses combine (Eq. 13): the explicit `layers`, else the reduction's."""
+        return self.layers or ("sum" if self.reduction == "paper" else "mean")
 
     @field_validator("terms")
     @classmethod
