@@ -1,5 +1,6 @@
-# The two commands of the README. Both install what they need (scripts/bootstrap.sh).
-.PHONY: reproduce test plan report ui bench
+# The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
+# ranges, pinned to the tested set by requirements/lock.txt).
+.PHONY: reproduce test plan report ui bench lock
 
 reproduce:  ## the mini reproduction: local launcher, MLflow in ./kdgrid.db, report in ./reports
 	scripts/bootstrap.sh run
@@ -23,3 +24,6 @@ ui:
 bench:
 	scripts/bootstrap.sh test
 	.venv/bin/python -m benchmarks $(ARGS)
+
+lock:  ## refresh requirements/lock.txt: the newest releases within pyproject.toml's ranges (then run make test)
+	scripts/lock.sh

@@ -81,12 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5000)
+
+    sub.add_parser("check", help="check the installed torch, timm, mlflow, ... against the versions kdgrid supports")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from orchestrator.requirements import check_startup, cmd_check
+
+    if args.command == "check":
+        return cmd_check(args)
+    unsupported = check_startup()  # a millisecond: reads dist-info names, imports nothing heavy
+    if unsupported:
+        print(f"error: {unsupported}", file=sys.stderr)
+        return 2
     try:
         if args.command == "train":
             return _train(args)
