@@ -12,7 +12,8 @@ import sys
 from importlib.metadata import distributions
 from pathlib import Path
 
-IGNORED = {"pip", "setuptools", "wheel", "kdgrid"}
+IGNORED = {"pip", "kdgrid"}
+VENV_TOOLS = {"setuptools", "wheel"}  # come with some venvs: checked only when the lock pins them
 
 
 def norm(name: str) -> str:
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
     pins = read_lock(lock)
     installed = {norm(d.metadata["Name"]): d.version for d in distributions()}
     diff = [f"{n} {v} is installed but not in {lock}" for n, v in sorted(installed.items())
-            if n not in IGNORED and n not in pins]
+            if n not in IGNORED | VENV_TOOLS and n not in pins]
     diff += [f"{n} {v} is installed, {lock} pins {pins[n]}" for n, v in sorted(installed.items())
              if n in pins and pins[n] != v]
     for line in diff:

@@ -14,7 +14,8 @@ echo "[lock] pip install -e .[test] from the ranges of pyproject.toml into $tmp/
 "$tmp/venv/bin/python" -m pip check
 {
   sed -n '/^#/p' requirements/lock.txt   # keep the header
-  "$tmp/venv/bin/python" -m pip freeze --exclude-editable | grep -viE '^(#|-e |kdgrid==)' | sort -f
+  # --all: torch needs setuptools at run time, and plain `pip freeze` leaves it out; pip itself stays free
+  "$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -viE '^(#|-e |kdgrid==|pip==)' | sort -f
 } > "$tmp/lock.txt"
 mv "$tmp/lock.txt" requirements/lock.txt
 echo "[lock] wrote requirements/lock.txt ($(grep -vc '^#' requirements/lock.txt) packages, $("$tmp/venv/bin/python" --version))"

@@ -58,13 +58,13 @@ def test_out_of_range_versions_are_named_with_their_range():
     assert req.problem(torch, None) == "torch is not installed; kdgrid needs torch>=2.3,<3"
     assert req.problem(torch, "nightly") == "torch nightly is not a version kdgrid can read; kdgrid needs torch>=2.3,<3"
     assert "timm 1.0.29 is too old; kdgrid needs timm>=1.0.30,<2" in req.problem(_range("timm"), "1.0.29")
-    assert "mlflow 2.22.1 is too old; kdgrid needs mlflow>=3.0,<4" in req.problem(_range("mlflow"), "2.22.1")
+    assert "mlflow 3.1.1 is too old; kdgrid needs mlflow>=3.1.3,<4" in req.problem(_range("mlflow"), "3.1.1")
     assert "pydantic 1.10.17 is too old; kdgrid needs pydantic>=2.0.3,<3" in req.problem(_range("pydantic"), "1.10.17")
     assert "ray 2.40.0 is too old; kdgrid needs ray>=2.41,<3" in req.problem(_range("ray"), "2.40.0")
 
 
 @pytest.mark.parametrize("name, given", [("torch", "2.3.0"), ("torch", "2.3.0a0+git"), ("torch", "2.99.1+cu130"),
-                                         ("timm", "1.0.30"), ("mlflow", "3.0.0"), ("ray", "2.41.0"),
+                                         ("timm", "1.0.30"), ("mlflow", "3.1.3"), ("ray", "2.41.0"),
                                          ("pydantic", "2.14.3")])
 def test_in_range_versions_pass(name, given):
     assert req.problem(_range(name), given) is None
@@ -151,9 +151,9 @@ def _pypi_reachable() -> bool:
         return False
 
 
-def _resolve(tmp_path: Path, torch: str, torchvision: str) -> dict[str, str]:
-    """{name: version} pip would install for `pip install -e <repo>` (the ranges, no lock) into a fresh venv
-    that already holds torch `torch` and torchvision `torchvision` (which pins that torch, as the real one does)."""
+def _resolve(tmp_path: Path, torch: str, torchvision: str, wanted: list[str]) -> dict[str, str]:
+    """{name: version} that `pip install <wanted>` would install into a fresh venv that already holds torch `torch`
+    and torchvision `torchvision` (which pins that torch, as the real one does). No lock: ranges only."""
     env_dir = tmp_path / f"venv-{torch}"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -166,8 +166,7 @@ def _resolve(tmp_path: Path, torch: str, torchvision: str) -> dict[str, str]:
                           capture_output=True, text=True, check=True).stdout.split()
     assert have == [torch, torchvision]
     report = tmp_path / f"report-{torch}.json"
-    subprocess.run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), "-e", str(ROOT)],
-                   check=True, timeout=1200)
+    subprocess.run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), *wanted], check=True, timeout=1200)
     return {item["metadata"]["name"].lower(): item["metadata"]["version"]
             for item in json.loads(report.read_text())["install"]}
 
@@ -177,9 +176,10 @@ def test_pip_keeps_an_installed_torch_within_the_range(tmp_path):
     """What this proves: pip's real resolver, asked for `pip install -e <this repo>` against PyPI (pyproject.toml's
     ranges, no lock), leaves an installed torch 2.13.0 / torchvision 0.28.0 in place — not the lock's 2.14.1 /
     0.29.1, not PyPI's newest — while it does install the rest (timm, mlflow, ray). The installed torch is a
-    real distribution (a tiny wheel named torch, installed by pip), so the resolver sees exactly what it would
-    see of a cluster's own build. The control: the same venv with torch 2.2.0 (below torch>=2.3) gets a new
-    torch and torchvision, so the test fails if the range stopped admitting an installed torch."""
+    real distribution (a tiny wheel named torch, installed by pip), so the resolver sees what it would see of
+    a cluster's own build. The control, first: the same kind of venv holding torch 2.2.0 / torchvision 0.17.0
+    (below the ranges), asked for pyproject.toml's torch and torchvision requirements, gets both replaced, so
+    an installed torch is visible to pip and it is the range that keeps 2.13.0."""
     if not _pypi_reachable():
         if os.environ.get("CI") == "true":
             pytest.fail("PyPI (https://pypi.org) is unreachable in CI: the resolver check needs it")
@@ -187,11 +187,14 @@ def test_pip_keeps_an_installed_torch_within_the_range(tmp_path):
     lock = dict(line.split("==") for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
     assert lock["torch"] != "2.13.0" and lock["torchvision"] != "0.28.0"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_reqs = [d for d in deps if Requirement(d).name in ("torch", "torchvision")]
+    assert len(torch_reqs) == 2
 
-    kept = _resolve(tmp_path, "2.13.0", "0.28.0")
-    assert "torch" not in kept and "torchvision" not in kept, {k: kept[k] for k in ("torch", "torchvision") if k in kept}
-    assert {"kdgrid", "timm", "mlflow", "ray"} <= set(kept)
-
-    replaced = _resolve(tmp_path, "2.2.0", "0.17.0")
+    replaced = _resolve(tmp_path, "2.2.0", "0.17.0", torch_reqs)
     assert req.problem(_range("torch"), replaced["torch"]) is None
     assert req.problem(_range("torchvision"), replaced["torchvision"]) is None
+
+    kept = _resolve(tmp_path, "2.13.0", "0.28.0", ["-e", str(ROOT)])
+    assert "torch" not in kept and "torchvision" not in kept, {k: kept[k] for k in ("torch", "torchvision") if k in kept}
+    assert {"kdgrid", "timm", "mlflow", "ray"} <= set(kept)
