@@ -3,18 +3,20 @@
 - bench_loss: the exact manifold loss (Eq. 8) vs the naive (np x np) map and the three-term approximation;
 - bench_step: a distillation step vs a teacher forward plus a student step, and a cohort's step;
 - bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
-  first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs.
+  first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs;
+- bench_startup: the start-up version check vs the same versions through importlib.metadata.
 """
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_grid, bench_loss, bench_step
+from benchmarks import bench_grid, bench_loss, bench_startup, bench_step
 
 
 def main(argv: list[str]) -> int:
     quick = ["--quick"] if "--quick" in argv else []
-    for name, bench, args in (("loss", bench_loss, quick), ("step", bench_step, quick), ("grid", bench_grid, [])):
+    for name, bench, args in (("loss", bench_loss, quick), ("step", bench_step, quick), ("grid", bench_grid, []),
+                              ("startup", bench_startup, [])):
         print(f"\n===== benchmarks.bench_{name} {' '.join(args)}", flush=True)
         bench.main(args)
     return 0

@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class Range:
-    name: str  # the distribution's name, as pyproject.toml spells it
-    floor: str  # oldest release that works (inclusive)
-    ceiling: str  # first release assumed to break (exclusive): the next major
-    why: str  # what sets the floor
+    """name: the distribution, as pyproject.toml spells it; floor: the oldest release that works (inclusive);
+    ceiling: the first release assumed to break (exclusive), the next major; why: what sets the floor.
+    A plain class: `dataclasses` imports `inspect`, which would cost this check more than its work."""
+
+    __slots__ = ("name", "floor", "ceiling", "why")
+
+    def __init__(self, name: str, floor: str, ceiling: str, why: str):
+        self.name, self.floor, self.ceiling, self.why = name, floor, ceiling, why
 
     def __str__(self) -> str:
         return f"{self.name}>={self.floor},<{self.ceiling}"

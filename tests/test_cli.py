@@ -19,5 +19,5 @@ def test_help_imports_no_heavy_module():
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True)
-    for cmd in ("train", "plan", "launch", "reproduce", "report", "ui"):
+    for cmd in ("train", "plan", "launch", "reproduce", "report", "ui", "check"):
         assert cmd in out.stdout
