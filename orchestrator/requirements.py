@@ -36,7 +36,7 @@ RANGES = (
     Range("ray", "2.41", "3", "ray.tune.RunConfig, FailureConfig and tune.report(dict) (2.41)"),
     Range("mlflow", "3.1.3", "4", "MlflowClient.download_artifacts honours the client's tracking URI (3.1.3)"),
     Range("submitit", "1.5.4", "2", "AutoExecutor(slurm_python=...); before 1.5.4 it imports pkg_resources, "
-                                    "which setuptools 81+ no longer has"),
+                                    "which setuptools 82+ no longer has"),
     Range("pydantic", "2.0.3", "3", "pydantic 2 validators (spec hashes checked equal on 2.0.3 and 2.14)"),
     Range("rich", "13", "16", "Live, Progress and MofNCompleteColumn"),
     Range("matplotlib", "3.6", "4", "the first with Python 3.11 wheels"),
