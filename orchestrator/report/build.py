@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.grid import TABLE_IDS
+from orchestrator.grid import TABLE_IDS, load_recipes
 from orchestrator.report import claims as claims_mod
 from orchestrator.report import figure
 from orchestrator.report.collect import Collected, collect
@@ -64,7 +64,8 @@ def reproduce_command(plan: Any, tracking_uri: str | None = None, overrides: tup
         args += ["--tables", ",".join(tables)]
     if plan.seeds != 1:
         args += ["--seeds", str(plan.seeds)]
-    if plan.recipe != "paper":
+    book = load_recipes()
+    if plan.recipe != book.canonical(book.default):
         args += ["--recipe", str(plan.recipe)]
     for o in overrides:
         args += ["--set", str(o)]
