@@ -242,7 +242,7 @@ def cmd_resolve(args) -> int:
     from rich.console import Console
 
     from orchestrator.launch import absolute_uri
-    from orchestrator.report import render_markdown, write_reports
+    from orchestrator.report import render, write_reports
 
     console = Console(soft_wrap=True)
     uri = absolute_uri(args.tracking_uri)
@@ -257,7 +257,7 @@ def cmd_resolve(args) -> int:
     write_reports(plan, uri, out, formats=("md", "html", "latex"), report=report)
     (out / "resolve.json").write_text(json.dumps(asdict(outcome), indent=2))
     (out / "resolve.md").write_text("\n".join(outcome.lines()) + "\n")
-    print(render_markdown(plan, uri))
+    print(render.markdown(report))
     for line in outcome.lines():
         console.print(line, highlight=False, markup=False)
     return 0

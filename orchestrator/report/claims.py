@@ -113,6 +113,7 @@ class ClaimResult:
     verdict: str
     comparisons: list[Comparison] = field(default_factory=list)
     note: str = ""
+    effect: float | None = None  # the difference seeds are estimated for, when not the paper's
 
     @property
     def supported(self) -> bool:
@@ -155,7 +156,8 @@ class ClaimResult:
             return used
         need = self.seeds_needed
         if need is not None:
-            return f"{used}; would need {need} per row to resolve a difference of the paper's size"
+            size = "the paper's size" if self.effect is None else f"{self.effect:g} points"
+            return f"{used}; would need {need} per row to resolve a difference of {size}"
         return f"{used}; would need more than {stats.MAX_SEEDS} per row (or a spread to estimate from)"
 
 
@@ -251,7 +253,7 @@ def check(claim: ClaimDef, table: TableModel, metric: str = "last", *, test: str
         rows = tuple((table.table, r.index) for r in (ra, rb) if r is not None)
         comps.append(compare(row_values(ra, metric), row_values(rb, metric), p.relation, round(p.a - p.b, 2),
                              test=test, level=level, effect=effect, labels=(la, lb), rows=rows))
-    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps)
+    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, effect=effect)
 
 
 def check_all(tables: list[TableModel], metric: str = "last", *, test: str = "welch", level: float = stats.LEVEL,
@@ -299,7 +301,8 @@ def figure4_claim(curves: dict[str, Curve], fig4: TableModel | None = None, *, t
                              labels=("manifold (final epoch)", f"{other} (final epoch)"),
                              rows=(("fig4", m.index), ("fig4", o.index))))
     result = ClaimResult("F4", "fig4", text, verdict([c.outcome for c in comps]), comps,
-                         note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached")
+                         note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached",
+                         effect=effect)
     if above * 2 < len(common) and result.verdict == SUPPORTED:
         result.verdict = CONTRADICTED
     return result
