@@ -497,6 +497,6 @@ def _check_served(store, url):
         if p.role == "student":
             assert tags[tracking.ROWS] and all(u.key in tags[tracking.ROWS].split(",") for u in p.uses)
             if p.spec.distillation.manifold or p.spec.distillation.embedding:
-                assert tags[tracking.RECIPE] == "paper"
+                assert tags[tracking.RECIPE] == "paper-mean"  # recipes.yaml's default
     names = {run.info.run_name for run in found.values()}
     assert "t2 · cait_s24 → deit_tiny · manifold" in names and "teacher · cait_s24" in names
