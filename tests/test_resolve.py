@@ -91,7 +91,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     seeds, cost = R.row_state(plan, R.run_costs(uri, "smoke", [r.hash for r in plan.students]))
     costs = sorted(R.claim_cost(n, seeds, cost)[1] for n in needs if not n.resolved)
     budget_h = costs[0] * 1.2 / 3600
-    before = {r.hash for r in plan.runs}
+    before = set(tracking.runs_by_hash(tracking.client(uri), "smoke"))  # every run in the store
 
     p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", "100",
                 "--budget-cpu-hours", f"{budget_h:.8f}", "--max-seeds", "5", cwd=tmp_path)

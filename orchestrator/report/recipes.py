@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 from orchestrator.report.build import Report
+from orchestrator.report.claims import INCOMPLETE
 
 
 def _cell(report: Report, claim_id: str) -> str:
     c = next((c for c in report.claims if c.id == claim_id), None)
     if c is None:
         return ""
+    if c.verdict == INCOMPLETE:
+        return c.verdict
     text = f"{c.verdict} ({c.seeds_used} seeds"
     need = c.seeds_needed
     if not c.resolved and need is not None:
