@@ -96,6 +96,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", "100",
                 "--budget-cpu-hours", f"{budget_h:.8f}", "--max-seeds", "5", cwd=tmp_path)
     out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
+    print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
     assert out["reason"] in (R.OUT_OF_BUDGET, R.CANNOT), p.stdout[-2000:]
     assert len(out["rounds"]) == 1
     chosen = out["rounds"][0]["chosen"]
