@@ -25,7 +25,9 @@ def _grid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default="mini", help="paper | mini | smoke, or a path to a scale YAML (default: mini)")
     p.add_argument("--tables", default="all", help="comma-separated table numbers, e.g. 2,5 (default: all, with Figure 4)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per row (default: 1)")
-    p.add_argument("--recipe", default="paper", help="recipe for manifold rows: paper | released (default: paper)")
+    p.add_argument("--recipe", default=None,
+                   help="recipe for manifold rows: paper-mean | released | paper-sum (`paper` = paper-sum); "
+                        "default: `default:` in experiments/recipes.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scale setting, e.g. --set data.root=/datasets/imagenet (repeatable; YAML values)")
 
@@ -38,6 +40,13 @@ def _launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-config", default=None, help="slurm: launcher config YAML (resources, partition, ...)")
     p.add_argument("--no-cohorts", action="store_true", help="train every run in its own process")
     p.add_argument("--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)")
+
+
+def _claims(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test", choices=("welch", "paired"), default="welch",
+                   help="the test deciding claims: Welch's t-test, or a paired t-test over seeds both rows "
+                        "share (same seed = same data order) (default: welch)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the claims' intervals (default: 0.95)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,11 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _launch(p)
     p.add_argument("--out", default="reports", help="report folder (default: ./reports)")
+    _claims(p)
+    p.add_argument("--resolve", action="store_true",
+                   help="after the grid, add seeds to the rows of unresolved claims until they resolve, the "
+                        "power estimate says they cannot within the budget, or the budget is spent")
+    p.add_argument("--budget-cpu-hours", type=float, default=None,
+                   help="--resolve: CPU-hours (the runs' logged cost.*) the added seeds may spend (default: unlimited)")
+    p.add_argument("--max-seeds", type=int, default=10, help="--resolve: most seeds per row (default: 10)")
+    p.add_argument("--effect", type=float, default=None, metavar="POINTS",
+                   help="--resolve: the difference to resolve, in top-1 points (default: each comparison's "
+                        "difference in the paper)")
 
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
     _grid(p)
     _common(p)
     p.add_argument("--format", choices=("md", "latex", "html"), default="md")
+    _claims(p)
+    p.add_argument("--added-seeds", action="store_true",
+                   help="also count the seeds beyond --seeds that MLflow has for some rows (added by "
+                        "`reproduce --resolve`)")
     p.add_argument("--out", default=None, help="write the report (and figure) into this folder")
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store")
@@ -98,11 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {unsupported}", file=sys.stderr)
         return 2
     try:
+        if getattr(args, "recipe", "") is None:  # the default lives in experiments/recipes.yaml
+            from orchestrator.grid import load_recipes
+
+            book = load_recipes()
+            args.recipe = book.canonical(book.default)
         if args.command == "train":
             return _train(args)
         if args.command == "plan":
             from orchestrator.plan import cmd_plan
             return cmd_plan(args)
+        if args.command == "reproduce" and args.resolve:
+            from orchestrator.resolve import cmd_resolve
+            return cmd_resolve(args)
         if args.command in ("launch", "reproduce"):
             from orchestrator.launch import cmd_launch
             return cmd_launch(args, wait=args.command == "reproduce")

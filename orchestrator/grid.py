@@ -576,13 +576,23 @@ class Recipe(StrictModel):
 class RecipeBook(StrictModel):
     hard: LogitKD  # DeiT's hard-label distillation: every Hard row, whatever the recipe
     recipes: dict[str, Recipe]
-    default: str = "paper"
+    default: str = "paper-mean"
+    aliases: dict[str, str] = Field(default_factory=dict)  # old name -> recipe (renames keep old commands working)
 
     @model_validator(mode="after")
     def _default(self) -> "RecipeBook":
-        if self.default not in self.recipes:
+        for old, new in self.aliases.items():
+            if new not in self.recipes:
+                raise ValueError(f"aliases.{old}: {new!r} is not one of the recipes ({', '.join(self.recipes)})")
+            if old in self.recipes:
+                raise ValueError(f"aliases.{old}: {old!r} is a recipe itself; an alias must be another name")
+        if self.canonical(self.default) not in self.recipes:
             raise ValueError(f"default: {self.default!r} is not one of the recipes ({', '.join(self.recipes)})")
         return self
+
+    def canonical(self, name: str) -> str:
+        """The recipe a name stands for: itself, or the recipe an alias points to."""
+        return self.aliases.get(name, name)
 
 
 def load_recipes(path: str | Path | None = None) -> RecipeBook:
@@ -594,8 +604,26 @@ def load_recipes(path: str | Path | None = None) -> RecipeBook:
         raise GridError([(display_path(path), p, r) for p, r in validation_problems(err, model=RecipeBook)]) from None
 
 
+def recipe_names(book: RecipeBook, names: str | None, path: str | Path | None = None) -> list[str]:
+    """`--recipe`/`--recipes` values -> canonical recipe names: None is the default, "all" every recipe,
+    "a,b" a list (aliases resolved, duplicates dropped, unknown names an error)."""
+    if names is None:
+        return [book.canonical(book.default)]
+    out: list[str] = []
+    for name in (n.strip() for n in str(names).split(",") if n.strip()):
+        if name == "all":
+            out.extend(book.recipes)
+        else:
+            get_recipe(book, name, path)
+            out.append(book.canonical(name))
+    if not out:
+        raise GridError([(display_path(path or RECIPES_FILE), "--recipe", "no recipe named")])
+    return list(dict.fromkeys(out))
+
+
 def get_recipe(book: RecipeBook, name: str, path: str | Path | None = None) -> Recipe:
+    name = book.canonical(name)
     if name not in book.recipes:
-        raise GridError([(display_path(path or RECIPES_FILE), "--recipe",
-                          f"no recipe {name!r}: recipes are {', '.join(book.recipes)}")])
+        known = ", ".join(list(book.recipes) + [f"{a} (= {r})" for a, r in book.aliases.items()])
+        raise GridError([(display_path(path or RECIPES_FILE), "--recipe", f"no recipe {name!r}: recipes are {known}")])
     return book.recipes[name]

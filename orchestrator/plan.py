@@ -249,18 +249,24 @@ def _requested(tables: str | list[str] | None) -> list[str | Path]:
 
 
 def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds: int = 1,
-              recipe: str = "paper", overrides: list[str] = ()) -> Plan:
+              recipe: str | None = None, overrides: list[str] = (),
+              row_seeds: dict[str, int] | None = None) -> Plan:
     """Resolve, validate and deduplicate the grid; raise GridError (file, field path, reason) on any problem.
 
     scale: a name in experiments/ or a path to a scale YAML; tables: "all"/None (2-7 + fig4), "2,5",
-    ["2", "5"], or paths to table YAMLs (which replace the paper's table of the same id).
+    ["2", "5"], or paths to table YAMLs (which replace the paper's table of the same id); recipe: a name
+    or alias in experiments/recipes.yaml (None: its `default`), kept as the canonical name.
+    row_seeds: {seed-0 hash of a row: seeds} gives those rows more than `seeds` seeds (what
+    `reproduce --resolve` adds); keyed by the row's seed-0 run, so every row standing for that run gets them.
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise GridError([("", "--seeds", f"{seeds!r}: at least one seed")])
     overrides = list(overrides or ())
+    row_seeds = dict(row_seeds or {})
     requested = _requested(tables)
     sc, scale_file = load_scale(scale, overrides)
     book = load_recipes()
+    recipe = book.canonical(book.default if recipe is None else recipe)
     get_recipe(book, recipe)
 
     # The full grid: the paper's tables, with tables given by path replacing those of the same id.
@@ -307,7 +313,7 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     row_hashes: dict[tuple[str, int], list[str]] = {}
     for (tid, i), spec0 in sorted(base.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         t = loaded[tid][0]
-        for s in range(seeds):
+        for s in range(max(seeds, row_seeds.get(spec0.content_hash(), 0))):
             spec = spec0 if s == 0 else spec0.model_copy(update={"seed": s})
             h = spec.content_hash()
             usage.setdefault(h, []).append((tid, i, t.row_key(i)))
@@ -357,9 +363,9 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                                            tags=tags))
         teachers.append(PlannedRun(th, spec, "teacher", [], [], spec.seed))
 
-    rows = sum(len(loaded[tid][0].rows) for tid in wanted)
+    pairs = sum(len(v) for k, v in row_hashes.items() if k[0] in wanted)  # row x seed pairs
     return Plan(scale=sc.scale, recipe=recipe, seeds=seeds, tables=[loaded[tid][0] for tid in wanted],
-                runs=teachers + students, rows_before_dedup=rows * seeds + len(teachers),
+                runs=teachers + students, rows_before_dedup=pairs + len(teachers),
                 launch=sc.launch.model_dump(exclude_unset=True),
                 row_hashes={k: v for k, v in row_hashes.items() if k[0] in wanted})
 
@@ -423,6 +429,8 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
         parts.append(f"blocks s{_blocks(mf.student_blocks)} t{_blocks(mf.teacher_blocks)}")
         if mf.reduction != "paper":
             parts.append(f"reduction={mf.reduction}")
+        if mf.layers is not None:
+            parts.append(f"layers={mf.layers}")
     elif d.embedding is not None:
         method = "embedding"
         parts.append(f"blocks s{_blocks(d.embedding.student_blocks)} t{_blocks(d.embedding.teacher_blocks)}")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator import grid
-from orchestrator.grid import GridError, load_recipes, load_scale, load_table, to_yaml
+from orchestrator.grid import GridError, get_recipe, load_recipes, load_scale, load_table, recipe_names, to_yaml
 
 TINY, SMALL = "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224"
 REGNET, XXS, S24 = "regnety_160", "cait_xxs24_224", "cait_s24_224"
@@ -140,8 +140,14 @@ def test_scales():
 
 def test_recipes():
     book = load_recipes()
-    assert (book.hard.kd, book.hard.kd_weight) == ("hard", 0.5) and book.default == "paper"
-    p, r = book.recipes["paper"], book.recipes["released"]
+    assert (book.hard.kd, book.hard.kd_weight) == ("hard", 0.5) and book.default == "paper-mean"
+    assert book.aliases == {"paper": "paper-sum"} and get_recipe(book, "paper") is book.recipes["paper-sum"]
+    assert recipe_names(book, "all") == ["paper-sum", "paper-mean", "released"]
+    assert recipe_names(book, "paper,paper-sum, released") == ["paper-sum", "released"]
+    assert recipe_names(book, None) == ["paper-mean"]
+    pm = book.recipes["paper-mean"].manifold
+    assert (pm.reduction, pm.layers, pm.alpha, pm.beta, pm.k) == ("released", "sum", 1.0, 0.2, 192)
+    p, r = book.recipes["paper-sum"], book.recipes["released"]
     assert (p.logit.kd, p.logit.kd_weight) == ("hard", 0.5)
     m = p.manifold
     assert (m.reduction, m.alpha, m.beta, m.k, m.weight) == ("paper", 1.0, 0.2, 192, 1.0)

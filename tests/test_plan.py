@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from orchestrator import grid
-from orchestrator.grid import GridError
+from orchestrator.grid import GridError, load_recipes
 from orchestrator.plan import Plan, RowRef, make_plan, run_states
 from trainer import tracking
 from trainer.spec import parse_experiment
@@ -33,8 +33,8 @@ MERGE_GROUPS = {
 
 
 @functools.lru_cache(maxsize=None)
-def plan(scale="mini", tables=None, seeds=1, recipe="paper", overrides=()) -> Plan:
-    return make_plan(scale, tables, seeds, recipe, list(overrides))
+def plan(scale="mini", tables=None, seeds=1, recipe="paper", overrides=(), row_seeds=None) -> Plan:
+    return make_plan(scale, tables, seeds, recipe, list(overrides), row_seeds=dict(row_seeds or ()))
 
 
 def groups(p: Plan, seed: int = 0) -> set[frozenset[str]]:
@@ -47,7 +47,7 @@ def by_key(p: Plan, key: str, seed: int = 0):
 
 def test_paper_grid_dedup():
     p = plan("paper")
-    assert (p.scale, p.recipe, p.seeds) == ("paper", "paper", 1)
+    assert (p.scale, p.recipe, p.seeds) == ("paper", "paper-sum", 1)  # `paper`: the old name of paper-sum
     assert [t.table for t in p.tables] == ["2", "3", "4", "5", "6", "7", "fig4"]
     assert p.rows_before_dedup == 33 and len(p.runs) == 24 and not p.teachers
     assert groups(p) == MERGE_GROUPS
@@ -59,7 +59,7 @@ def test_paper_grid_dedup():
 
 
 def test_same_merges_under_the_released_recipe():
-    paper, released = plan("paper"), plan("paper", recipe="released")
+    paper, released = plan("paper", recipe="paper-sum"), plan("paper", recipe="released")
     assert groups(released) == MERGE_GROUPS and len(released.runs) == 24
     # hard rows and the no-distillation baseline do not depend on the recipe; manifold/embedding rows do
     for key in ("t2.r1", "t2.r6", "fig4.none"):
@@ -115,7 +115,7 @@ def test_names_and_tags_do_not_depend_on_tables():
     assert spec.name == "t2 · cait_s24 → deit_tiny · manifold"
     assert spec.tags == {tracking.ROLE: "student", tracking.TABLES: "2,3,4,5,6,fig4",
                          tracking.ROWS: "t2.r9,t3.r1,t4.r1,t5.r2,t6.r2,fig4.manifold", tracking.SEED: "0"}
-    assert (spec.scale, spec.recipe_name) == ("mini", "paper")
+    assert (spec.scale, spec.recipe_name) == ("mini", "paper-sum")  # planned as `paper`, its alias
     q = by_key(part, "t2.r9")
     assert q.hash == r.hash and q.spec.tags == spec.tags and q.spec.name == spec.name
     assert q.uses == [RowRef("2", 8, "t2.r9"), RowRef("5", 1, "t5.r2")]
@@ -313,3 +313,35 @@ def test_cli_plan_mini_tables_seeds_and_dump(tmp_path):
     assert len(list((tmp_path / "specs").glob("*.yaml"))) == 42 + 1
     bad = _cli(tmp_path, "--tables", "9")
     assert bad.returncode == 2 and "ablations/table9.yaml: --tables: no table '9'" in bad.stderr
+
+
+# Hashes planned by the code before the rename `paper` -> `paper-sum` (commit 10a2d27): the recipe name
+# is display only, so stores trained under `paper` keep their runs.
+PINNED_PAPER_SUM_T2_R9 = "fea6a71ea0554804"  # t2.r9 (CaiT-S24 -> DeiT-Tiny manifold), mini, seed 0
+
+
+def test_recipe_rename_keeps_every_hash():
+    old, new = plan("mini", recipe="paper"), plan("mini", recipe="paper-sum")
+    assert old.recipe == new.recipe == "paper-sum"
+    assert [r.hash for r in old.runs] == [r.hash for r in new.runs]
+    assert by_key(new, "t2.r9").hash == PINNED_PAPER_SUM_T2_R9
+    assert by_key(new, "t2.r9").spec.recipe_name == "paper-sum"
+    mean = plan("mini", recipe="paper-mean")
+    assert by_key(mean, "t2.r9").hash != by_key(new, "t2.r9").hash
+    assert by_key(mean, "t2.r1").hash == by_key(new, "t2.r1").hash  # hard rows: shared by every recipe
+
+
+def test_the_default_recipe_comes_from_recipes_yaml():
+    assert make_plan("mini", "fig4").recipe == load_recipes().default == "paper-mean"
+
+
+def test_row_seeds_add_seeds_to_one_run_wherever_it_stands():
+    base = plan("mini", seeds=2)
+    key = base.row_hashes[("3", 0)][0]  # the CaiT-S24 -> DeiT-Tiny manifold run: Tables 2-6 and Figure 4
+    more = plan("mini", seeds=2, row_seeds=((key, 4),))
+    added = {r.hash for r in more.runs} - {r.hash for r in base.runs}
+    assert len(added) == 2 and all(more.run(h).seed in (2, 3) for h in added)
+    for k, hs in more.row_hashes.items():
+        assert len(hs) == (4 if hs[0] == key else 2), k
+    assert sum(len(hs) == 4 for hs in more.row_hashes.values()) >= 6  # t2, t3, t4, t5, t6, fig4
+    assert more.rows_before_dedup == base.rows_before_dedup + 2 * sum(len(hs) == 4 for hs in more.row_hashes.values())

@@ -158,14 +158,16 @@ def launch_detached(args, uri: str, work: Path, console) -> int:
     return 0
 
 
-def _report(plan, uri: str, out_dir: str, console) -> None:
+def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: float = 0.95) -> None:
     try:
-        from orchestrator.report import render_markdown, write_reports
+        from orchestrator.report import render, write_reports
+        from orchestrator.report.build import build_report
     except ImportError as err:
         console.print(f"report: not written ({err}); the runs are in MLflow at {uri}", highlight=False)
         return
-    paths = write_reports(plan, uri, out_dir, formats=("md", "html", "latex"))
-    print(render_markdown(plan, uri))
+    report = build_report(plan, uri, test=test, level=level)
+    paths = write_reports(plan, uri, out_dir, formats=("md", "html", "latex"), report=report)
+    print(render.markdown(report))
     if paths:
         console.print("report written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
 
@@ -193,5 +195,5 @@ def cmd_launch(args, wait: bool) -> int:
         slurm_config=args.slurm_config, console=console)
     code = summarize(outcomes, ctx, items)
     if wait:
-        _report(plan, uri, args.out, console)
+        _report(plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95))
     return code

@@ -60,7 +60,6 @@ def write_reports(plan: Any, tracking_uri: str, out_dir: str | Path,
 
 
 def cmd_report(args) -> int:
-    from orchestrator.plan import make_plan
     from orchestrator.report import render
     from trainer.tracking import default_uri
 
@@ -69,9 +68,15 @@ def cmd_report(args) -> int:
     for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
         os.environ.setdefault(var, value)
-    plan = make_plan(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=args.recipe,
-                     overrides=list(args.overrides))  # a GridError is printed by the CLI (exit code 2)
-    report = build_report(plan, uri, tuple(args.overrides))
+    from orchestrator.grid import load_recipes, recipe_names
+
+    names = recipe_names(load_recipes(), args.recipe)  # "all" or "a,b": the recipes side by side
+    if len(names) > 1:
+        from orchestrator.report.recipes import cmd_report_recipes
+        return cmd_report_recipes(args, names, uri)
+    plan = _plan(args, names[0], uri)  # a GridError is printed by the CLI (exit code 2)
+    report = build_report(plan, uri, tuple(args.overrides), test=getattr(args, "test", "welch"),
+                          level=getattr(args, "level", 0.95))
     if report.error:  # every row would read "missing": say what is wrong instead
         print(f"error: the MLflow store at {uri} could not be read: {report.error}\n"
               f"(check --tracking-uri / $MLFLOW_TRACKING_URI; `kdgrid ui` serves a local store)", file=sys.stderr)
@@ -89,6 +94,18 @@ def cmd_report(args) -> int:
         print(f"\n{missing} of {report.total} planned runs have no final result yet. To train them:\n"
               f"  {report.command}", file=sys.stderr if not args.out else sys.stdout)
     return 0
+
+
+def _plan(args, recipe: str, uri: str):
+    """The report's plan; with --added-seeds, the rows `reproduce --resolve` gave more seeds keep them."""
+    from orchestrator.plan import make_plan
+
+    row_seeds = None
+    if getattr(args, "added_seeds", False):
+        from orchestrator.resolve import added_seeds
+        row_seeds = added_seeds(args.scale, args.tables, args.seeds, recipe, list(args.overrides), uri)
+    return make_plan(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=recipe,
+                     overrides=list(args.overrides), row_seeds=row_seeds)
 
 
 def cmd_ui(args) -> int:

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.grid import TABLE_IDS
+from orchestrator.grid import TABLE_IDS, load_recipes
 from orchestrator.report import claims as claims_mod
 from orchestrator.report import figure
 from orchestrator.report.collect import Collected, collect
@@ -33,6 +33,8 @@ class Report:
     error: str | None = None
     generated: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     png: bytes | None = None  # Figure 4, once drawn
+    test: str = "welch"  # how claims are decided (claims.basis)
+    level: float = claims_mod.stats.LEVEL
 
     @property
     def total(self) -> int:
@@ -64,7 +66,8 @@ def reproduce_command(plan: Any, tracking_uri: str | None = None, overrides: tup
         args += ["--tables", ",".join(tables)]
     if plan.seeds != 1:
         args += ["--seeds", str(plan.seeds)]
-    if plan.recipe != "paper":
+    book = load_recipes()
+    if plan.recipe != book.canonical(book.default):
         args += ["--recipe", str(plan.recipe)]
     for o in overrides:
         args += ["--set", str(o)]
@@ -96,7 +99,8 @@ def describe_scale(plan: Any) -> tuple[str, bool]:
 
 
 def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
-                 collected: Collected | None = None) -> Report:
+                 collected: Collected | None = None, *, test: str = "welch", level: float = claims_mod.stats.LEVEL,
+                 effect: float | None = None) -> Report:
     """Everything the renderers show. `overrides`: the `--set` options the plan was made with (they go
     into the `kdgrid reproduce` hint)."""
     hashes = {r.hash: r.spec.recipe.epochs for r in plan.runs}
@@ -108,13 +112,13 @@ def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
     tables = [m for m in models if m.table != "fig4"]
     fig4 = next((m for m in models if m.table == "fig4"), None)
     curves = figure.build_curves(fig4) if fig4 is not None else {}
-    claims = claims_mod.check_all(tables)
+    claims = claims_mod.check_all(tables, test=test, level=level, effect=effect)
     if fig4 is not None:
-        claims.append(claims_mod.figure4_claim(curves))
+        claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect))
     counts = Counter(collected.get(h).status for h in hashes)
     note, comparable = describe_scale(plan)
     explicit_uri = tracking_uri if tracking_uri != default_uri() else None  # the hint names a store only if needed
     return Report(scale=plan.scale, recipe=plan.recipe, seeds=plan.seeds, uri=tracking_uri, tables=tables,
                   fig4=fig4, curves=curves, claims=claims, counts=counts,
                   command=reproduce_command(plan, explicit_uri, tuple(overrides)), scale_note=note,
-                  comparable=comparable, error=collected.error)
+                  comparable=comparable, error=collected.error, test=test, level=level)

@@ -1,31 +1,27 @@
 """Pure: the claims Section 4.2-4.3 draws from its tables, checked against this grid's table models.
 
 Each claim is a list of pairwise comparisons between rows of one table (rows are named by the Acc1 the
-paper prints for them, which is unique within each table). A comparison is decided on the final-epoch
-mean over seeds and set against the seeds' spread (the larger sample std of the two rows):
-
-- "beats": A > B by more than the spread supports it, B > A by more than the spread contradicts it, and
-  anything in between is not resolved at this scale;
-- "close": A is no further below B than the spread (or above it).
-
-With one seed the spread is unknown, and the verdict says so: it rests on point estimates only.
+paper prints for them, which is unique within each table). Each comparison is decided by a stated test
+over seeds on the final-epoch top-1 (orchestrator/report/stats.py): Welch's t-test by default, or a
+paired t-test over common seeds; the difference's confidence interval at 95% supports the claim when it
+lies on the claimed side of 0, contradicts it on the other side, and leaves it unresolved when it
+contains 0 ("close": non-inferiority with a stated margin). A claim holds when every comparison supports
+it; one contradicted comparison contradicts it; otherwise it is unresolved. For an unresolved comparison
+a power calculation gives the seeds per row that would resolve a difference of the paper's size.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from orchestrator.report.tables import RowModel, Stat, TableModel
+from orchestrator.report import stats
+from orchestrator.report.tables import RowModel, TableModel
 
 SUPPORTED = "supported"
-SUPPORTED_POINT = "supported by the point estimates (one seed: spread unknown)"
-NOT_SUPPORTED = "not supported at this scale"
-NOT_SUPPORTED_POINT = "not supported by the point estimates (one seed: spread unknown)"
-NOT_RESOLVED = "not resolved at this scale (differences within the seeds' spread)"
-UNKNOWN = "cannot be judged with one seed (spread unknown)"
+CONTRADICTED = "contradicted"
+UNRESOLVED = "unresolved"
+UNTESTED = "unresolved (fewer than two seeds in a row: no test)"
 INCOMPLETE = "incomplete (rows missing)"
-
 
 @dataclass(frozen=True)
 class Pair:
@@ -70,6 +66,9 @@ CLAIMS: tuple[ClaimDef, ...] = (
 )
 
 
+RowRef = tuple[str, int]  # (table id, row index)
+
+
 @dataclass
 class Comparison:
     a: str
@@ -77,16 +76,33 @@ class Comparison:
     relation: str
     paper_diff: float | None  # the paper's A - B, where it prints both
     diff: float | None = None  # this grid: mean(A) - mean(B), final epoch
-    spread: float | None = None  # the larger seed std of A and B; None with one seed each
-    outcome: str = "missing"  # supports | contradicts | unresolved | supports? | contradicts? | unknown | missing
+    low: float | None = None  # the confidence interval of the difference
+    high: float | None = None
+    n_a: int = 0  # seeds with a number
+    n_b: int = 0
+    test: str = "welch"
+    level: float = stats.LEVEL
+    p: float | None = None
+    outcome: str = "missing"  # supports | contradicts | unresolved | untested | missing
+    seeds_needed: int | None = None  # unresolved: seeds per row to resolve `effect` (None: over stats.MAX_SEEDS)
+    effect: float | None = None  # the difference the estimate is for (the paper's, unless overridden)
+    rows: tuple[RowRef, ...] = ()  # the rows compared, for adding seeds
 
     def describe(self) -> str:
         rel = "≈≥" if self.relation == "close" else ">"
         paper = f"paper {self.paper_diff:+.2f}" if self.paper_diff is not None else "no paper number"
         if self.diff is None:
             return f"{self.a} {rel} {self.b}: missing ({paper})"
-        spread = f", spread {self.spread:.2f}" if self.spread is not None else ", spread unknown"
-        return f"{self.a} {rel} {self.b}: {self.diff:+.2f}{spread} ({paper}) → {self.outcome.rstrip('?')}"
+        n = f"n = {self.n_a}/{self.n_b}"
+        if self.outcome == "untested":
+            return f"{self.a} {rel} {self.b}: {self.diff:+.2f}, {n}: no test ({paper})"
+        ci = f"{self.level:.0%} CI [{self.low:+.2f}, {self.high:+.2f}]"
+        out = f"{self.a} {rel} {self.b}: {self.diff:+.2f}, {ci}, {n} ({paper}) → {self.outcome}"
+        if self.outcome == "unresolved":
+            size = f"{self.effect:+.2f}" if self.effect is not None else "?"
+            out += (f"; a {size} difference needs {self.seeds_needed} seeds per row" if self.seeds_needed
+                    else f"; a {size} difference needs more than {stats.MAX_SEEDS} seeds per row")
+        return out
 
 
 @dataclass
@@ -97,50 +113,119 @@ class ClaimResult:
     verdict: str
     comparisons: list[Comparison] = field(default_factory=list)
     note: str = ""
+    effect: float | None = None  # the difference seeds are estimated for, when not the paper's
 
     @property
     def supported(self) -> bool:
-        return self.verdict in (SUPPORTED, SUPPORTED_POINT)
+        return self.verdict == SUPPORTED
+
+    @property
+    def resolved(self) -> bool:
+        return self.verdict in (SUPPORTED, CONTRADICTED)
+
+    @property
+    def seeds_used(self) -> int:
+        """The fewest seeds of any row the claim compares."""
+        return min((min(c.n_a, c.n_b) for c in self.comparisons), default=0)
+
+    @property
+    def seeds_needed(self) -> int | None:
+        """Seeds per row that would resolve every unresolved comparison (None: one needs more than
+        stats.MAX_SEEDS, or cannot be estimated yet); 2 while a row has fewer than two seeds."""
+        if self.resolved or self.verdict == INCOMPLETE:
+            return None
+        needs = []
+        for c in self.comparisons:
+            if c.outcome == "untested":
+                needs.append(2)
+            elif c.outcome == "unresolved":
+                if c.seeds_needed is None:
+                    return None
+                needs.append(c.seeds_needed)
+        return max(needs) if needs else None
+
+    @property
+    def open_rows(self) -> list[RowRef]:
+        """The rows of the comparisons still open: where seeds would go."""
+        return list(dict.fromkeys(r for c in self.comparisons if c.outcome in ("unresolved", "untested")
+                                  for r in c.rows))
+
+    def seeds_line(self) -> str:
+        used = f"{self.seeds_used} seed{'s' if self.seeds_used != 1 else ''} per row (fewest)"
+        if self.resolved or self.verdict == INCOMPLETE:
+            return used
+        need = self.seeds_needed
+        if need is not None:
+            size = "the paper's size" if self.effect is None else f"{self.effect:g} points"
+            return f"{used}; would need {need} per row to resolve a difference of {size}"
+        return f"{used}; would need more than {stats.MAX_SEEDS} per row (or a spread to estimate from)"
 
 
-class MeanStd(NamedTuple):
-    mean: float
-    std: float | None
+def row_values(row: RowModel | None, metric: str = "last") -> dict[int, float]:
+    """{seed: final-epoch (or best-epoch) top-1} of a row's finished seeds."""
+    if row is None:
+        return {}
+    attr = "last_top1" if metric == "last" else "best_top1"
+    out = {}
+    for seed, r in zip(row.seeds, row.runs):
+        v = getattr(r, attr, None)
+        if r.finished and v is not None and math.isfinite(v):
+            out[seed] = float(v)
+    return out
 
 
-def compare(a: Stat | MeanStd | None, b: Stat | MeanStd | None, relation: str = "beats"
-            ) -> tuple[float | None, float | None, str]:
-    """(diff, spread, outcome) of 'A beats B' (or 'A is close to B') on two rows' seed statistics."""
-    if a is None or b is None:
-        return None, None, "missing"
-    diff = a.mean - b.mean
-    stds = [s for s in (a.std, b.std) if s is not None]
-    spread = max(stds) if stds else None
-    if relation == "close":
-        if spread is None:
-            return diff, None, "supports?" if diff >= 0 else "unknown"
-        return diff, spread, "supports" if diff >= -spread else "contradicts"
-    if spread is None:
-        return diff, None, "supports?" if diff > 0 else "contradicts?"
-    if abs(diff) <= spread:
-        return diff, spread, "unresolved"
-    return diff, spread, "supports" if diff > 0 else "contradicts"
+def compare(a: dict[int, float], b: dict[int, float], relation: str = "beats", paper_diff: float | None = None,
+            *, test: str = "welch", level: float = stats.LEVEL, effect: float | None = None,
+            labels: tuple[str, str] = ("A", "B"), rows: tuple[RowRef, ...] = ()) -> Comparison:
+    """One comparison decided by the test, with the seeds an unresolved one would need."""
+    c = Comparison(labels[0], labels[1], relation, paper_diff, test=test, level=level, rows=rows,
+                   n_a=len(a), n_b=len(b))
+    if not a or not b:
+        return c
+    c.diff = math.fsum(a.values()) / len(a) - math.fsum(b.values()) / len(b)
+    d = stats.decide(a, b, relation, test=test, level=level)
+    if d is None:
+        c.outcome = "untested"
+        return c
+    c.diff, c.low, c.high, c.p, c.outcome = d.diff, d.low, d.high, d.p, d.outcome
+    c.n_a, c.n_b = d.n_a, d.n_b
+    if c.outcome == "unresolved":
+        c.effect = effect if effect is not None else (paper_diff if paper_diff is not None else c.diff)
+        sa, sb = stats._std(list(a.values())), stats._std(list(b.values()))
+        sd = None
+        if test == "paired":
+            common = sorted(set(a) & set(b))
+            sd = stats._std([a[s] - b[s] for s in common])
+        c.seeds_needed = stats.seeds_needed(c.effect, sa, sb, test=test, s_d=sd, relation=relation, level=level)
+    return c
+
+
+def basis(test: str = "welch", level: float = stats.LEVEL, margin: float = stats.CLOSE_MARGIN) -> str:
+    """The report's statement of how claims are decided."""
+    how = ("Welch's t-test (two-sided; the rows' seeds as independent samples, unequal variances)"
+           if test == "welch" else
+           "a paired t-test (two-sided) over the seeds both rows have: a seed fixes data order, augmentation "
+           "and initialisation, so seed s of two rows saw the same batches")
+    return (f"Claims are decided on the final-epoch top-1 over seeds by {how}, at the {level:.0%} level: for each "
+            f"comparison, the mean difference A − B, its {level:.0%} confidence interval, n (seeds) per row and the "
+            f"paper's difference. A comparison supports the claim when the interval lies above 0, contradicts it "
+            f"when it lies below 0, and is unresolved when it contains 0 (\"close\": non-inferiority, the "
+            f"interval's lower end against −{margin:g} points). A claim is supported when every comparison "
+            f"supports it, contradicted when one contradicts it, else unresolved. For an unresolved comparison, the "
+            f"seeds per row needed to resolve a difference of the paper's size with {stats.POWER:.0%} power at the "
+            f"measured spread (noncentral t).")
 
 
 def verdict(outcomes: list[str]) -> str:
-    """All comparisons of a claim must hold; the weakest one decides."""
+    """All comparisons of a claim must hold; one contradicted contradicts it."""
     if not outcomes or "missing" in outcomes:
         return INCOMPLETE
     if "contradicts" in outcomes:
-        return NOT_SUPPORTED
+        return CONTRADICTED
     if "unresolved" in outcomes:
-        return NOT_RESOLVED
-    if "contradicts?" in outcomes:
-        return NOT_SUPPORTED_POINT
-    if "unknown" in outcomes:
-        return UNKNOWN
-    if "supports?" in outcomes:
-        return SUPPORTED_POINT
+        return UNRESOLVED
+    if "untested" in outcomes:
+        return UNTESTED
     return SUPPORTED
 
 
@@ -158,23 +243,25 @@ def row_label(table: TableModel, row: RowModel) -> str:
     return " · ".join(parts) if parts else f"row {row.index + 1}"
 
 
-def check(claim: ClaimDef, table: TableModel, metric: str = "last") -> ClaimResult:
+def check(claim: ClaimDef, table: TableModel, metric: str = "last", *, test: str = "welch",
+          level: float = stats.LEVEL, effect: float | None = None) -> ClaimResult:
     comps = []
     for p in claim.pairs:
         ra, rb = find_by_paper(table, p.a), find_by_paper(table, p.b)
         la = row_label(table, ra) if ra else f"[{p.a}]"
         lb = row_label(table, rb) if rb else f"[{p.b}]"
-        sa = getattr(ra, metric) if ra else None
-        sb = getattr(rb, metric) if rb else None
-        diff, spread, outcome = compare(sa, sb, p.relation)
-        comps.append(Comparison(la, lb, p.relation, round(p.a - p.b, 2), diff, spread, outcome))
-    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps)
+        rows = tuple((table.table, r.index) for r in (ra, rb) if r is not None)
+        comps.append(compare(row_values(ra, metric), row_values(rb, metric), p.relation, round(p.a - p.b, 2),
+                             test=test, level=level, effect=effect, labels=(la, lb), rows=rows))
+    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, effect=effect)
 
 
-def check_all(tables: list[TableModel], metric: str = "last") -> list[ClaimResult]:
+def check_all(tables: list[TableModel], metric: str = "last", *, test: str = "welch", level: float = stats.LEVEL,
+              effect: float | None = None) -> list[ClaimResult]:
     """The claims whose table is in this report."""
     by_table = {t.table: t for t in tables}
-    return [check(c, by_table[c.table], metric) for c in CLAIMS if c.table in by_table]
+    return [check(c, by_table[c.table], metric, test=test, level=level, effect=effect)
+            for c in CLAIMS if c.table in by_table]
 
 
 # ---- Figure 4 ------------------------------------------------------------------------------------
@@ -187,30 +274,35 @@ class Curve:
     seeds: int  # seeds with any point
 
 
-def figure4_claim(curves: dict[str, Curve]) -> ClaimResult:
-    """'[The manifold curve] surpasses the DeiT baselines at different training epochs': at how many of the
-    epochs all three curves reached is manifold above both, and at the last of them, by more than the
-    seeds' spread?"""
+def figure4_claim(curves: dict[str, Curve], fig4: TableModel | None = None, *, test: str = "welch",
+                  level: float = stats.LEVEL, effect: float | None = None) -> ClaimResult:
+    """'[The manifold curve] surpasses the DeiT baselines at different training epochs': the manifold
+    row's final epoch against each baseline's by the test, and (a note) at how many of the epochs all
+    three curves reached the manifold mean is above both. More below than above makes a supported
+    final-epoch test read as contradicted: the claim is about the curves."""
     text = ("The manifold-distilled DeiT-Tiny is above both DeiT baselines (no distillation, hard "
             "distillation) across training epochs")
     need = ("manifold", "none", "hard")
-    if any(n not in curves or not curves[n].epochs for n in need):
+    rows = {r.curve: r for r in fig4.rows} if fig4 is not None else {}
+    if any(n not in curves or not curves[n].epochs for n in need) or any(n not in rows for n in need):
         return ClaimResult("F4", "fig4", text, INCOMPLETE)
-    points = {n: {e: MeanStd(m, s) for e, m, s in zip(curves[n].epochs, curves[n].mean, curves[n].std)}
-              for n in need}
-    common = sorted(set.intersection(*(set(p) for p in points.values())))
+    means = {n: dict(zip(curves[n].epochs, curves[n].mean)) for n in need}
+    common = sorted(set.intersection(*(set(m) for m in means.values())))
     if not common:
         return ClaimResult("F4", "fig4", text, INCOMPLETE)
-    above = sum(points["manifold"][e].mean > max(points["none"][e].mean, points["hard"][e].mean) for e in common)
-    last = common[-1]
+    above = sum(means["manifold"][e] > max(means["none"][e], means["hard"][e]) for e in common)
     comps = []
+    m = rows["manifold"]
     for other in ("none", "hard"):
-        diff, spread, outcome = compare(points["manifold"][last], points[other][last])
-        comps.append(Comparison(f"manifold @ epoch {last}", f"{other} @ epoch {last}", "beats", None,
-                                diff, spread, outcome))
+        o = rows[other]
+        paper = round(m.paper_acc1 - o.paper_acc1, 2) if m.paper_acc1 is not None and o.paper_acc1 is not None \
+            else None
+        comps.append(compare(row_values(m), row_values(o), "beats", paper, test=test, level=level, effect=effect,
+                             labels=("manifold (final epoch)", f"{other} (final epoch)"),
+                             rows=(("fig4", m.index), ("fig4", o.index))))
     result = ClaimResult("F4", "fig4", text, verdict([c.outcome for c in comps]), comps,
-                         note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached")
-    if above * 2 < len(common) and result.verdict in (SUPPORTED, SUPPORTED_POINT):
-        result.verdict = NOT_SUPPORTED if result.verdict == SUPPORTED else NOT_SUPPORTED_POINT
+                         note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached",
+                         effect=effect)
+    if above * 2 < len(common) and result.verdict == SUPPORTED:
+        result.verdict = CONTRADICTED
     return result
-

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from orchestrator.report.build import Report
 from orchestrator.report.claims import ClaimResult
+from orchestrator.report.claims import basis as claims_basis
 from orchestrator.report.figure import LABELS
 from orchestrator.report.tables import RowModel, TableModel
 
-CLAIM_BASIS = ("Claims are decided on the final-epoch top-1, mean over seeds; a difference counts only when it "
-               "is larger than the seeds' spread (the larger sample std of the two rows compared).")
+def claim_basis(report: Report) -> str:
+    return claims_basis(report.test, report.level)
 
 
 @dataclass
@@ -91,6 +92,8 @@ def curve_lines(report: Report) -> list[str]:
 
 def _claim_lines(c: ClaimResult) -> list[str]:
     lines = [cmp.describe() for cmp in c.comparisons]
+    if c.comparisons:
+        lines.append(c.seeds_line())
     if c.note:
         lines.append(c.note)
     return lines
@@ -129,7 +132,7 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
             out += [f"![Figure 4]({figure_path})", ""]
         out += [f"- {line}" for line in curve_lines(report)] + [""]
     if report.claims:
-        out += ["## Claims", "", CLAIM_BASIS, ""]
+        out += ["## Claims", "", claim_basis(report), ""]
         for c in report.claims:
             out.append(f"- **{c.id}** ({_where(c)}) {c.text} — **{c.verdict}**")
             out += [f"    - {line}" for line in _claim_lines(c)]
@@ -197,7 +200,7 @@ def latex(report: Report, figure_path: str | None = None) -> str:
                    + r"\\ ".join(tex(line) for line in curve_lines(report)) + r"\end{minipage}")
         out.append(r"\end{figure}")
     if report.claims:
-        out += [r"\section*{Claims}", tex(CLAIM_BASIS), r"\begin{itemize}"]
+        out += [r"\section*{Claims}", tex(claim_basis(report)), r"\begin{itemize}"]
         for c in report.claims:
             out.append(rf"\item \textbf{{{tex(c.id)}}} ({tex(_where(c))}) {tex(c.text)} --- \textbf{{{tex(c.verdict)}}}")
             lines = _claim_lines(c)
@@ -256,7 +259,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 <h2 id="claims">Claims</h2>
 <p class="meta">{{ basis }}</p>
 {% for c in r.claims %}<div class="claim"><strong>{{ c.id }}</strong> ({{ where(c) }}) {{ c.text }} —
-<span class="verdict {{ 'v-supported' if c.supported else ('v-not' if c.verdict.startswith('not supported') else 'v-open') }}">{{ c.verdict }}</span>
+<span class="verdict {{ 'v-supported' if c.supported else ('v-not' if c.verdict == 'contradicted' else 'v-open') }}">{{ c.verdict }}</span>
 {% set lines = claim_lines(c) %}{% if lines %}<ul>{% for line in lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}</div>
 {% endfor %}
 {% endif %}
@@ -271,5 +274,5 @@ def html(report: Report) -> str:
     png = report.figure_png()
     return env.from_string(_HTML).render(
         r=report, tables=[(t, grid(t)) for t in report.tables], curves=curve_lines(report),
-        png=base64.b64encode(png).decode() if png else None, basis=CLAIM_BASIS, where=_where,
+        png=base64.b64encode(png).decode() if png else None, basis=claim_basis(report), where=_where,
         claim_lines=_claim_lines, zip=zip)

@@ -1,0 +1,103 @@
+"""`kdgrid report --recipe all` (or `--recipe paper-mean,released,paper-sum`): the recipes side by side.
+
+One Markdown document: the claims of every recipe in one table (verdict, seeds used and needed), the key
+rows of Figure 4 per recipe, then each recipe's full report as a section. Runs shared by the recipes
+(no distillation, hard distillation, the teachers) have the same content hash under each, so they are
+the same MLflow runs: trained once, shown in every section.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.report.build import Report
+from orchestrator.report.claims import INCOMPLETE
+
+
+def _cell(report: Report, claim_id: str) -> str:
+    c = next((c for c in report.claims if c.id == claim_id), None)
+    if c is None:
+        return ""
+    if c.verdict == INCOMPLETE:
+        return c.verdict
+    text = f"{c.verdict} ({c.seeds_used} seeds"
+    need = c.seeds_needed
+    if not c.resolved and need is not None:
+        text += f"; needs {need}"
+    elif not c.resolved and c.verdict.startswith("unresolved"):
+        text += "; needs > limit"
+    return text + ")"
+
+
+def _fig4_rows(report: Report) -> list[str]:
+    if report.fig4 is None:
+        return []
+    return [r.last.fmt() if r.last else r.short_status for r in report.fig4.rows]
+
+
+def markdown(reports: dict[str, Report], figures: dict[str, str] | None = None) -> str:
+    from orchestrator.report import render
+
+    names = list(reports)
+    first = reports[names[0]]
+    out = [f"# kdgrid report — scale `{first.scale}`, recipes {', '.join(f'`{n}`' for n in names)}, "
+           f"{first.seeds} seed{'s' if first.seeds != 1 else ''}", "",
+           f"> {first.scale_note}", "",
+           f"MLflow store: `{first.uri}` · generated {first.generated}", "",
+           "## Claims by recipe", "", render.claim_basis(first), "",
+           "| claim | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    ids = list(dict.fromkeys(c.id for r in reports.values() for c in r.claims))
+    for cid in ids:
+        out.append(f"| {cid} | " + " | ".join(_cell(reports[n], cid) for n in names) + " |")
+    out.append("")
+    if first.fig4 is not None:
+        curves = [r.curve or r.key for r in first.fig4.rows]
+        out += ["## Figure 4's rows by recipe (final-epoch top-1, mean ± std over seeds)", "",
+                "| recipe | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+        for n in names:
+            out.append(f"| `{n}` | " + " | ".join(_fig4_rows(reports[n])) + " |")
+        paper = [f"{r.paper_acc1:g}" if r.paper_acc1 is not None else "" for r in first.fig4.rows]
+        out += ["| paper (ImageNet) | " + " | ".join(paper) + " |", ""]
+    for n in names:
+        body = render.markdown(reports[n], (figures or {}).get(n))
+        out += [f"## Recipe `{n}`", ""]
+        for line in body.splitlines()[1:]:  # its title is this section's heading
+            out.append("#" + line if line.startswith("#") else line)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def cmd_report_recipes(args, names: list[str], uri: str) -> int:
+    from orchestrator.report import _plan
+    from orchestrator.report.build import build_report
+
+    if args.format != "md":
+        print(f"error: --format {args.format}: several recipes are reported side by side in Markdown only "
+              "(report one recipe at a time for LaTeX or HTML)", file=sys.stderr)
+        return 2
+    reports = {}
+    for n in names:
+        plan = _plan(args, n, uri)
+        reports[n] = build_report(plan, uri, tuple(args.overrides), test=args.test, level=args.level)
+        if reports[n].error:
+            print(f"error: the MLflow store at {uri} could not be read: {reports[n].error}", file=sys.stderr)
+            return 1
+    figures = {}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for n, r in reports.items():
+            png = r.figure_png()
+            if png:
+                (out / f"figure4-{n}.png").write_bytes(png)
+                figures[n] = f"figure4-{n}.png"
+        path = out / "report.md"
+        path.write_text(markdown(reports, figures), encoding="utf-8")
+        print(f"md: {path}")
+    else:
+        sys.stdout.write(markdown(reports))
+    missing = {n: r for n, r in reports.items() if not r.complete}
+    for n, r in missing.items():
+        print(f"recipe {n}: {r.total - r.counts.get('finished', 0)} of {r.total} planned runs have no final result "
+              f"yet; to train them:\n  {r.command}", file=sys.stderr if not args.out else sys.stdout)
+    return 0

@@ -1,0 +1,68 @@
+"""The recipes on the command line: the default comes from experiments/recipes.yaml, `paper` still means
+paper-sum, `kdgrid plan` shows what a recipe sets, and `kdgrid report --recipe all` sets the recipes side
+by side with the test that decides the claims named. No training: plans and an empty store."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.cli import build_parser
+from orchestrator.grid import load_recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kdgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_reproduce_with_no_arguments_plans_the_default_recipe(tmp_path):
+    """`kdgrid reproduce` and `kdgrid plan` share their grid options; with none given, `plan` shows what
+    `reproduce` would train: the mini grid under recipes.yaml's default."""
+    grid = ("scale", "tables", "seeds", "recipe", "overrides")
+    repro, plan = build_parser().parse_args(["reproduce"]), build_parser().parse_args(["plan"])
+    assert {k: getattr(repro, k) for k in grid} == {k: getattr(plan, k) for k in grid}
+    assert repro.recipe is None and not repro.resolve  # filled from recipes.yaml by main()
+    book = load_recipes()
+    out = kdgrid("plan", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"scale mini · recipe {book.default} · tables 2,3,4,5,6,7,fig4" in out.stdout
+    assert "layers=sum" in out.stdout and "reduction=released" in out.stdout  # paper-mean's settings
+
+
+def test_the_old_recipe_name_plans_the_same_runs(tmp_path):
+    runs = {}
+    for name in ("paper", "paper-sum"):
+        out = kdgrid("plan", "--scale", "smoke", "--tables", "fig4", "--recipe", name, "--dump", str(tmp_path / name),
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "recipe paper-sum" in out.stdout
+        runs[name] = sorted(p.name for p in (tmp_path / name).glob("*.yaml"))
+    assert runs["paper"] == runs["paper-sum"] and len(runs["paper"]) == 5  # plan.yaml, teacher, 3 students
+    out = kdgrid("plan", "--scale", "smoke", "--recipe", "nope", cwd=tmp_path)
+    assert out.returncode == 2 and "no recipe 'nope'" in out.stderr and "paper (= paper-sum)" in out.stderr
+
+
+def test_report_sets_the_recipes_side_by_side_and_names_the_test(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    out = kdgrid("report", "--scale", "smoke", "--tables", "6,fig4", "--recipe", "all", "--tracking-uri", uri,
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    assert "## Claims by recipe" in md and "| claim | `paper-sum` | `paper-mean` | `released` |" in md
+    for name in ("paper-sum", "paper-mean", "released"):
+        assert f"## Recipe `{name}`" in md
+    assert "Welch's t-test" in md and "95%" in md
+    assert "| F4 |" in md and "| T6-best |" in md
+    out = kdgrid("report", "--scale", "smoke", "--tables", "fig4", "--recipe", "paper-mean,released", "--test",
+                 "paired", "--level", "0.9", "--tracking-uri", uri, "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "paired t-test" in md and "90%" in md and "`paper-sum`" not in md
+    out = kdgrid("report", "--scale", "smoke", "--recipe", "all", "--format", "html", "--tracking-uri", uri,
+                 cwd=tmp_path)
+    assert out.returncode == 2 and "Markdown only" in out.stderr

@@ -1,0 +1,130 @@
+"""`kdgrid reproduce --resolve`: the pure decision (which rows get how many seeds, within the budget and
+--max-seeds), and the loop at the smoke scale for real: on a store holding Table 6 and Figure 4 at two
+seeds, a budget that pays for one claim's seeds adds seeds to that unresolved claim's rows only, trains
+them (teachers shared), and stops at the budget."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import resolve as R
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- pure ----------------------------------------------------------------------------------------
+def need(cid, rows, n, resolved=False):
+    return R.ClaimNeed(cid, resolved, tuple(rows), n)
+
+
+SEEDS = {"a": 3, "b": 3, "c": 3, "d": 3, "e": 3}
+COST = {"a": 10.0, "b": 10.0, "c": 20.0, "d": 10.0, "e": 10.0}
+
+
+def test_cheapest_claims_first_within_the_budget():
+    needs = [need("X", "ab", 5), need("Y", "cd", 4), need("Z", "e", 6), need("done", "ab", None, resolved=True)]
+    # X: +2 seeds on a, b = 40 s; Y: +1 on c (20) and d (10) = 30 s; Z: +3 on e = 30 s
+    step = R.next_step(needs, SEEDS, COST, budget_left_s=65, max_seeds=10)
+    assert step.chosen == ["Y", "Z"] and step.cost_s == 60
+    assert step.targets == {"c": 4, "d": 4, "e": 6}
+    assert "0.0014 left" in step.skipped["X"]  # 5 s left of 65 after Y and Z
+    assert "done" not in step.skipped and "done" not in step.chosen
+    unlimited = R.next_step(needs, SEEDS, COST, budget_left_s=None, max_seeds=10)
+    assert unlimited.chosen == ["Y", "Z", "X"] and unlimited.targets["a"] == 5
+
+
+def test_shared_rows_are_paid_once_and_take_the_larger_target():
+    needs = [need("X", "ab", 5), need("Y", "bc", 4)]
+    step = R.next_step(needs, SEEDS, COST, budget_left_s=None, max_seeds=10)
+    # Y first (b +1: 10, c +1: 20 = 30 < X's 40), then X pays a +2 and b only from 4 to 5
+    assert step.chosen == ["Y", "X"] and step.targets == {"b": 5, "c": 4, "a": 5}
+    assert step.cost_s == 30 + 20 + 10
+
+
+def test_at_least_one_more_seed_and_the_limits():
+    # the estimate says 2 seeds would do, but 3 did not: one more per row
+    step = R.next_step([need("X", "a", 2)], SEEDS, COST, None, max_seeds=10)
+    assert step.targets == {"a": 4}
+    step = R.next_step([need("X", "a", 12), need("Y", "b", None)], SEEDS, COST, None, max_seeds=10)
+    assert not step.targets and "over --max-seeds 10" in step.skipped["X"] and "Y" in step.skipped
+    assert not R.next_step([need("X", "a", 5, resolved=True)], SEEDS, COST, None, 10).skipped
+
+
+# ---- the loop at the smoke scale --------------------------------------------------------------------
+def _kdgrid(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HOME": str(cwd)}
+    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_path, tmp_path_factory):
+    from orchestrator.plan import make_plan
+    from orchestrator.report.build import build_report
+    from tests.test_report import trained_store
+    from trainer import tracking
+
+    base = tmp_path_factory.getbasetemp() / "report-store"  # the report tests' smoke store (2 seeds)
+    base.mkdir(exist_ok=True)
+    src_uri, _ = trained_store(base)
+    shutil.copy(base / "mlflow.db", tmp_path / "mlflow.db")
+    shutil.copytree(base / "work", tmp_path / "work")  # the teachers' checkpoints
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--scale", "smoke", "--tables", "6,fig4", "--seeds", "2", "--tracking-uri", uri,
+              "--workdir", str(tmp_path / "work"), "--workers", "2"]
+    _kdgrid("reproduce", *common, "--out", str(tmp_path / "grid"), cwd=tmp_path)  # the grid's missing run
+
+    # Before: every claim decided with 2 seeds; the budget pays for the cheapest unresolved claim's seeds
+    # (a difference of 100 points needs 2 seeds: one more per row), not for a second one.
+    plan = make_plan("smoke", "6,fig4", 2)
+    report = build_report(plan, uri, effect=100)
+    needs = R.needs_of(report, plan)
+    assert any(not n.resolved for n in needs), [c.verdict for c in report.claims]
+    seeds, cost = R.row_state(plan, R.run_costs(uri, "smoke", [r.hash for r in plan.students]))
+    costs = sorted(R.claim_cost(n, seeds, cost)[1] for n in needs if not n.resolved)
+    budget_h = costs[0] * 1.2 / 3600
+    before = set(tracking.runs_by_hash(tracking.client(uri), "smoke"))  # every run in the store
+
+    p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", "100",
+                "--budget-cpu-hours", f"{budget_h:.8f}", "--max-seeds", "5", cwd=tmp_path)
+    out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
+    print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
+    assert out["reason"] in (R.OUT_OF_BUDGET, R.CANNOT), p.stdout[-2000:]
+    assert len(out["rounds"]) == 1
+    chosen = out["rounds"][0]["chosen"]
+    assert chosen and all(out["verdicts_before"][c] == "unresolved" for c in chosen)
+
+    # What MLflow holds now: seed 2 of exactly the chosen claims' open rows, nothing else.
+    keys = R.row_keys(plan)
+    chosen_rows = {keys[r] for c in report.claims if c.id in chosen for r in c.open_rows}
+    other_rows = set(keys.values()) - chosen_rows
+    assert other_rows, "a claim that uses every row shows nothing"
+    found = tracking.runs_by_hash(tracking.client(uri), "smoke")
+    new = {h: run for h, run in found.items() if h not in before}
+    wide = make_plan("smoke", "6,fig4", 3)
+    third = {wide.row_hashes[k][2]: plan.row_hashes[k][0] for k in wide.row_hashes}  # seed-2 hash -> row key
+    assert set(new) == {h for h, key in third.items() if key in chosen_rows}
+    assert all(run.info.status == "FINISHED" and run.data.tags[tracking.SEED] == "2" for run in new.values())
+    assert not any(run.data.tags.get(tracking.ROLE) == "teacher" for run in new.values())  # teachers reused
+    # the default recipe (no --recipe given) trained the manifold rows
+    manifold = [run for run in new.values() if "manifold" in (run.info.run_name or "")]
+    assert all(run.data.tags[tracking.RECIPE] == "paper-mean" for run in manifold)
+    # the budget: the round's measured cost is what was spent; a second claim's seeds did not fit
+    assert out["spent_cpu_h"] == pytest.approx(sum(r["cpu_h"] for r in out["rounds"])) and out["spent_cpu_h"] > 0
+    # the report decides claims by the named test and counts the added seeds
+    md = (tmp_path / "resolved" / "report.md").read_text()
+    assert "Welch's t-test" in md and "95% CI" in md
+    for c in chosen:
+        assert out["seeds_after"][c] == 3
+    # `kdgrid report --added-seeds` finds them again from MLflow alone
+    r = _kdgrid("report", "--scale", "smoke", "--tables", "6,fig4", "--seeds", "2", "--tracking-uri", uri,
+                "--added-seeds", cwd=tmp_path)
+    assert "3 seeds per row (fewest)" in r.stdout
