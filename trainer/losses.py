@@ -41,50 +41,101 @@ def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
             "(n, p, c) with the same batch size n and number of patches p")
 
 
-def _map_gap(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
-    """Squared gap between batched relation maps x x^T: summed ("paper") or averaged ("released")."""
-    gap = (x_s @ x_s.transpose(-1, -2) - x_t @ x_t.transpose(-1, -2)).pow(2)
-    return gap.sum() if reduction == "paper" else gap.mean()
+class _MapGap(torch.autograd.Function):
+    """Per map, ||x x^T - y y^T||_F^2 over the last two dims: x (..., r, c_x), y (..., r, c_y) -> (...).
+
+    Autograd of the plain expression runs two GEMMs per map and side (one per operand of x x^T) plus
+    the elementwise pow/sub backward; with D = x x^T - y y^T symmetric the gradient is one GEMM,
+    d/dx = 4 D x (and -4 D y). Same forward value, same saved memory (D).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        d = torch.matmul(x, x.transpose(-1, -2))
+        d = d.sub_(torch.matmul(y, y.transpose(-1, -2)))
+        ctx.save_for_backward(x, y, d)
+        return d.pow(2).sum((-1, -2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y, d = ctx.saved_tensors
+        g = (4 * grad)[..., None, None]
+        with _no_autocast(x):
+            gx = torch.matmul(d, x).mul_(g) if ctx.needs_input_grad[0] else None
+            gy = torch.matmul(d, y).mul_(-g) if ctx.needs_input_grad[1] else None
+        return gx, gy
 
 
-def _ci(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
-    """Eq. 10, cross-image: one n x n map per patch index, i.e. how the images relate at that position."""
-    gap = _map_gap(u_s.transpose(0, 1), u_t.transpose(0, 1), reduction)
-    return gap / u_s.shape[1] if reduction == "paper" else gap
+def _map_gaps(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
+    """Squared gaps between the relation maps x x^T of (L, B, r, c) stacks: (L,) sums over each stack's
+    B maps ("paper") or means over their entries ("released")."""
+    gap = _MapGap.apply(x_s, x_t).sum(-1)
+    return gap if reduction == "paper" else gap / (x_s.shape[-3] * x_s.shape[-2] ** 2)
 
 
-def _cp(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
-    """Eq. 11, cross-patch: one p x p map per image, i.e. how the patches of one image relate."""
-    gap = _map_gap(u_s, u_t, reduction)
-    return gap / u_s.shape[0] if reduction == "paper" else gap
+def _draw(n_p: int, k: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The k rows of L_rs: k of the n*p patches, drawn from `generator` (None: global RNG)."""
+    if not 0 < k <= n_p:
+        raise ValueError(f"k={k} patches cannot be drawn from the n*p = {n_p} patches of the batch")
+    gen_device = generator.device if generator is not None else device
+    return torch.randperm(n_p, generator=generator, device=gen_device)[:k].to(device)
 
 
-def _rs(u_s: Tensor, u_t: Tensor, k: int, reduction: str, generator: torch.Generator | None) -> Tensor:
-    """Eq. 12, random sample: a k x k map over k patches drawn from the whole batch, so that relations
-    between different patches of different images (missed by ci and cp) are sampled too."""
-    n, p = u_s.shape[:2]
-    if k == 0:
-        return u_s.new_zeros(())
-    if not 0 < k <= n * p:
-        raise ValueError(f"k={k} patches cannot be drawn from the n*p = {n}*{p} = {n * p} patches of the batch")
-    device = generator.device if generator is not None else u_s.device
-    idx = torch.randperm(n * p, generator=generator, device=device)[:k].to(u_s.device)
-    return _map_gap(u_s.flatten(0, 1)[idx], u_t.flatten(0, 1)[idx], reduction)
+def _stack_terms(f_s: Tensor, f_t: Tensor, names, idx: Tensor | None, reduction: str) -> dict[str, Tensor]:
+    """The terms of L block pairs at once, f_s (L, n, p, c_s), f_t (L, n, p, c_t): (L,) per term.
 
-
-def _terms(f_s, f_t, names, k, reduction, generator) -> dict[str, Tensor]:
-    _check_pair(f_s, f_t)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    One batched GEMM per term and side for all the blocks (Eq. 10: the L*p n x n maps; Eq. 11: the L*n
+    p x p maps; Eq. 12: L k x k maps, idx (L, k) the rows drawn for each block).
+    """
+    n, p = f_s.shape[1:3]
     with _no_autocast(f_s):
         u_s, u_t = _unit(f_s), _unit(f_t)
         out = {}
-        if "ci" in names:
-            out["ci"] = _ci(u_s, u_t, reduction)
-        if "cp" in names:
-            out["cp"] = _cp(u_s, u_t, reduction)
-        if "rs" in names:
-            out["rs"] = _rs(u_s, u_t, k, reduction, generator)
+        if "ci" in names:  # Eq. 10, cross-image: one n x n map per patch index
+            gap = _map_gaps(u_s.transpose(1, 2), u_t.transpose(1, 2), reduction)
+            out["ci"] = gap / p if reduction == "paper" else gap
+        if "cp" in names:  # Eq. 11, cross-patch: one p x p map per image
+            gap = _map_gaps(u_s, u_t, reduction)
+            out["cp"] = gap / n if reduction == "paper" else gap
+        if "rs" in names:  # Eq. 12, random sample: k patches of the whole batch, same rows for both
+            if idx is None:
+                out["rs"] = u_s.new_zeros(u_s.shape[0])
+            else:
+                def rows(u):
+                    flat = u.flatten(1, 2)
+                    return torch.gather(flat, 1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))[:, None]
+                out["rs"] = _map_gaps(rows(u_s), rows(u_t), reduction)
+    return out
+
+
+def _pair_terms(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], names, k: int, reduction: str,
+                generator: torch.Generator | None) -> dict[str, Tensor]:
+    """Each term for each block pair, (L,) in pair order: pairs of equal shapes go through `_stack_terms`
+    together. L_rs's rows are drawn pair after pair, as a loop over the pairs would draw them."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    for f_s, f_t in zip(feats_s, feats_t):
+        _check_pair(f_s, f_t)
+    draws = [None] * len(feats_s)
+    if "rs" in names and k != 0:
+        draws = [_draw(f_s.shape[0] * f_s.shape[1], k, generator, f_s.device) for f_s in feats_s]
+    groups: dict[tuple, list[int]] = {}
+    for i, (f_s, f_t) in enumerate(zip(feats_s, feats_t)):
+        key = (f_s.shape, f_t.shape, f_s.dtype, f_t.dtype, f_s.device, f_t.device)
+        groups.setdefault(key, []).append(i)
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    for members in groups.values():
+        def stack(fs):
+            return fs[members[0]][None] if len(members) == 1 else torch.stack([fs[i] for i in members])
+        idx = None if draws[0] is None else torch.stack([draws[i] for i in members])
+        for name, vec in _stack_terms(stack(feats_s), stack(feats_t), names, idx, reduction).items():
+            parts[name].append(vec)
+    order = [i for members in groups.values() for i in members]
+    out = {name: vecs[0] if len(vecs) == 1 else torch.cat(vecs) for name, vecs in parts.items()}
+    if order != sorted(order):  # several groups: back to pair order
+        where = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+        out = {name: vec[where.to(vec.device)] for name, vec in out.items()}
     return out
 
 
@@ -97,7 +148,7 @@ def manifold_terms(f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper"
     code does (the two differ by constant factors per term, which changes the effective weights).
     The k rs rows are the same for student and teacher, drawn with `generator` (None: global RNG).
     """
-    return _terms(f_s, f_t, MANIFOLD_TERMS, k, reduction, generator)
+    return {name: vec[0] for name, vec in _pair_terms([f_s], [f_t], MANIFOLD_TERMS, k, reduction, generator).items()}
 
 
 # --- exact patch-level manifold loss (Eq. 8) without the (np x np) map -------------------------------
@@ -238,18 +289,13 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
         raise ValueError(f"need equally many student and teacher blocks (at least one), got "
                          f"{len(feats_s)} and {len(feats_t)}")
     weights = {**{name: 1.0 for name in terms}, **(weights or {})}
-    per_pair: dict[str, list[Tensor]] = {name: [] for name in terms}
-    if exact_weight > 0:
-        per_pair["exact"] = []
-    for f_s, f_t in zip(feats_s, feats_t):
-        if terms:
-            values = _terms(f_s, f_t, terms, k, reduction, generator)  # rs with k == 0: zero, no draw
-            for name in terms:
-                per_pair[name].append(weights[name] * values[name])
-        if exact_weight > 0:
-            per_pair["exact"].append(exact_weight * manifold_exact(f_s, f_t))
     reduce = torch.sum if layer_reduce == "sum" else torch.mean
-    out = {name: reduce(torch.stack(values)) for name, values in per_pair.items()}
+    out = {}
+    if terms:  # all pairs at once (rs with k == 0: zero, no draw)
+        for name, per_pair in _pair_terms(feats_s, feats_t, terms, k, reduction, generator).items():
+            out[name] = reduce(weights[name] * per_pair)
+    if exact_weight > 0:
+        out["exact"] = reduce(torch.stack([exact_weight * manifold_exact(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]))
     out["total"] = torch.stack(list(out.values())).sum() if out else feats_s[0].new_zeros((), dtype=torch.float32)
     return out
 
