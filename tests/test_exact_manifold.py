@@ -147,3 +147,20 @@ def test_benchmark_quick_smoke(capsys):
     main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "manifold_exact" in out and "PASS" in out
+
+
+def test_symmetric_grams_in_uneven_column_blocks(monkeypatch):
+    """The Grams A^T A and B^T B are built from their upper column blocks only: blocks of 3 columns
+    (8 -> 3 uneven blocks, 12 -> 4) give the value and gradients of the full map."""
+    monkeypatch.setattr(losses, "_GRAM_BLOCK", 3)
+    f_s, f_t = near_identical(CS, seed=17, shared_mean=True)
+    f_t = torch.cat([f_t, randn(N, P, CT - CS, seed=18)], dim=-1)  # widths 8 and 12
+    f_s, f_t = f_s.requires_grad_(), f_t.requires_grad_()
+    ref_s, ref_t = f_s.detach().double().requires_grad_(), f_t.detach().double().requires_grad_()
+    manifold_naive(ref_s, ref_t).backward()
+    got = manifold_exact(f_s, f_t)
+    got.backward()
+    assert losses._gram_edges(CS) == [0, 2, 5, 8] and len(losses._gram_edges(CT)) == 5
+    assert rel(got, reference(f_s.detach(), f_t.detach())) <= 1e-5
+    for g, r in ((f_s.grad, ref_s.grad), (f_t.grad, ref_t.grad)):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5 * r.abs().max().item())

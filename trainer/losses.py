@@ -178,6 +178,32 @@ def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return x * r, r
 
 
+_GRAM_BLOCK = 96  # columns per block of a symmetric Gram: upper blocks only, ~1/4 less GEMM work, measured
+
+
+def _gram_edges(c: int) -> list[int]:
+    nb = max(1, round(c / _GRAM_BLOCK))
+    return [c * i // nb for i in range(nb + 1)]
+
+
+def _add_sym_gram(acc: Tensor, x: Tensor, edges: list[int]) -> None:
+    """acc += x^T x on the block upper triangle only (`_fill_lower` completes it): a symmetric Gram
+    needs (nb + 1) / (2 nb) of a full product's GEMM work (5/8 at four blocks)."""
+    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
+    for i, si in enumerate(spans):
+        for sj in spans[i:]:
+            prod = x[:, si].T @ x[:, sj]
+            acc[si, sj] += prod if prod.dtype == acc.dtype else prod.to(acc.dtype)
+
+
+def _fill_lower(acc: Tensor, edges: list[int]) -> Tensor:
+    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
+    for i, si in enumerate(spans):
+        for sj in spans[i + 1:]:
+            acc[sj, si] = acc[si, sj].T
+    return acc
+
+
 def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
     """Row blocks of the (m, c_s) and (m, c_t) views of f_s and f_t, with their row slice."""
     m = f_s.shape[0] * f_s.shape[1]
@@ -204,12 +230,14 @@ def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torc
     xx, xy, yy = (mu.new_zeros(i, j) for i, j in ((c_s, c_s), (c_s, c_t), (c_t, c_t)))
     w2 = mu.new_zeros(())
     mu_c, nu_c = mu.to(dtype), nu.to(dtype)
+    edges_s, edges_t = _gram_edges(c_s), _gram_edges(c_t)
     for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
         a, b = _unit_rows(x_s.to(dtype))[0] - mu_c, _unit_rows(x_t.to(dtype))[0] - nu_c
-        xx += (a.T @ a).to(f64)
+        _add_sym_gram(xx, a, edges_s)
         xy += (a.T @ b).to(f64)
-        yy += (b.T @ b).to(f64)
+        _add_sym_gram(yy, b, edges_t)
         w2 += (a @ mu_c - b @ nu_c).to(f64).pow(2).sum()
+    xx, yy = _fill_lower(xx, edges_s), _fill_lower(yy, edges_t)
     d = mu @ mu - nu @ nu
     total = xx.pow(2).sum() - 2 * xy.pow(2).sum() + yy.pow(2).sum() + 2 * m * w2 + m * m * d * d
     grams = (xx + m * torch.outer(mu, mu), xy + m * torch.outer(mu, nu), yy + m * torch.outer(nu, nu))
