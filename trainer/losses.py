@@ -172,12 +172,6 @@ _CHUNK = 1024  # rows per block: float64 blocks of 1024 x c stay a few MB, GEMMs
 _EPS = 1e-12  # F.normalize's
 
 
-def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """F.normalize(x, dim=1) as (x * r, r) with r = 1 / max(||x||, eps), kept for the backward pass."""
-    r = x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
-    return x * r, r
-
-
 _GRAM_BLOCK = 96  # columns per block of a symmetric Gram: upper blocks only, ~1/4 less GEMM work, measured
 
 
@@ -212,27 +206,37 @@ def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
         yield x_s[i:i + chunk], x_t[i:i + chunk], slice(i, i + chunk)
 
 
+def _rnorm(x: Tensor) -> Tensor:
+    """1 / max(||row||, eps) of each row, (rows, 1): F.normalize(x, dim=1) is x * _rnorm(x)."""
+    return x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
+
+
 def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64,
-                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
     """||M(A) - M(B)||^2 / m^2 through c x c Grams (no autograd), with products in `dtype` and sums in
-    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) for the backward pass.
+    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) and the rows' reciprocal
+    norms (m, 1) of f_s and f_t, for the backward pass.
 
     center=False or dtype=float32 are the less accurate variants, kept to measure why they are not used.
     """
     f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
     c_s, c_t = f_s.shape[-1], f_t.shape[-1]
+    r_s, r_t = f_s.new_empty(m, 1, dtype=dtype), f_t.new_empty(m, 1, dtype=dtype)
     mu, nu = f_s.new_zeros(c_s, dtype=f64), f_s.new_zeros(c_t, dtype=f64)
-    if center:
-        for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
-            mu += _unit_rows(x_s.to(dtype))[0].sum(0, dtype=f64)
-            nu += _unit_rows(x_t.to(dtype))[0].sum(0, dtype=f64)
-        mu, nu = mu / m, nu / m
+    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):  # the norms, and the mean unit rows (x^T r)
+        x_s, x_t = x_s.to(dtype), x_t.to(dtype)
+        r_s[rows], r_t[rows] = _rnorm(x_s), _rnorm(x_t)
+        if center:
+            mu += (x_s.T @ r_s[rows]).view(-1).to(f64)
+            nu += (x_t.T @ r_t[rows]).view(-1).to(f64)
+    mu, nu = mu / m, nu / m
     xx, xy, yy = (mu.new_zeros(i, j) for i, j in ((c_s, c_s), (c_s, c_t), (c_t, c_t)))
     w2 = mu.new_zeros(())
     mu_c, nu_c = mu.to(dtype), nu.to(dtype)
     edges_s, edges_t = _gram_edges(c_s), _gram_edges(c_t)
-    for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
-        a, b = _unit_rows(x_s.to(dtype))[0] - mu_c, _unit_rows(x_t.to(dtype))[0] - nu_c
+    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):
+        a = torch.addcmul(-mu_c, x_s.to(dtype), r_s[rows])  # unit rows minus their mean
+        b = torch.addcmul(-nu_c, x_t.to(dtype), r_t[rows])
         _add_sym_gram(xx, a, edges_s)
         xy += (a.T @ b).to(f64)
         _add_sym_gram(yy, b, edges_t)
@@ -241,7 +245,7 @@ def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torc
     d = mu @ mu - nu @ nu
     total = xx.pow(2).sum() - 2 * xy.pow(2).sum() + yy.pow(2).sum() + 2 * m * w2 + m * m * d * d
     grams = (xx + m * torch.outer(mu, mu), xy + m * torch.outer(mu, nu), yy + m * torch.outer(nu, nu))
-    return total / (m * m), grams
+    return total / (m * m), grams, (r_s, r_t)
 
 
 class _ExactManifold(torch.autograd.Function):
@@ -249,31 +253,33 @@ class _ExactManifold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f_s: Tensor, f_t: Tensor, chunk: int) -> Tensor:
-        value, grams = _manifold_gram(f_s, f_t, chunk=chunk)
+        value, grams, norms = _manifold_gram(f_s, f_t, chunk=chunk)
         ctx.chunk = chunk
-        ctx.save_for_backward(f_s, f_t, *grams)
+        ctx.save_for_backward(f_s, f_t, *grams, *norms)
         return value.to(torch.promote_types(f_s.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B;
         # then through a = x / ||x||: dx = (da - a (a . da)) / ||x|| (just da / eps below eps, as F.normalize).
-        f_s, f_t, xx, xy, yy = ctx.saved_tensors
-        m = f_s.shape[0] * f_s.shape[1]
-        scale = 4 * grad_out.to(torch.float64) / (m * m)
+        f_s, f_t, xx, xy, yy, r_s, r_t = ctx.saved_tensors
+        f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
+        scale = 4 * grad_out.to(f64) / (m * m)
+        xx, xy, yy = xx * scale, xy * scale, yy * scale  # scaled once here, not per row
         need_s, need_t = ctx.needs_input_grad[:2]
         grad_s = f_s.new_empty(m, f_s.shape[-1]) if need_s else None
         grad_t = f_t.new_empty(m, f_t.shape[-1]) if need_t else None
 
         def through_norm(da, a, r):
-            return (da - a * (a * da).sum(1, keepdim=True) * (r < 1 / _EPS)) * r
+            coef = torch.linalg.vecdot(a, da, dim=1)[:, None] * (r < 1 / _EPS)
+            return da.sub_(a * coef).mul_(r)
 
         for x_s, x_t, rows in _blocks(f_s, f_t, ctx.chunk):
-            (a, r_a), (b, r_b) = _unit_rows(x_s.to(torch.float64)), _unit_rows(x_t.to(torch.float64))
+            a, b = x_s.to(f64) * r_s[rows], x_t.to(f64) * r_t[rows]
             if need_s:
-                grad_s[rows] = through_norm(scale * torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_a)
+                grad_s[rows] = through_norm(torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_s[rows])
             if need_t:
-                grad_t[rows] = through_norm(scale * torch.addmm(b @ yy, a, xy, alpha=-1), b, r_b)
+                grad_t[rows] = through_norm(torch.addmm(b @ yy, a, xy, alpha=-1), b, r_t[rows])
         return (grad_s.view(f_s.shape) if need_s else None), (grad_t.view(f_t.shape) if need_t else None), None
 
 
