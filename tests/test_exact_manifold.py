@@ -142,11 +142,15 @@ def test_shape_mismatch():
         manifold_exact(randn(N, P, CS, seed=0), randn(N, P - 1, CT, seed=1))
 
 
-def test_benchmark_quick_smoke(capsys):
+@pytest.mark.parametrize("naive", [True, False])
+def test_benchmark_quick_smoke(capsys, naive):
     from benchmarks.bench_loss import main
-    main(["--quick", "--repeats", "1"])
+    rows = main(["--quick", "--repeats", "1"] + ([] if naive else ["--no-naive"]))
     out = capsys.readouterr().out
     assert "manifold_exact" in out and "PASS" in out
+    metrics = {metric for _, metric, *_ in rows}
+    assert ("speed-up naive / exact" in metrics) == naive and "time exact / terms" in metrics
+    assert "time exact / terms with autograd's backward" in metrics
 
 
 def test_symmetric_grams_in_uneven_column_blocks(monkeypatch):
