@@ -42,36 +42,37 @@ def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
 
 
 class _MapGap(torch.autograd.Function):
-    """Per map, ||x x^T - y y^T||_F^2 over the last two dims: x (..., r, c_x), y (..., r, c_y) -> (...).
+    """||x x^T - y y^T||_F^2 of each map of a batch: x (B, r, c_x), y (B, r, c_y) -> (B,).
 
     Autograd of the plain expression runs two GEMMs per map and side (one per operand of x x^T) plus
     the elementwise pow/sub backward; with D = x x^T - y y^T symmetric the gradient is one GEMM,
-    d/dx = 4 D x (and -4 D y). Same forward value, same saved memory (D).
+    d/dx = 4 D x (and -4 D y). D is built in place (one map per batch entry, the memory autograd saved).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
-        d = torch.matmul(x, x.transpose(-1, -2))
-        d = d.sub_(torch.matmul(y, y.transpose(-1, -2)))
+        d = torch.bmm(x, x.transpose(1, 2)).baddbmm_(y, y.transpose(1, 2), alpha=-1)
         ctx.save_for_backward(x, y, d)
-        return d.pow(2).sum((-1, -2))
+        flat = d.view(d.shape[0], 1, -1)
+        return torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # sum of squares, no temporary
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, y, d = ctx.saved_tensors
-        g = (4 * grad)[..., None, None]
+        g = (4 * grad)[:, None, None]
         with _no_autocast(x):
-            gx = torch.matmul(d, x).mul_(g) if ctx.needs_input_grad[0] else None
-            gy = torch.matmul(d, y).mul_(-g) if ctx.needs_input_grad[1] else None
+            gx = torch.bmm(d, x).mul_(g) if ctx.needs_input_grad[0] else None
+            gy = torch.bmm(d, y).mul_(-g) if ctx.needs_input_grad[1] else None
         return gx, gy
 
 
 def _map_gaps(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
     """Squared gaps between the relation maps x x^T of (L, B, r, c) stacks: (L,) sums over each stack's
     B maps ("paper") or means over their entries ("released")."""
-    gap = _MapGap.apply(x_s, x_t).sum(-1)
-    return gap if reduction == "paper" else gap / (x_s.shape[-3] * x_s.shape[-2] ** 2)
+    L, B, r = x_s.shape[:3]
+    gap = _MapGap.apply(x_s.reshape(L * B, r, -1), x_t.reshape(L * B, r, -1)).view(L, B).sum(1)
+    return gap if reduction == "paper" else gap / (B * r * r)
 
 
 def _draw(n_p: int, k: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
