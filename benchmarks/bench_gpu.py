@@ -147,8 +147,8 @@ class Bench:
         self.target = (self.target * 0.9 + 0.1 / c["classes"]).to(self.dev)
         self.teacher = timm.create_model(c["teacher"], pretrained=False, num_classes=c["classes"],
                                          **self._input_kw(), **c["teacher_kw"]).to(self.dev).eval().requires_grad_(False)
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.cuda else \
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=False))
+        # bf16 autocast as the engine runs on CUDA; on the CPU too, so that the tiny mode checks the dtypes
+        self.autocast = lambda: torch.autocast(self.dev.type, dtype=torch.bfloat16)
 
     def _input_kw(self):
         c = self.cfg
@@ -211,7 +211,7 @@ class Bench:
         self.data.update(device=name, torch=torch.__version__, timm=timm.__version__)
         print(f"bench_gpu | {name}{threads} | torch {torch.__version__} | timm {timm.__version__}")
         print(f"{c['student']} <- {c['teacher']}, {c['img']} px, batch {c['batch']}, "
-              f"{'bf16 autocast' if self.cuda else 'float32'}, paper-mean manifold row (hard KD + ci+cp+0.2 rs, "
+              f"bf16 autocast, paper-mean manifold row (hard KD + ci+cp+0.2 rs, "
               f"released reduction, 8 block pairs, k 192), median of <= {a.rounds} interleaved rounds")
 
     def section_peak(self):
@@ -284,6 +284,10 @@ class Bench:
             self.row("step", "host syncs in one distillation step", str(len(syncs)), "host_syncs", len(syncs))
             for s in sorted(set(syncs))[:5]:
                 print(f"         sync: {s}")
+        terms = self.distill_student(solo, *self.teacher_forward())
+        dtypes = sorted({str(v.dtype).replace("torch.", "") for v in terms.values()})
+        self.row("step", f"dtype of the {len(terms)} loss terms ({', '.join(terms)})", " ".join(dtypes), "loss_dtypes",
+                 " ".join(dtypes))
         fused = [getattr(m, "fused_attn", None) for m in solo.net.modules() if hasattr(m, "fused_attn")]
         t_fused = [getattr(m, "fused_attn", None) for m in self.teacher.modules() if hasattr(m, "fused_attn")]
         self.row("step", "fused attention (SDPA): student | teacher modules",

@@ -77,6 +77,7 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
     assert all(f"cohort{k}_per_student" in data for k in (2, 4))
     assert data["exact_over_terms_1"] > 0 and data["exact_over_terms_8"] > 0
     assert rows[("memory", "peak distill (allocated above the start)")] == "n/a (cpu)"
+    assert data["loss_dtypes"] == "float32"  # every loss term, whatever the autocast
     assert rows[("step", "fused attention (SDPA): student | teacher modules")].startswith("12/12")
 
 

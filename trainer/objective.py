@@ -15,6 +15,8 @@ def objective(spec, out, target, t_logits, f_mf, t_mf, f_emb, t_emb,
               generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     d = spec.distillation
     cls_logits, kd_logits = out if isinstance(out, tuple) else (out, out)
+    # heads run under autocast (bf16 on a GPU): every loss in float32 (a no-op for float32 logits)
+    cls_logits, kd_logits = cls_logits.float(), kd_logits.float()
     smoothing = spec.data.augment.smoothing
     ce = losses.classification_loss(cls_logits, target, smoothing=smoothing)
     terms: dict[str, torch.Tensor] = {}
@@ -23,7 +25,7 @@ def objective(spec, out, target, t_logits, f_mf, t_mf, f_emb, t_emb,
             ce = (ce + losses.classification_loss(kd_logits, target, smoothing=smoothing)) / 2
         total = ce
     else:
-        kd = losses.kd_loss(kd_logits.float(), t_logits.float(), kind=d.kd, tau=d.tau)
+        kd = losses.kd_loss(kd_logits, t_logits.float(), kind=d.kd, tau=d.tau)
         total = (1 - d.kd_weight) * ce + d.kd_weight * kd
         terms["kd"] = kd
     terms["ce"] = ce
