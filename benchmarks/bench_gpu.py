@@ -304,7 +304,7 @@ class Bench:
             self.row("cohort", f"{k} student(s): ms per step | per-student cost / solo",
                      f"{t[k] * 1e3:.2f} ms | {rel:.3f}", f"cohort{k}_per_student", rel)
         floor = (self.times["teacher"] / max(sizes) + (t[1] - self.times["teacher"])) / t[1]
-        self.row("cohort", f"floor at {max(sizes)} (teacher shared, student steps unchanged)", f"{floor:.3f}",
+        self.row("cohort", f"expected at {max(sizes)}: teacher / {max(sizes)} + solo student part, / solo", f"{floor:.3f}",
                  "cohort_floor", floor)
         del members
 

@@ -3,7 +3,7 @@
 #     run(command="bash benchmarks/gpu_device_run.sh", timeout_s=600)
 # It needs only the machine's own python3 with torch and timm (no mlflow, pydantic, ray, no registry)
 # and writes env.txt, bench_gpu.txt and bench_gpu.json under $OUT (or /tmp/kdgrid-gpu elsewhere).
-# The benchmark is sized to finish in < 8 min on one H100/H200 (each timed section time-boxed, compile
+# The benchmark is sized (not yet measured on a GPU) to finish in < 8 min (each timed section time-boxed, compile
 # last); the timeout below keeps what was printed if it does not. BENCH_ARGS replaces --compile
 # (BENCH_ARGS=--cpu-tiny tries the script on a machine without a GPU).
 set -uo pipefail
