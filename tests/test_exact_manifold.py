@@ -142,8 +142,29 @@ def test_shape_mismatch():
         manifold_exact(randn(N, P, CS, seed=0), randn(N, P - 1, CT, seed=1))
 
 
-def test_benchmark_quick_smoke(capsys):
+@pytest.mark.parametrize("naive", [True, False])
+def test_benchmark_quick_smoke(capsys, naive):
     from benchmarks.bench_loss import main
-    main(["--quick", "--repeats", "1"])
+    rows = main(["--quick", "--repeats", "1"] + ([] if naive else ["--no-naive"]))
     out = capsys.readouterr().out
     assert "manifold_exact" in out and "PASS" in out
+    metrics = {metric for _, metric, *_ in rows}
+    assert ("speed-up naive / exact" in metrics) == naive and "time exact / terms" in metrics
+    assert "time exact / terms with autograd's backward" in metrics
+
+
+def test_symmetric_grams_in_uneven_column_blocks(monkeypatch):
+    """The Grams A^T A and B^T B are built from their upper column blocks only: blocks of 3 columns
+    (8 -> 3 uneven blocks, 12 -> 4) give the value and gradients of the full map."""
+    monkeypatch.setattr(losses, "_GRAM_BLOCK", 3)
+    f_s, f_t = near_identical(CS, seed=17, shared_mean=True)
+    f_t = torch.cat([f_t, randn(N, P, CT - CS, seed=18)], dim=-1)  # widths 8 and 12
+    f_s, f_t = f_s.requires_grad_(), f_t.requires_grad_()
+    ref_s, ref_t = f_s.detach().double().requires_grad_(), f_t.detach().double().requires_grad_()
+    manifold_naive(ref_s, ref_t).backward()
+    got = manifold_exact(f_s, f_t)
+    got.backward()
+    assert losses._gram_edges(CS) == [0, 2, 5, 8] and len(losses._gram_edges(CT)) == 5
+    assert rel(got, reference(f_s.detach(), f_t.detach())) <= 1e-5
+    for g, r in ((f_s.grad, ref_s.grad), (f_t.grad, ref_t.grad)):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5 * r.abs().max().item())

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from trainer import data as data_mod
-from trainer import losses, models, tracking, workdir
+from trainer import models, tracking, workdir
 from trainer.distributed import DistEnv, all_sum, broadcast_flags
+from trainer.objective import objective  # noqa: F401  (engine.objective, as before)
 from trainer.spec import ExperimentSpec
 from trainer.taps import Student, forward_taps
 
@@ -85,44 +86,6 @@ def environment(env: DistEnv) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = "unknown"
     return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# The objective: combine the loss functions of trainer.losses as the spec says (Eq. 5, 6, 9, 13).
-# ---------------------------------------------------------------------------------------------------
-def objective(spec: ExperimentSpec, out, target, t_logits, f_mf, t_mf, f_emb, t_emb,
-              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    d = spec.distillation
-    cls_logits, kd_logits = out if isinstance(out, tuple) else (out, out)
-    smoothing = spec.data.augment.smoothing
-    ce = losses.classification_loss(cls_logits, target, smoothing=smoothing)
-    terms: dict[str, torch.Tensor] = {}
-    if d.kd == "none":
-        if isinstance(out, tuple):  # a distillation head without a teacher learns the labels too
-            ce = (ce + losses.classification_loss(kd_logits, target, smoothing=smoothing)) / 2
-        total = ce
-    else:
-        kd = losses.kd_loss(kd_logits.float(), t_logits.float(), kind=d.kd, tau=d.tau)
-        total = (1 - d.kd_weight) * ce + d.kd_weight * kd
-        terms["kd"] = kd
-    terms["ce"] = ce
-    if d.manifold is not None:
-        m = d.manifold
-        weights = {"ci": m.term_scale.ci * m.weight, "cp": m.term_scale.cp * m.alpha * m.weight,
-                   "rs": m.term_scale.rs * m.beta * m.weight}
-        mf = losses.manifold_loss(f_mf, t_mf, terms=m.terms, weights=weights, k=m.k, reduction=m.reduction,
-                                  layer_reduce=m.layer_reduce,
-                                  exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
-                                  generator=generator)
-        total = total + mf.pop("total")
-        terms.update({f"mf_{k}": v for k, v in mf.items()})
-    if d.embedding is not None:
-        emb = sum(losses.embedding_transfer(fs.float(), ft.float()) for fs, ft in zip(f_emb, t_emb))
-        emb = emb * d.embedding.weight
-        total = total + emb
-        terms["embed"] = emb
-    terms["loss"] = total
-    return terms
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -41,50 +41,102 @@ def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
             "(n, p, c) with the same batch size n and number of patches p")
 
 
-def _map_gap(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
-    """Squared gap between batched relation maps x x^T: summed ("paper") or averaged ("released")."""
-    gap = (x_s @ x_s.transpose(-1, -2) - x_t @ x_t.transpose(-1, -2)).pow(2)
-    return gap.sum() if reduction == "paper" else gap.mean()
+class _MapGap(torch.autograd.Function):
+    """||x x^T - y y^T||_F^2 of each map of a batch: x (B, r, c_x), y (B, r, c_y) -> (B,).
+
+    Autograd of the plain expression runs two GEMMs per map and side (one per operand of x x^T) plus
+    the elementwise pow/sub backward; with D = x x^T - y y^T symmetric the gradient is one GEMM,
+    d/dx = 4 D x (and -4 D y). D is built in place (one map per batch entry, the memory autograd saved).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        d = torch.bmm(x, x.transpose(1, 2)).baddbmm_(y, y.transpose(1, 2), alpha=-1)
+        ctx.save_for_backward(x, y, d)
+        flat = d.view(d.shape[0], 1, -1)
+        return torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # sum of squares, no temporary
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y, d = ctx.saved_tensors
+        g = (4 * grad)[:, None, None]
+        with _no_autocast(x):
+            gx = torch.bmm(d, x).mul_(g) if ctx.needs_input_grad[0] else None
+            gy = torch.bmm(d, y).mul_(-g) if ctx.needs_input_grad[1] else None
+        return gx, gy
 
 
-def _ci(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
-    """Eq. 10, cross-image: one n x n map per patch index, i.e. how the images relate at that position."""
-    gap = _map_gap(u_s.transpose(0, 1), u_t.transpose(0, 1), reduction)
-    return gap / u_s.shape[1] if reduction == "paper" else gap
+def _map_gaps(x_s: Tensor, x_t: Tensor, reduction: str) -> Tensor:
+    """Squared gaps between the relation maps x x^T of (L, B, r, c) stacks: (L,) sums over each stack's
+    B maps ("paper") or means over their entries ("released")."""
+    L, B, r = x_s.shape[:3]
+    gap = _MapGap.apply(x_s.reshape(L * B, r, -1), x_t.reshape(L * B, r, -1)).view(L, B).sum(1)
+    return gap if reduction == "paper" else gap / (B * r * r)
 
 
-def _cp(u_s: Tensor, u_t: Tensor, reduction: str) -> Tensor:
-    """Eq. 11, cross-patch: one p x p map per image, i.e. how the patches of one image relate."""
-    gap = _map_gap(u_s, u_t, reduction)
-    return gap / u_s.shape[0] if reduction == "paper" else gap
+def _draw(n_p: int, k: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The k rows of L_rs: k of the n*p patches, drawn from `generator` (None: global RNG)."""
+    if not 0 < k <= n_p:
+        raise ValueError(f"k={k} patches cannot be drawn from the n*p = {n_p} patches of the batch")
+    gen_device = generator.device if generator is not None else device
+    return torch.randperm(n_p, generator=generator, device=gen_device)[:k].to(device)
 
 
-def _rs(u_s: Tensor, u_t: Tensor, k: int, reduction: str, generator: torch.Generator | None) -> Tensor:
-    """Eq. 12, random sample: a k x k map over k patches drawn from the whole batch, so that relations
-    between different patches of different images (missed by ci and cp) are sampled too."""
-    n, p = u_s.shape[:2]
-    if k == 0:
-        return u_s.new_zeros(())
-    if not 0 < k <= n * p:
-        raise ValueError(f"k={k} patches cannot be drawn from the n*p = {n}*{p} = {n * p} patches of the batch")
-    device = generator.device if generator is not None else u_s.device
-    idx = torch.randperm(n * p, generator=generator, device=device)[:k].to(u_s.device)
-    return _map_gap(u_s.flatten(0, 1)[idx], u_t.flatten(0, 1)[idx], reduction)
+def _stack_terms(f_s: Tensor, f_t: Tensor, names, idx: Tensor | None, reduction: str) -> dict[str, Tensor]:
+    """The terms of L block pairs at once, f_s (L, n, p, c_s), f_t (L, n, p, c_t): (L,) per term.
 
-
-def _terms(f_s, f_t, names, k, reduction, generator) -> dict[str, Tensor]:
-    _check_pair(f_s, f_t)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    One batched GEMM per term and side for all the blocks (Eq. 10: the L*p n x n maps; Eq. 11: the L*n
+    p x p maps; Eq. 12: L k x k maps, idx (L, k) the rows drawn for each block).
+    """
+    n, p = f_s.shape[1:3]
     with _no_autocast(f_s):
         u_s, u_t = _unit(f_s), _unit(f_t)
         out = {}
-        if "ci" in names:
-            out["ci"] = _ci(u_s, u_t, reduction)
-        if "cp" in names:
-            out["cp"] = _cp(u_s, u_t, reduction)
-        if "rs" in names:
-            out["rs"] = _rs(u_s, u_t, k, reduction, generator)
+        if "ci" in names:  # Eq. 10, cross-image: one n x n map per patch index
+            gap = _map_gaps(u_s.transpose(1, 2), u_t.transpose(1, 2), reduction)
+            out["ci"] = gap / p if reduction == "paper" else gap
+        if "cp" in names:  # Eq. 11, cross-patch: one p x p map per image
+            gap = _map_gaps(u_s, u_t, reduction)
+            out["cp"] = gap / n if reduction == "paper" else gap
+        if "rs" in names:  # Eq. 12, random sample: k patches of the whole batch, same rows for both
+            if idx is None:
+                out["rs"] = u_s.new_zeros(u_s.shape[0])
+            else:
+                def rows(u):
+                    flat = u.flatten(1, 2)
+                    return torch.gather(flat, 1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))[:, None]
+                out["rs"] = _map_gaps(rows(u_s), rows(u_t), reduction)
+    return out
+
+
+def _pair_terms(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], names, k: int, reduction: str,
+                generator: torch.Generator | None) -> dict[str, Tensor]:
+    """Each term for each block pair, (L,) in pair order: pairs of equal shapes go through `_stack_terms`
+    together. L_rs's rows are drawn pair after pair, as a loop over the pairs would draw them."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    for f_s, f_t in zip(feats_s, feats_t):
+        _check_pair(f_s, f_t)
+    draws = [None] * len(feats_s)
+    if "rs" in names and k != 0:
+        draws = [_draw(f_s.shape[0] * f_s.shape[1], k, generator, f_s.device) for f_s in feats_s]
+    groups: dict[tuple, list[int]] = {}
+    for i, (f_s, f_t) in enumerate(zip(feats_s, feats_t)):
+        key = (f_s.shape, f_t.shape, f_s.dtype, f_t.dtype, f_s.device, f_t.device)
+        groups.setdefault(key, []).append(i)
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    for members in groups.values():
+        def stack(fs):
+            return fs[members[0]][None] if len(members) == 1 else torch.stack([fs[i] for i in members])
+        idx = None if draws[0] is None else torch.stack([draws[i] for i in members])
+        for name, vec in _stack_terms(stack(feats_s), stack(feats_t), names, idx, reduction).items():
+            parts[name].append(vec)
+    order = [i for members in groups.values() for i in members]
+    out = {name: vecs[0] if len(vecs) == 1 else torch.cat(vecs) for name, vecs in parts.items()}
+    if order != sorted(order):  # several groups: back to pair order
+        where = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+        out = {name: vec[where.to(vec.device)] for name, vec in out.items()}
     return out
 
 
@@ -97,7 +149,7 @@ def manifold_terms(f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper"
     code does (the two differ by constant factors per term, which changes the effective weights).
     The k rs rows are the same for student and teacher, drawn with `generator` (None: global RNG).
     """
-    return _terms(f_s, f_t, MANIFOLD_TERMS, k, reduction, generator)
+    return {name: vec[0] for name, vec in _pair_terms([f_s], [f_t], MANIFOLD_TERMS, k, reduction, generator).items()}
 
 
 # --- exact patch-level manifold loss (Eq. 8) without the (np x np) map -------------------------------
@@ -121,10 +173,30 @@ _CHUNK = 1024  # rows per block: float64 blocks of 1024 x c stay a few MB, GEMMs
 _EPS = 1e-12  # F.normalize's
 
 
-def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """F.normalize(x, dim=1) as (x * r, r) with r = 1 / max(||x||, eps), kept for the backward pass."""
-    r = x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
-    return x * r, r
+_GRAM_BLOCK = 96  # columns per block of a symmetric Gram: upper blocks only, ~1/4 less GEMM work, measured
+
+
+def _gram_edges(c: int) -> list[int]:
+    nb = max(1, round(c / _GRAM_BLOCK))
+    return [c * i // nb for i in range(nb + 1)]
+
+
+def _add_sym_gram(acc: Tensor, x: Tensor, edges: list[int]) -> None:
+    """acc += x^T x on the block upper triangle only (`_fill_lower` completes it): a symmetric Gram
+    needs (nb + 1) / (2 nb) of a full product's GEMM work (5/8 at four blocks)."""
+    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
+    for i, si in enumerate(spans):
+        for sj in spans[i:]:
+            prod = x[:, si].T @ x[:, sj]
+            acc[si, sj] += prod if prod.dtype == acc.dtype else prod.to(acc.dtype)
+
+
+def _fill_lower(acc: Tensor, edges: list[int]) -> Tensor:
+    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
+    for i, si in enumerate(spans):
+        for sj in spans[i + 1:]:
+            acc[sj, si] = acc[si, sj].T
+    return acc
 
 
 def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
@@ -135,34 +207,46 @@ def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
         yield x_s[i:i + chunk], x_t[i:i + chunk], slice(i, i + chunk)
 
 
+def _rnorm(x: Tensor) -> Tensor:
+    """1 / max(||row||, eps) of each row, (rows, 1): F.normalize(x, dim=1) is x * _rnorm(x)."""
+    return x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
+
+
 def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64,
-                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
     """||M(A) - M(B)||^2 / m^2 through c x c Grams (no autograd), with products in `dtype` and sums in
-    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) for the backward pass.
+    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) and the rows' reciprocal
+    norms (m, 1) of f_s and f_t, for the backward pass.
 
     center=False or dtype=float32 are the less accurate variants, kept to measure why they are not used.
     """
     f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
     c_s, c_t = f_s.shape[-1], f_t.shape[-1]
+    r_s, r_t = f_s.new_empty(m, 1, dtype=dtype), f_t.new_empty(m, 1, dtype=dtype)
     mu, nu = f_s.new_zeros(c_s, dtype=f64), f_s.new_zeros(c_t, dtype=f64)
-    if center:
-        for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
-            mu += _unit_rows(x_s.to(dtype))[0].sum(0, dtype=f64)
-            nu += _unit_rows(x_t.to(dtype))[0].sum(0, dtype=f64)
-        mu, nu = mu / m, nu / m
+    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):  # the norms, and the mean unit rows (x^T r)
+        x_s, x_t = x_s.to(dtype), x_t.to(dtype)
+        r_s[rows], r_t[rows] = _rnorm(x_s), _rnorm(x_t)
+        if center:
+            mu += (x_s.T @ r_s[rows]).view(-1).to(f64)
+            nu += (x_t.T @ r_t[rows]).view(-1).to(f64)
+    mu, nu = mu / m, nu / m
     xx, xy, yy = (mu.new_zeros(i, j) for i, j in ((c_s, c_s), (c_s, c_t), (c_t, c_t)))
     w2 = mu.new_zeros(())
     mu_c, nu_c = mu.to(dtype), nu.to(dtype)
-    for x_s, x_t, _ in _blocks(f_s, f_t, chunk):
-        a, b = _unit_rows(x_s.to(dtype))[0] - mu_c, _unit_rows(x_t.to(dtype))[0] - nu_c
-        xx += (a.T @ a).to(f64)
+    edges_s, edges_t = _gram_edges(c_s), _gram_edges(c_t)
+    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):
+        a = torch.addcmul(-mu_c, x_s.to(dtype), r_s[rows])  # unit rows minus their mean
+        b = torch.addcmul(-nu_c, x_t.to(dtype), r_t[rows])
+        _add_sym_gram(xx, a, edges_s)
         xy += (a.T @ b).to(f64)
-        yy += (b.T @ b).to(f64)
+        _add_sym_gram(yy, b, edges_t)
         w2 += (a @ mu_c - b @ nu_c).to(f64).pow(2).sum()
+    xx, yy = _fill_lower(xx, edges_s), _fill_lower(yy, edges_t)
     d = mu @ mu - nu @ nu
     total = xx.pow(2).sum() - 2 * xy.pow(2).sum() + yy.pow(2).sum() + 2 * m * w2 + m * m * d * d
     grams = (xx + m * torch.outer(mu, mu), xy + m * torch.outer(mu, nu), yy + m * torch.outer(nu, nu))
-    return total / (m * m), grams
+    return total / (m * m), grams, (r_s, r_t)
 
 
 class _ExactManifold(torch.autograd.Function):
@@ -170,31 +254,33 @@ class _ExactManifold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f_s: Tensor, f_t: Tensor, chunk: int) -> Tensor:
-        value, grams = _manifold_gram(f_s, f_t, chunk=chunk)
+        value, grams, norms = _manifold_gram(f_s, f_t, chunk=chunk)
         ctx.chunk = chunk
-        ctx.save_for_backward(f_s, f_t, *grams)
+        ctx.save_for_backward(f_s, f_t, *grams, *norms)
         return value.to(torch.promote_types(f_s.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B;
         # then through a = x / ||x||: dx = (da - a (a . da)) / ||x|| (just da / eps below eps, as F.normalize).
-        f_s, f_t, xx, xy, yy = ctx.saved_tensors
-        m = f_s.shape[0] * f_s.shape[1]
-        scale = 4 * grad_out.to(torch.float64) / (m * m)
+        f_s, f_t, xx, xy, yy, r_s, r_t = ctx.saved_tensors
+        f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
+        scale = 4 * grad_out.to(f64) / (m * m)
+        xx, xy, yy = xx * scale, xy * scale, yy * scale  # scaled once here, not per row
         need_s, need_t = ctx.needs_input_grad[:2]
         grad_s = f_s.new_empty(m, f_s.shape[-1]) if need_s else None
         grad_t = f_t.new_empty(m, f_t.shape[-1]) if need_t else None
 
         def through_norm(da, a, r):
-            return (da - a * (a * da).sum(1, keepdim=True) * (r < 1 / _EPS)) * r
+            coef = torch.linalg.vecdot(a, da, dim=1)[:, None] * (r < 1 / _EPS)
+            return da.sub_(a * coef).mul_(r)
 
         for x_s, x_t, rows in _blocks(f_s, f_t, ctx.chunk):
-            (a, r_a), (b, r_b) = _unit_rows(x_s.to(torch.float64)), _unit_rows(x_t.to(torch.float64))
+            a, b = x_s.to(f64) * r_s[rows], x_t.to(f64) * r_t[rows]
             if need_s:
-                grad_s[rows] = through_norm(scale * torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_a)
+                grad_s[rows] = through_norm(torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_s[rows])
             if need_t:
-                grad_t[rows] = through_norm(scale * torch.addmm(b @ yy, a, xy, alpha=-1), b, r_b)
+                grad_t[rows] = through_norm(torch.addmm(b @ yy, a, xy, alpha=-1), b, r_t[rows])
         return (grad_s.view(f_s.shape) if need_s else None), (grad_t.view(f_t.shape) if need_t else None), None
 
 
@@ -238,18 +324,13 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
         raise ValueError(f"need equally many student and teacher blocks (at least one), got "
                          f"{len(feats_s)} and {len(feats_t)}")
     weights = {**{name: 1.0 for name in terms}, **(weights or {})}
-    per_pair: dict[str, list[Tensor]] = {name: [] for name in terms}
-    if exact_weight > 0:
-        per_pair["exact"] = []
-    for f_s, f_t in zip(feats_s, feats_t):
-        if terms:
-            values = _terms(f_s, f_t, terms, k, reduction, generator)  # rs with k == 0: zero, no draw
-            for name in terms:
-                per_pair[name].append(weights[name] * values[name])
-        if exact_weight > 0:
-            per_pair["exact"].append(exact_weight * manifold_exact(f_s, f_t))
     reduce = torch.sum if layer_reduce == "sum" else torch.mean
-    out = {name: reduce(torch.stack(values)) for name, values in per_pair.items()}
+    out = {}
+    if terms:  # all pairs at once (rs with k == 0: zero, no draw)
+        for name, per_pair in _pair_terms(feats_s, feats_t, terms, k, reduction, generator).items():
+            out[name] = reduce(weights[name] * per_pair)
+    if exact_weight > 0:
+        out["exact"] = reduce(torch.stack([exact_weight * manifold_exact(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]))
     out["total"] = torch.stack(list(out.values())).sum() if out else feats_s[0].new_zeros((), dtype=torch.float32)
     return out
 
