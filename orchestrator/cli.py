@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
     _grid(p)
     _common(p)
-    p.add_argument("--format", choices=("md", "latex", "html"), default="md")
+    p.add_argument("--format", choices=("md", "latex", "html", "csv", "json"), default="md",
+                   help="md, latex, html: the report; csv, json: every table row as data (default: md)")
     p.add_argument("--out", default=None, help="write the report (and figure) into this folder")
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store")

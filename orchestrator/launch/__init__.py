@@ -158,16 +158,22 @@ def launch_detached(args, uri: str, work: Path, console) -> int:
     return 0
 
 
-def _report(plan, uri: str, out_dir: str, console) -> None:
+def _report(plan, uri: str, out_dir: str, console, overrides=()) -> None:
     try:
-        from orchestrator.report import render_markdown, write_reports
+        from orchestrator.report import build_report, render, write_reports
     except ImportError as err:
         console.print(f"report: not written ({err}); the runs are in MLflow at {uri}", highlight=False)
         return
-    paths = write_reports(plan, uri, out_dir, formats=("md", "html", "latex"))
-    print(render_markdown(plan, uri))
+    report = build_report(plan, uri, tuple(overrides))
+    paths = write_reports(plan, uri, out_dir, formats=("md", "html", "latex"), report=report)
+    print(render.markdown(report))
     if paths:
         console.print("report written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
+    if report.error is None:
+        from orchestrator import parent_run
+
+        parent, _ = parent_run.publish(plan, uri, report, command="reproduce")
+        console.print(f"report logged on the grid's MLflow run {parent}", highlight=False)
 
 
 def cmd_launch(args, wait: bool) -> int:
@@ -187,11 +193,14 @@ def cmd_launch(args, wait: bool) -> int:
                           highlight=False)
             return 0
         return launch_detached(args, uri, work, console)
+    from orchestrator import parent_run
+
+    parent_run.prepare(plan, uri, "reproduce" if wait else "launch")  # the grid's run; new runs nest under it
     outcomes, ctx, items = execute(
         plan, launcher=args.launcher, work=work, tracking_uri=uri, workers=args.workers, threads=args.threads,
         max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=wait, ray_address=args.ray_address,
         slurm_config=args.slurm_config, console=console)
     code = summarize(outcomes, ctx, items)
     if wait:
-        _report(plan, uri, args.out, console)
+        _report(plan, uri, args.out, console, args.overrides)
     return code
