@@ -3,18 +3,21 @@
 - bench_loss: the exact manifold loss (Eq. 8) vs the naive (np x np) map and the three-term approximation;
 - bench_step: a distillation step vs a teacher forward plus a student step, and a cohort's step;
 - bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
-  first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs.
+  first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs;
+- bench_tracking: 8 processes writing to one SQLite store and through `mlflow server`: lost metrics.
 """
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_grid, bench_loss, bench_step
+from benchmarks import bench_grid, bench_loss, bench_step, bench_tracking
 
 
 def main(argv: list[str]) -> int:
     quick = ["--quick"] if "--quick" in argv else []
-    for name, bench, args in (("loss", bench_loss, quick), ("step", bench_step, quick), ("grid", bench_grid, [])):
+    tracking = ["--epochs", "10"] if quick else []
+    for name, bench, args in (("loss", bench_loss, quick), ("step", bench_step, quick), ("grid", bench_grid, []),
+                              ("tracking", bench_tracking, tracking)):
         print(f"\n===== benchmarks.bench_{name} {' '.join(args)}", flush=True)
         bench.main(args)
     return 0

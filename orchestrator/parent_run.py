@@ -21,6 +21,18 @@ from trainer import tracking
 
 GRID = "kdgrid.grid"  # on the parent: "<scale>/<recipe>"
 GRID_ROLE = "grid"
+# A saved view of the run list (MLflow's shared view state, an experiment tag): the columns that tell runs
+# apart. Open it with `#/experiments/<id>/runs?viewStateShareKey=kdgrid`.
+VIEW_KEY = "kdgrid"
+VIEW = {
+    "selectedColumns": ["attributes.`Source`", "attributes.`Dataset`", "metrics.`last_top1`", "metrics.`best_top1`",
+                        "tags.`kdgrid.seed`", "tags.`kdgrid.recipe`", "tags.`kdgrid.tables`", "tags.`kdgrid.rows`",
+                        "metrics.`throughput.images_per_s`"],
+}
+
+
+def view_url(base_url: str, experiment_id: str) -> str:
+    return f"{base_url}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
 
 
 def grid_key(plan: Any) -> str:
@@ -60,7 +72,10 @@ def _note(plan: Any, found: dict, parent_id: str) -> str:
 
 def ensure(c, plan: Any, command: str = "reproduce") -> str:
     """The parent run of this plan's grid, created on first use; returns its run id."""
+    import json
+
     exp = tracking.experiment_id(c, plan.scale)
+    tracking._retry(c.set_experiment_tag, exp, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
     key = grid_key(plan)
     found = tracking._retry(c.search_runs, [exp], filter_string=f"tags.`{GRID}` = '{key}'",
                             order_by=["attributes.start_time ASC"], max_results=5)
@@ -178,7 +193,9 @@ def publish(plan: Any, tracking_uri: str, report: Any, command: str = "report") 
     attach(c, plan, parent, command)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_reports(plan, tracking_uri, tmp, report=report)
-        return parent, log_report(c, parent, plan, report, paths)
+        logged = log_report(c, parent, plan, report, paths)
+    tracking._retry(c.set_terminated, parent, "FINISHED")  # its duration: from the grid's start to this report
+    return parent, logged
 
 
 def children(c, experiment_id: str, parent_id: str) -> list:

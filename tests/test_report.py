@@ -504,4 +504,4 @@ def _check_served(store, url):
             if p.spec.distillation.manifold or p.spec.distillation.embedding:
                 assert tags[tracking.RECIPE] == "paper"
     names = {run.info.run_name for run in found.values()}
-    assert "t2 · cait_s24 → deit_tiny · manifold" in names and "teacher · cait_s24" in names
+    assert "CaiT-S24→DeiT-Tiny · manifold" in names and "teacher · CaiT-S24" in names
