@@ -120,13 +120,13 @@ def prepare(plan: Any, tracking_uri: str, command: str = "reproduce") -> str:
 
 def selection_dir(plan: Any) -> str:
     """Where in the parent's artifacts a report goes: `report/` for the whole grid with one seed, else a
-    folder named by the selection (`report/tables-3,6-seeds-2/`), so partial reports do not overwrite it."""
+    folder named by the selection (`report/tables-3-6-seeds-2/`), so partial reports do not overwrite it."""
     from orchestrator.grid import TABLE_IDS
 
     tables = [str(t.table) for t in plan.tables]
     parts = []
     if sorted(tables) != sorted(TABLE_IDS):
-        parts.append("tables-" + ",".join(tables))
+        parts.append("tables-" + "-".join(tables))  # MLflow forbids "," in a table's artifact path
     if plan.seeds != 1:
         parts.append(f"seeds-{plan.seeds}")
     return "report" + ("/" + "-".join(parts) if parts else "")

@@ -127,23 +127,23 @@ def test_rest_api_shows_the_nested_grid(served_grid):
     assert {"t3.r1", "fig4.manifold"} <= set(_tags(children[shared[0].hash])[tracking.ROWS].split(","))
 
     # the report on the parent: every format, the figure, and each table as CSV and JSON (log_table)
-    files = {f["path"] for d in ("report/tables-3,fig4", "tables/tables-3,fig4")
+    files = {f["path"] for d in ("report/tables-3-fig4", "tables/tables-3-fig4")
              for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=pid, path=d).get("files", [])}
-    assert {"report/tables-3,fig4/" + f for f in ("report.md", "report.html", "report.tex", "figure4.png",
+    assert {"report/tables-3-fig4/" + f for f in ("report.md", "report.html", "report.tex", "figure4.png",
                                                   "report.json")} <= files
-    assert {"tables/tables-3,fig4/" + f for f in ("table3.csv", "table3.json", "figure4.csv", "figure4.json")} <= files
+    assert {"tables/tables-3-fig4/" + f for f in ("table3.csv", "table3.json", "figure4.csv", "figure4.json")} <= files
     logged_tables = json.loads(_tags(parent)["mlflow.loggedArtifacts"])
-    assert {"path": "tables/tables-3,fig4/table3.json", "type": "table"} in logged_tables
-    md = _raw(url, pid, "report/tables-3,fig4/report.md").decode()
+    assert {"path": "tables/tables-3-fig4/table3.json", "type": "table"} in logged_tables
+    md = _raw(url, pid, "report/tables-3-fig4/report.md").decode()
     assert "## Table 3:" in md and "7 planned runs: 7 finished." in md
     # the CSV's numbers are the children's final top-1 (one seed: the mean is the value)
-    rows = list(csv.DictReader(io.StringIO(_raw(url, pid, "tables/tables-3,fig4/table3.csv").decode())))
+    rows = list(csv.DictReader(io.StringIO(_raw(url, pid, "tables/tables-3-fig4/table3.csv").decode())))
     assert len(rows) == 4
     for row in rows:
         (p,) = plan.row_runs("3", int(row["row"]) - 1)
         assert float(row["top1_last_mean"]) == pytest.approx(_metrics(children[p.hash])["last_top1"])
         assert row["run_ids"] == children[p.hash]["info"]["run_id"]
-    table = json.loads(_raw(url, pid, "tables/tables-3,fig4/table3.json"))
+    table = json.loads(_raw(url, pid, "tables/tables-3-fig4/table3.json"))
     assert len(table["data"]) == 4 and "top1_last_mean" in table["columns"]  # written once, not appended on rerun
 
 

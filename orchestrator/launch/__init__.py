@@ -172,8 +172,12 @@ def _report(plan, uri: str, out_dir: str, console, overrides=()) -> None:
     if report.error is None:
         from orchestrator import parent_run
 
-        parent, _ = parent_run.publish(plan, uri, report, command="reproduce")
-        console.print(f"report logged on the grid's MLflow run {parent}", highlight=False)
+        try:  # the runs are trained and the report is on disk: a store refusing an artifact fails nothing
+            parent, _ = parent_run.publish(plan, uri, report, command="reproduce")
+            console.print(f"report logged on the grid's MLflow run {parent}", highlight=False)
+        except Exception as err:
+            console.print(f"report not logged on the grid's MLflow run: {type(err).__name__}: {err}",
+                          highlight=False, markup=False)
 
 
 def cmd_launch(args, wait: bool) -> int:
