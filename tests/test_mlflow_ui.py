@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 TABLES = "3,fig4"
 
 
-def _get(url: str, path: str, **params) -> dict:
-    with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(params)}", timeout=30) as r:
+def _get(url: str, endpoint: str, **params) -> dict:
+    with urllib.request.urlopen(f"{url}{endpoint}?{urllib.parse.urlencode(params)}", timeout=30) as r:
         return json.loads(r.read())
 
 
