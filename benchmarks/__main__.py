@@ -6,23 +6,26 @@
 - bench_gpu: the paper-shape step on a GPU (its tiny CPU mode where there is none);
 - bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
   first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs;
-- bench_startup: the start-up version check vs the same versions through importlib.metadata.
+- bench_startup: the start-up version check vs the same versions through importlib.metadata;
+- bench_tracking: 8 processes writing to one SQLite store and through `mlflow server`: lost metrics.
 """
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_gpu, bench_grid, bench_loss, bench_startup, bench_step
+from benchmarks import bench_gpu, bench_grid, bench_loss, bench_startup, bench_step, bench_tracking
 
 
 def main(argv: list[str]) -> int:
     import torch
 
     quick = ["--quick"] if "--quick" in argv else []
+    tracking = ["--epochs", "10"] if quick else []
     no_naive = ["--no-naive"] if "--no-naive" in argv else []
     gpu = [] if torch.cuda.is_available() and not quick else ["--cpu-tiny"]
     for name, bench, args in (("loss", bench_loss, quick + no_naive), ("step", bench_step, quick),
-                              ("gpu", bench_gpu, gpu), ("grid", bench_grid, []), ("startup", bench_startup, [])):
+                              ("gpu", bench_gpu, gpu), ("grid", bench_grid, []), ("startup", bench_startup, []),
+                              ("tracking", bench_tracking, tracking)):
         print(f"\n===== benchmarks.bench_{name} {' '.join(args)}", flush=True)
         bench.main(args)
     return 0

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
     _grid(p)
     _common(p)
-    p.add_argument("--format", choices=("md", "latex", "html"), default="md")
+    p.add_argument("--format", choices=("md", "latex", "html", "csv", "json"), default="md",
+                   help="md, latex, html: the report; csv, json: every table row as data (default: md)")
     _claims(p)
     p.add_argument("--added-seeds", action="store_true",
                    help="also count the seeds beyond --seeds that MLflow has for some rows (added by "

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from orchestrator.grid import (BLOCK_FIELDS, MANIFOLD_FIELDS, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS,
                                ABLATIONS, AblationRow, AblationTable, GridError, Recipe, RecipeBook, Scale,
                                display_path, get_recipe, is_path_ref, load_recipes, load_scale, load_table)
+from orchestrator import run_names
 from trainer import tracking
 from trainer.spec import ExperimentSpec, format_validation_error
 
@@ -343,13 +344,17 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 table0, row0 = row_meta[h]
                 uses = [RowRef(ut, ui, key) for ut, ui, key in usage[h] if ut in wanted]
                 deps = [spec.teacher.run] if spec.teacher is not None and spec.teacher.source == "run" else []
-                name = f"{table0.label} · " + (f"{_short(row0.teacher)} → " if row0.teacher else "") \
-                    + f"{_short(row0.student)} · {row0.method}" + (f" · s{spec.seed}" if spec.seed else "")
+                name = run_names.run_name(row0, spec.seed)
                 tags = {tracking.ROLE: "student", tracking.TABLES: tables_tag(u[0] for u in usage[h]),
                         tracking.ROWS: ",".join(u[2] for u in usage[h]), tracking.SEED: str(spec.seed)}
                 recipe_name = recipe if row0.method in ("manifold", "embedding") else row0.method  # hard / none
                 spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags))
-                students.append(PlannedRun(h, spec, "student", uses, deps, spec.seed))
+                planned = PlannedRun(h, spec, "student", uses, deps, spec.seed)
+                teacher, student, method, settings = describe(planned)
+                tags[tracking.NOTE] = run_names.description(
+                    [(loaded[ut][0], ui) for ut, ui, _ in usage[h]],
+                    f"{student} from {teacher}, {method}: {settings}", spec.seed, recipe_name)
+                students.append(planned)
 
     teachers: list[PlannedRun] = []
     needed = list(dict.fromkeys(d for r in students for d in r.deps))
@@ -359,9 +364,11 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
         dependents = [h for h, s in specs.items() if s.teacher is not None and s.teacher.run == th]
         tags = {tracking.ROLE: "teacher", tracking.TABLES: tables_tag(u[0] for h in dependents for u in usage[h]),
                 tracking.ROWS: "", tracking.SEED: str(spec.seed)}
-        spec = spec.model_copy(update=dict(name=f"teacher · {_short(paper)}", scale=sc.scale, recipe_name="teacher",
-                                           tags=tags))
-        teachers.append(PlannedRun(th, spec, "teacher", [], [], spec.seed))
+        spec = spec.model_copy(update=dict(name=run_names.teacher_name(paper, spec.seed), scale=sc.scale,
+                                           recipe_name="teacher", tags=tags))
+        planned = PlannedRun(th, spec, "teacher", [], [], spec.seed)
+        tags[tracking.NOTE] = run_names.teacher_description(paper, tags[tracking.TABLES], describe(planned)[3])
+        teachers.append(planned)
 
     pairs = sum(len(v) for k, v in row_hashes.items() if k[0] in wanted)  # row x seed pairs
     return Plan(scale=sc.scale, recipe=recipe, seeds=seeds, tables=[loaded[tid][0] for tid in wanted],

@@ -15,9 +15,9 @@ def paper_s24_students():
 
 def test_footprint_grows_with_the_model_and_the_manifold_maps():
     runs = {r.spec.name: r.spec for r in make_plan("paper", tables="2", overrides=["data.root=/x"]).runs}
-    tiny_hard = footprint(runs["t2 · cait_s24 → deit_tiny · hard"])
-    tiny_mf = footprint(runs["t2 · cait_s24 → deit_tiny · manifold"])
-    small_mf = footprint(runs["t2 · cait_s24 → deit_small · manifold"])
+    tiny_hard = footprint(runs["CaiT-S24→DeiT-Tiny · hard"])
+    tiny_mf = footprint(runs["CaiT-S24→DeiT-Tiny · manifold"])
+    small_mf = footprint(runs["CaiT-S24→DeiT-Small · manifold"])
     assert 2 * GiB < tiny_hard.student < tiny_mf.student < small_mf.student < 20 * GiB
     assert 0 < tiny_mf.teacher < tiny_mf.student
 

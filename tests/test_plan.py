@@ -81,7 +81,7 @@ def test_mini_plans_teachers_once_as_dependencies():
         assert t.spec.teacher is None and t.spec.distillation.kd == "none"
         assert t.spec.tags[tracking.ROLE] == "teacher" and t.spec.name.startswith("teacher · ")
     s24 = next(t for t in teachers if t.spec.student.name == "analog_cait_s24")
-    assert s24.spec.tags[tracking.TABLES] == "2,3,4,5,6,7,fig4" and s24.spec.name == "teacher · cait_s24"
+    assert s24.spec.tags[tracking.TABLES] == "2,3,4,5,6,7,fig4" and s24.spec.name == "teacher · CaiT-S24"
     for r in p.students:
         if r.spec.teacher is None:
             assert r.deps == [] and r.uses[0].key == "fig4.none"
@@ -103,7 +103,7 @@ def test_seeds_multiply_students_not_teachers():
     assert runs[0].hash == p1.row_runs("2", 8)[0].hash  # seed 0 is the same run whatever --seeds
     assert len({r.deps[0] for r in runs}) == 1  # one teacher for every seed
     assert [r.hash for r in p3.row_runs("fig4", 2)] == [r.hash for r in runs]
-    assert runs[1].spec.tags[tracking.SEED] == "1" and runs[1].spec.name.endswith(" · s1")
+    assert runs[1].spec.tags[tracking.SEED] == "1" and runs[1].spec.name.endswith(" · seed 1")
 
 
 def test_names_and_tags_do_not_depend_on_tables():
@@ -112,9 +112,12 @@ def test_names_and_tags_do_not_depend_on_tables():
     assert part.rows_before_dedup == 14 * 3 + 3 and len(part.students) == 39 and len(part.teachers) == 3
     r = by_key(full, "t2.r9")
     spec = r.spec
-    assert spec.name == "t2 · cait_s24 → deit_tiny · manifold"
+    assert spec.name == "CaiT-S24→DeiT-Tiny · manifold"
+    note = spec.tags.pop(tracking.NOTE)  # the description: every row the run stands for, and what it trains
     assert spec.tags == {tracking.ROLE: "student", tracking.TABLES: "2,3,4,5,6,fig4",
                          tracking.ROWS: "t2.r9,t3.r1,t4.r1,t5.r2,t6.r2,fig4.manifold", tracking.SEED: "0"}
+    assert "Stands for 6 table rows" in note and "Table 6, row 2 (`t6.r2`)" in note and "k=192" in note
+    spec.tags[tracking.NOTE] = note
     assert (spec.scale, spec.recipe_name) == ("mini", "paper-sum")  # planned as `paper`, its alias
     q = by_key(part, "t2.r9")
     assert q.hash == r.hash and q.spec.tags == spec.tags and q.spec.name == spec.name
@@ -126,7 +129,16 @@ def test_names_and_tags_do_not_depend_on_tables():
     assert by_key(full, "fig4.none").spec.recipe_name == "none"
     assert {t.spec.recipe_name for t in full.teachers} == {"teacher"}
     assert by_key(plan("mini", recipe="released"), "t2.r9").spec.recipe_name == "released"
-    assert by_key(full, "fig4.none").spec.name == "fig4 · deit_tiny · none"
+    assert by_key(full, "fig4.none").spec.name == "DeiT-Tiny · none"
+    # each row's name carries what tells it apart from the other rows of its table
+    assert by_key(full, "t3.r2").spec.name == "CaiT-S24→DeiT-Tiny · L_ci+L_cp"
+    assert by_key(full, "t4.r2").spec.name == "CaiT-S24→DeiT-Tiny · α=0.5 β=0.2"
+    assert by_key(full, "t5.r1").spec.name == "CaiT-S24→DeiT-Tiny · blocks {3,4,9,10}"
+    assert by_key(full, "t6.r3").spec.name == "CaiT-S24→DeiT-Tiny · k=384"
+    assert by_key(full, "t7.r1").spec.name == "CaiT-XXS24→DeiT-Tiny · embedding"
+    for t in full.tables:
+        names = [by_key(full, t.row_key(i)).spec.name for i in range(len(t.rows))]
+        assert len(set(names)) == len(names), (t.table, names)
     assert by_key(full, "t3.r2").spec.tags[tracking.ROWS] == "t3.r2,t6.r1"
     assert plan("mini", "fig4").tables[0].table == "fig4"
 

@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -443,6 +444,8 @@ def ui_server(uri: str, cwd: Path):
         if url is None:
             pytest.fail("kdgrid ui printed no address:\n" + "".join(lines))
         assert url == f"http://127.0.0.1:{port}"
+        # keep reading the server's log: a full pipe would block its logging, and with it every request
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
         yield url, port
     finally:
         proc.send_signal(signal.SIGTERM)  # kdgrid ui stops the server it started
@@ -499,4 +502,4 @@ def _check_served(store, url):
             if p.spec.distillation.manifold or p.spec.distillation.embedding:
                 assert tags[tracking.RECIPE] == "paper-mean"  # recipes.yaml's default
     names = {run.info.run_name for run in found.values()}
-    assert "t2 · cait_s24 → deit_tiny · manifold" in names and "teacher · cait_s24" in names
+    assert "CaiT-S24→DeiT-Tiny · manifold" in names and "teacher · CaiT-S24" in names

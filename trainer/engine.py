@@ -29,6 +29,7 @@ from torch import nn
 
 from trainer import data as data_mod
 from trainer import models, tracking, workdir
+from trainer.throughput import EpochMeter
 from trainer.distributed import DistEnv, all_sum, broadcast_flags
 from trainer.objective import objective  # noqa: F401  (engine.objective, as before)
 from trainer.spec import ExperimentSpec
@@ -356,6 +357,8 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             (m.dir / "spec.yaml").write_text(s.to_yaml())
             m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
             _log_start(m, env)
+            _log_datasets(m, train_data, val_data)
+            m.run.start_system_metrics(torch.device(device).index or 0 if device.startswith("cuda") else None)
             _backfill(m)
         members.append(m)
         for cb in callbacks:
@@ -381,12 +384,16 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             if not active:
                 continue
             cpu_epoch = time.process_time()
-            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks)
+            meter = EpochMeter(device, env.world_size)
+            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter)
+            meter.stop()
             share = (time.process_time() - cpu_epoch) / len(active)
             for m in active:
                 if m.failed:
                     continue
                 metrics = _end_epoch(m, epoch, val_data, env, autocast, share)
+                if env.main:  # measurements of this process, not results: logged, not checkpointed
+                    m.run.log_metrics(meter.metrics(m.hash, len(active)), step=epoch + 1)
                 for cb in callbacks:
                     cb.on_epoch(m.hash, epoch, metrics)
         for m in members:
@@ -405,6 +412,9 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
                 m.run.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED", reason)
         raise
     finally:
+        for m in members:
+            if m.run is not None:
+                m.run.stop_system_metrics()
         for lock in locks.values():
             lock.release()
     for m in members:
@@ -425,6 +435,12 @@ def _log_start(m: Member, env: DistEnv) -> None:
     m.run.log_artifact(m.dir / "spec.yaml")
 
 
+def _log_datasets(m: Member, train_data, val_data) -> None:
+    from trainer.dataset_inputs import datasets
+
+    m.run.log_datasets(datasets(m.spec.data, train_data, val_data))
+
+
 def _backfill(m: Member) -> None:
     """Log the checkpointed epochs MLflow has not seen (a kill between checkpoint and logging)."""
     if not m.history:
@@ -436,7 +452,7 @@ def _backfill(m: Member) -> None:
 
 
 def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks, mixup, env: DistEnv,
-                 autocast, callbacks) -> None:
+                 autocast, callbacks, meter: EpochMeter | None = None) -> None:
     import numpy as np
 
     device = env.device
@@ -447,24 +463,27 @@ def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks
         m.student.train()
         m.sums, m.count = {}, 0
     log_every = active[0].spec.recipe.log_every
+    meter = meter or EpochMeter(device, env.world_size)
     t0 = time.perf_counter()
-    for step, (x, y) in enumerate(train_data.epoch(seed, epoch)):
+    for step, (x, y) in enumerate(meter.batches(train_data.epoch(seed, epoch))):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mixup is not None:
             x, target = mixup(x, y)
         t_logits, t_feats = None, {}
         if teacher is not None:
-            with torch.inference_mode(), autocast():
-                t_out, feats = forward_taps(teacher, x, t_blocks)
-            # inference tensors cannot be saved for backward: hand the students ordinary tensors
-            t_logits = t_out.clone()
-            t_feats = {b: f.clone() for b, f in zip(t_blocks, feats)}
+            with meter.part("teacher"):
+                with torch.inference_mode(), autocast():
+                    t_out, feats = forward_taps(teacher, x, t_blocks)
+                # inference tensors cannot be saved for backward: hand the students ordinary tensors
+                t_logits = t_out.clone()
+                t_feats = {b: f.clone() for b, f in zip(t_blocks, feats)}
         for m in active:
             if m.failed:
                 continue
             try:
-                _step(m, x, target, t_logits, t_feats, epoch * m.steps + step, autocast, device)
+                with meter.part(m.hash):
+                    _step(m, x, target, t_logits, t_feats, epoch * m.steps + step, autocast, device)
             except Exception as err:  # one student's failure does not stop its cohort
                 _fail(m, f"{type(err).__name__}: {err}", traceback.format_exc())
         if (step + 1) % log_every == 0 or step + 1 == len(train_data):

@@ -16,6 +16,11 @@ HASH, SCALE, RECIPE, ROLE = "kdgrid.hash", "kdgrid.scale", "kdgrid.recipe", "kdg
 TABLES, ROWS, FAILURE, LOG = "kdgrid.tables", "kdgrid.rows", "kdgrid.failure", "kdgrid.log"
 SEED = "kdgrid.seed"  # the planned run's seed (a string, as every tag)
 DEFAULT_DB = "kdgrid.db"
+# MLflow's own tags: what the UI reads
+PARENT, NOTE, SOURCE, SOURCE_TYPE = "mlflow.parentRunId", "mlflow.note.content", "mlflow.source.name", "mlflow.source.type"
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds training runs
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+SYSTEM_METRICS_INTERVAL = "KDGRID_SYSTEM_METRICS_INTERVAL"  # seconds between samples; 0 turns them off
 
 
 def default_uri() -> str:
@@ -27,17 +32,45 @@ def experiment_name(scale: str) -> str:
     return f"kdgrid-{scale}"
 
 
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy")  # SQLite's own words
+
+
 def _retry(fn: Callable, *args, **kwargs):
-    """SQLite allows one writer at a time: several training processes retry briefly instead of failing."""
+    """SQLite allows one writer at a time: several training processes retry (for up to ~1 min, on top of
+    MLflow's 20 s busy timeout) instead of failing or losing a metric. Anything else is raised at once
+    (MLflow's HTTP client retries a busy or unreachable server itself)."""
     delay = 0.05
-    for attempt in range(12):
+    for attempt in range(30):
         try:
             return fn(*args, **kwargs)
-        except Exception as err:  # MlflowException or sqlalchemy OperationalError
-            if "locked" not in str(err).lower() or attempt == 11:
+        except Exception as err:  # MlflowException, sqlalchemy OperationalError, requests' errors
+            if not any(t in str(err).lower() for t in _TRANSIENT) or attempt == 29:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+_WAL_DONE: set[str] = set()
+
+
+def enable_wal(uri: str) -> bool:
+    """Put an existing SQLite store in write-ahead-log mode (persistent, once per file): readers no longer
+    block the writer and each commit is one append, so concurrent training processes wait far less for the
+    lock. MLflow itself sets a 20 s busy timeout per session. WAL needs a local disk (not NFS)."""
+    if not uri.startswith("sqlite:///") or uri in _WAL_DONE:
+        return False
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():  # never create a store here
+        return False
+    import sqlite3
+
+    try:
+        with sqlite3.connect(path, timeout=30) as con:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    _WAL_DONE.add(uri)
+    return str(mode).lower() == "wal"
 
 
 def client(uri: str | None = None):
@@ -56,16 +89,20 @@ def _artifact_root(uri: str) -> str | None:
 def experiment_id(c, scale: str) -> str:
     name = experiment_name(scale)
     exp = _retry(c.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return _retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
-                      tags={"kdgrid.scale": scale})
-    except Exception:  # created meanwhile by another process
-        exp = _retry(c.get_experiment_by_name, name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = _retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
+                            tags={"kdgrid.scale": scale, EXPERIMENT_KIND: TRAINING_KIND})
+            enable_wal(c.tracking_uri)
+            return exp_id
+        except Exception:  # created meanwhile by another process
+            exp = _retry(c.get_experiment_by_name, name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # experiments created before kdgrid set it
+        _retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+    enable_wal(c.tracking_uri)
+    return exp.experiment_id
 
 
 def runs_by_hash(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str, Any]:
@@ -116,6 +153,7 @@ class RunLog:
 
     def __init__(self, c, run_id: str):
         self.c, self.run_id = c, run_id
+        self.monitor = None  # MLflow's SystemMetricsMonitor, while the run trains
 
     @classmethod
     def open(cls, c, spec, run_hash: str, run_id: str | None = None, new: bool = False) -> "RunLog":
@@ -134,13 +172,16 @@ class RunLog:
                 run = _retry(c.get_run, run_id)
             except Exception:  # the store was reset since the checkpoint was written
                 run = None
-        tags = {HASH: run_hash, SCALE: spec.scale, **spec.tags}
+        tags = {HASH: run_hash, SCALE: spec.scale, SOURCE: "kdgrid train", SOURCE_TYPE: "LOCAL", **spec.tags}
         if spec.recipe_name:
             tags[RECIPE] = spec.recipe_name
         if run is not None:
-            _retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            name = spec.name if spec.name and spec.name != run.info.run_name else None
+            _retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=name)
             if FAILURE in run.data.tags:
                 _retry(c.delete_tag, run_id, FAILURE)
+            if run.data.tags.get(PARENT):  # a run shared by several grids stays where it was first trained
+                tags.pop(PARENT, None)
             log = cls(c, run_id)
             log.set_tags(tags)  # the grid may have grown: refresh which tables and rows use this run
             return log
@@ -173,7 +214,32 @@ class RunLog:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         _retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
 
+    def log_datasets(self, datasets: Iterable[tuple[Any, str]]) -> None:
+        """(mlflow Dataset entity, context) pairs, e.g. "training" / "validation": the UI's Dataset column.
+        MLflow keeps one input per (dataset, context), so logging again on resume adds nothing."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", ctx)]) for ds, ctx in datasets]
+        if inputs:
+            _retry(self.c.log_inputs, self.run_id, datasets=inputs)
+
+    def start_system_metrics(self, gpu: int | None = None) -> None:
+        """MLflow's own system metrics (CPU, memory, disk, network through psutil; GPU through pynvml) every
+        $KDGRID_SYSTEM_METRICS_INTERVAL seconds (default 10; 0: off), as `system/...` metrics of this run.
+        `gpu`: the CUDA device index the run trains on: only that GPU is reported (None: no GPU)."""
+        from trainer.system_metrics import start_monitor
+
+        interval = float(os.environ.get(SYSTEM_METRICS_INTERVAL, "10"))
+        if interval > 0 and self.monitor is None:
+            self.monitor = start_monitor(self.run_id, self.c.tracking_uri, interval, gpu)
+
+    def stop_system_metrics(self) -> None:
+        if self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            monitor.finish()
+
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        self.stop_system_metrics()  # its last samples land before the run is closed
         if reason:
             self.set_tags({FAILURE: reason})
         _retry(self.c.set_terminated, self.run_id, status)

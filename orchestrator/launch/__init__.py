@@ -158,18 +158,28 @@ def launch_detached(args, uri: str, work: Path, console) -> int:
     return 0
 
 
-def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: float = 0.95) -> None:
+def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: float = 0.95,
+            overrides=()) -> None:
     try:
         from orchestrator.report import render, write_reports
         from orchestrator.report.build import build_report
     except ImportError as err:
         console.print(f"report: not written ({err}); the runs are in MLflow at {uri}", highlight=False)
         return
-    report = build_report(plan, uri, test=test, level=level)
+    report = build_report(plan, uri, tuple(overrides), test=test, level=level)
     paths = write_reports(plan, uri, out_dir, formats=("md", "html", "latex"), report=report)
     print(render.markdown(report))
     if paths:
         console.print("report written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
+    if report.error is None:
+        from orchestrator import parent_run
+
+        try:  # the runs are trained and the report is on disk: a store refusing an artifact fails nothing
+            parent, _ = parent_run.publish(plan, uri, report, command="reproduce")
+            console.print(f"report logged on the grid's MLflow run {parent}", highlight=False)
+        except Exception as err:
+            console.print(f"report not logged on the grid's MLflow run: {type(err).__name__}: {err}",
+                          highlight=False, markup=False)
 
 
 def cmd_launch(args, wait: bool) -> int:
@@ -189,11 +199,15 @@ def cmd_launch(args, wait: bool) -> int:
                           highlight=False)
             return 0
         return launch_detached(args, uri, work, console)
+    from orchestrator import parent_run
+
+    parent_run.prepare(plan, uri, "reproduce" if wait else "launch")  # the grid's run; new runs nest under it
     outcomes, ctx, items = execute(
         plan, launcher=args.launcher, work=work, tracking_uri=uri, workers=args.workers, threads=args.threads,
         max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=wait, ray_address=args.ray_address,
         slurm_config=args.slurm_config, console=console)
     code = summarize(outcomes, ctx, items)
     if wait:
-        _report(plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95))
+        _report(plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95),
+                args.overrides)
     return code

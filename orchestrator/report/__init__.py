@@ -81,14 +81,29 @@ def cmd_report(args) -> int:
         print(f"error: the MLflow store at {uri} could not be read: {report.error}\n"
               f"(check --tracking-uri / $MLFLOW_TRACKING_URI; `kdgrid ui` serves a local store)", file=sys.stderr)
         return 1
-    if args.out:
+    from orchestrator.report import export
+
+    data = {"csv": export.to_csv, "json": export.to_json}
+    paths: dict[str, Path] = {}
+    if args.out and args.format in data:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {args.format: out / f"tables.{args.format}"}
+        paths[args.format].write_text(data[args.format](report), encoding="utf-8")
+    elif args.out:
         paths = write_reports(plan, uri, args.out, formats=(args.format,), report=report)
+    if args.out:
         for kind, path in paths.items():
             print(f"{kind}: {path}")
         print(report.summary() + ".")
     else:
-        text = {"md": render.markdown, "latex": render.latex, "html": render.html}[args.format](report)
+        text = {"md": render.markdown, "latex": render.latex, "html": render.html, **data}[args.format](report)
         sys.stdout.write(text)
+    if report.total > report.counts.get("missing", 0):  # something was trained: the report goes on the grid's run
+        from orchestrator import parent_run
+
+        parent, _ = parent_run.publish(plan, uri, report)
+        print(f"report logged on the grid's MLflow run {parent}", file=sys.stderr)
     if not report.complete:
         missing = report.total - report.counts.get("finished", 0)
         print(f"\n{missing} of {report.total} planned runs have no final result yet. To train them:\n"
