@@ -38,6 +38,9 @@ def _launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-config", default=None, help="slurm: launcher config YAML (resources, partition, ...)")
     p.add_argument("--no-cohorts", action="store_true", help="train every run in its own process")
     p.add_argument("--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)")
+    p.add_argument("--schedule", choices=("cost", "plan"), default="cost",
+                   help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
+                        "plan = items in plan order, cut by run count")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """What a run costs, in CPU-seconds: a FLOP count of its steps, priced by what earlier runs logged.
 
-Work is counted per model as forward FLOPs (torch's FlopCounterMode on a meta-device model: nothing is
+Work is counted per model as forward FLOPs (for transformers from their shape, trainer.models.model_info,
+already known from validating the plan; for CNNs torch's FlopCounterMode on a meta-device model, nothing
 allocated): a training step is 3 forwards (forward and backward), evaluation and the teacher's pass 1,
 plus the manifold loss's relation maps. A cohort pays its teacher's pass once per part (`shared`), its
 students each their own steps (`own`), every process a set-up.
@@ -45,8 +46,29 @@ def _forward_flops(name: str, kwargs_json: str, in_chans: int, img_size: int) ->
     return counter.get_total_flops() / 2
 
 
+def transformer_flops(depth: int, width: int, patches: int, extra_tokens: int, in_chans: int, img_size: int,
+                      mlp_ratio: float = 4.0, class_blocks: int = 0) -> float:
+    """Forward FLOPs of one image through a ViT/CaiT: patch embedding, then per block the q/k/v and output
+    projections (4 d^2 a token), the MLP (2 r d^2 a token) and attention (2 T^2 d); CaiT's class-attention
+    blocks project all tokens to keys and values for one query."""
+    tokens = patches + extra_tokens
+    embed = 2 * patches * (img_size ** 2 / max(1, patches)) * in_chans * width
+    block = 2 * tokens * (4 + 2 * mlp_ratio) * width ** 2 + 4 * tokens ** 2 * width
+    cls = 2 * (patches + 1) * 2 * width ** 2 + 2 * (2 + 2 * mlp_ratio) * width ** 2
+    return embed + depth * block + class_blocks * cls
+
+
 def forward_flops(name: str, kwargs: Mapping[str, Any], in_chans: int, img_size: int) -> float:
     """Forward FLOPs of one image."""
+    from trainer.models import model_info
+
+    info = model_info(name, **kwargs)
+    if info.kind in ("vit", "cait") and info.depth and info.width and info.num_patches:
+        cait = info.kind == "cait"
+        extra = 0 if cait else 1 + int(info.distilled)
+        return transformer_flops(info.depth, info.width, info.num_patches, extra, in_chans,
+                                 info.img_size or img_size, float(kwargs.get("mlp_ratio", 4.0)),
+                                 class_blocks=int(kwargs.get("depth_token_only", 2)) if cait else 0)
     return _forward_flops(name, json.dumps(dict(kwargs), sort_keys=True), in_chans, img_size)
 
 
