@@ -41,6 +41,8 @@ def _launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("cost", "plan"), default="cost",
                    help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
                         "plan = items in plan order, cut by run count")
+    p.add_argument("--cost-store", default=None, metavar="URI",
+                   help="MLflow store whose logged cost.* metrics price the runs (default: the tracking store)")
 
 
 def build_parser() -> argparse.ArgumentParser:

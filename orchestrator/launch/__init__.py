@@ -75,7 +75,7 @@ def _launcher_module(name: str):
 def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", tracking_uri: str | None = None,
             workers: int | None = None, threads: int = 1, max_cohort: int | None = None, cohorts: bool = True,
             wait: bool = True, ray_address: str | None = None, slurm_config: str | None = None,
-            console=None, schedule: str = "cost") -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
+            console=None, schedule: str = "cost", cost_store: str | None = None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
     """Launch the plan's missing runs; returns ({hash: outcome} for every planned run, context, items)."""
     from rich.console import Console
 
@@ -104,7 +104,7 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
     if launcher in ("local", "ray"):
         from orchestrator.launch.costs import calibrate
 
-        ctx.rates, seen = calibrate(uri, plan.scale)
+        ctx.rates, seen = calibrate(absolute_uri(cost_store) if cost_store else uri, plan.scale)
         if by_cost:
             how = (f"critical path first, cohorts cut by cost (rates fitted to {seen} logged process-epoch(s) "
                    "and set-up(s))" if seen else "critical path first, cohorts cut by cost (default rates: "
@@ -154,6 +154,8 @@ def _relaunch_argv(args, uri: str, work: Path) -> list[str]:
         argv.append("--no-cohorts")
     if getattr(args, "schedule", "cost") != "cost":
         argv += ["--schedule", args.schedule]
+    if getattr(args, "cost_store", None):
+        argv += ["--cost-store", absolute_uri(args.cost_store)]
     return argv
 
 
@@ -204,7 +206,8 @@ def cmd_launch(args, wait: bool) -> int:
     outcomes, ctx, items = execute(
         plan, launcher=args.launcher, work=work, tracking_uri=uri, workers=args.workers, threads=args.threads,
         max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=wait, ray_address=args.ray_address,
-        slurm_config=args.slurm_config, console=console, schedule=getattr(args, "schedule", "cost"))
+        slurm_config=args.slurm_config, console=console, schedule=getattr(args, "schedule", "cost"),
+        cost_store=getattr(args, "cost_store", None))
     code = summarize(outcomes, ctx, items)
     if wait:
         _report(plan, uri, args.out, console)

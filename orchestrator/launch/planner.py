@@ -42,8 +42,10 @@ class Planner:
         self.left = {it.id: list(it.runs) for it in items}  # members not started yet
         self.cost = {r.hash: costs.member_cost(r.spec, self.rates) for it in items for r in it.runs}
         self.shared = {it.id: costs.shared_cost([r.spec for r in it.runs], self.rates) for it in items}
+        self.holder = {r.hash: it.id for it in items for r in it.runs}
         self.running: dict[str, _Part] = {}
         self.ended: set[str] = set()  # groups with every part ended (or dropped)
+        self.ended_runs: set[str] = set()  # deps are per run: a group cut in parts frees each part's students
         self.parts: dict[str, int] = {}
         self.wall, self.est = 0.0, 0.0  # of ended parts: wall seconds and estimated CPU-seconds
 
@@ -63,26 +65,35 @@ class Planner:
             return total * (1 - done)
         return max(0.0, total - (now - part.started))
 
+    def _deps(self, gid: str) -> frozenset[str]:
+        """What a group waits for: the running parts and the groups that hold its runs' deps."""
+        out = set()
+        for r in self.left[gid]:
+            for d in r.deps:
+                if d in self.ended_runs or d not in self.holder:
+                    continue
+                part = next((pid for pid, p in self.running.items() if d in p.item.hashes), None)
+                out.add(part or self.holder[d])
+        return frozenset(out)
+
     def _jobs(self) -> list[schedule.Job]:
         f = self.factor
         jobs = []
         for gid in self.order:
             if gid in self.ended or not self.left[gid]:
                 continue
-            it = self.groups[gid]
             jobs.append(schedule.Job(
                 id=gid, members=tuple((r.hash, self.cost[r.hash] * f) for r in self.left[gid]),
-                shared=self.shared[gid] * f, deps=frozenset(d for d in it.deps if d not in self.ended),
-                split=self.mode == "cost"))
+                shared=self.shared[gid] * f, deps=self._deps(gid), split=self.mode == "cost"))
         return jobs
 
     def _state(self, now: float, busy: dict[int, str], progress) -> tuple[list[int], list[float], dict]:
         wids = sorted(set(range(self.workers)) | set(busy))
         free = [now + self._remaining(self.running[busy[w]], now, progress) if w in busy else now for w in wids]
         done: dict[str, float] = {}
-        for pid, part in self.running.items():
+        for pid in self.running:
             w = next(w for w, p in busy.items() if p == pid)
-            done[part.group] = max(done.get(part.group, now), free[wids.index(w)])
+            done[pid] = free[wids.index(w)]
         return wids, free, done
 
     def eta(self, now: float, busy: dict[int, str], progress=None) -> float:
@@ -95,12 +106,14 @@ class Planner:
 
     # ---- decisions ------------------------------------------------------------------------------
     def ready(self, gid: str) -> bool:
-        return all(d in self.ended or d not in self.groups for d in self.groups[gid].deps)
+        return all(d in self.ended_runs or d not in self.holder for r in self.left[gid] for d in r.deps)
 
     def prune(self, gid: str, keep: Callable[[WorkItem], WorkItem | None]) -> None:
         """Drop the members `keep` rejects (a teacher that did not finish) from a ready group."""
         part = keep(replace(self.groups[gid], runs=list(self.left[gid])))
-        self.left[gid] = list(part.runs) if part is not None else []
+        kept = {r.hash for r in part.runs} if part is not None else set()
+        self.ended_runs |= {r.hash for r in self.left[gid] if r.hash not in kept}  # never to run
+        self.left[gid] = [r for r in self.left[gid] if r.hash in kept]
         if not self.left[gid] and not any(p.group == gid for p in self.running.values()):
             self.ended.add(gid)
 
@@ -162,6 +175,7 @@ class Planner:
         """A part ended; `counted`: its wall time teaches the ETA (not when its worker died)."""
         now = time.monotonic() if now is None else now
         part = self.running.pop(part_id)
+        self.ended_runs |= set(part.item.hashes)
         if counted:
             self.wall += now - part.started
             self.est += part.estimate
