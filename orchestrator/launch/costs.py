@@ -7,7 +7,8 @@ plus the manifold loss's relation maps. A cohort pays its teacher's pass once pe
 students each their own steps (`own`), every process a set-up.
 
 The price of a FLOP differs between models (small widths are overhead-bound on a CPU), so `calibrate`
-fits one rate per model (CPU-seconds per FLOP) and one per process set-up to the `cost.*` metrics that
+fits one rate per model (CPU-seconds per FLOP; a teacher's inference passes apart from its training) and
+one per process set-up to the `cost.*` metrics that
 earlier runs in the store logged. A cohort logs each epoch's process time split evenly among the runs
 that shared it, so runs of one cohort key that logged the very same share at the same epoch shared a
 process: their sum is that process's time, and it is compared with the work of exactly those runs.
@@ -27,7 +28,7 @@ SETUP = "setup"  # the rate key of a process's set-up (seconds per process)
 DEFAULT_RATE = 5e-11  # CPU-s per forward FLOP: benchmarks/bench_step's steps on the 2-core machine, 1 thread
 DEFAULT_SETUP = 5.0  # CPU-s to build the models and data of a process
 FULL = {"fashion_mnist": (60000, 10000), "imagenet": (1281167, 50000)}  # (train, val) images
-RIDGE = 0.1  # weight of the pull towards the common rate, per model, against one observation's relative error
+RIDGE = 0.01  # weight of the pull towards the common rate, per model, against one observation's relative error
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,6 +79,11 @@ def model_key(name: str, kwargs: Mapping[str, Any]) -> str:
     return name + (json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else "")
 
 
+def teacher_key(spec) -> str:
+    """A teacher's passes are priced apart from its training: inference mode, no backward, batch-wide."""
+    return model_key(spec.teacher.name, spec.teacher_kwargs()) + " as teacher"
+
+
 def images(spec) -> tuple[int, int]:
     """(training, validation) images an epoch of this run sees."""
     train, val = FULL.get(spec.data.dataset, (100000, 10000))
@@ -107,8 +113,7 @@ def epoch_work(spec) -> tuple[dict[str, float], dict[str, float]]:
     own = {s_key: n_train * (TRAIN * f_s + TRAIN * _maps_flops(spec)) + n_val * f_s}
     shared = {}
     if spec.teacher is not None:
-        t_key = model_key(spec.teacher.name, spec.teacher_kwargs())
-        shared[t_key] = n_train * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
+        shared[teacher_key(spec)] = n_train * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
                                                 spec.data.img_size)
     return own, shared
 
@@ -118,8 +123,7 @@ def setup_work(spec) -> dict[str, float]:
     out = {SETUP: 1.0}
     if spec.teacher is not None:
         _, n_val = images(spec)
-        t_key = model_key(spec.teacher.name, spec.teacher_kwargs())
-        out[t_key] = n_val * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
+        out[teacher_key(spec)] = n_val * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
                                            spec.data.img_size)
     return out
 
@@ -156,29 +160,39 @@ def fit_rates(observations: Iterable[tuple[float, Mapping[str, float]]],
               prior: Mapping[str, float] | None = None) -> dict[str, float]:
     """Rates (CPU-s per unit of work, by key) from (measured CPU-s, {key: work}) pairs.
 
-    First one common scale for the prior rates (total measured over total priced), then each key's rate by
-    least squares in relative error with a ridge pulling it to that common rate; keys without observations
-    keep it. The result has a "*" entry, the common FLOP rate, for models never seen."""
+    Epoch observations (no set-up in their work) fit the FLOP rates: first one common scale for the prior
+    rates (total measured over total priced), then each key's rate by least squares in relative error,
+    with a ridge pulling it to that common rate; keys without observations keep it. Set-up observations
+    then give the set-up rate: their median once the teacher passes they include are priced (a process's
+    first item pays one-time costs, so the median, not the mean). The result has a "*" entry, the common
+    FLOP rate, for models never seen."""
+    import statistics
+
     import numpy as np
 
     prior = dict(prior or {})
+    common = prior.get("*", DEFAULT_RATE)
     obs = [(float(m), dict(w)) for m, w in observations if m > 0 and any(v > 0 for v in w.values())]
-    base = {k: prior.get(k, DEFAULT_SETUP if k == SETUP else prior.get("*", DEFAULT_RATE))
-            for _, w in obs for k in w}
-    if not obs:
-        return {"*": prior.get("*", DEFAULT_RATE), **prior}
-    scale = sum(m for m, _ in obs) / sum(price(w, base) for _, w in obs)
-    keys = sorted(base)
-    rows, rhs = [], []
-    for m, w in obs:  # sum_k x_k * base_k * scale * w_k / m = 1, x_k ~ 1
-        rows.append([base[k] * scale * w.get(k, 0.0) / m for k in keys])
-        rhs.append(1.0)
-    for i, _ in enumerate(keys):
-        rows.append([math.sqrt(RIDGE) * (j == i) for j in range(len(keys))])
-        rhs.append(math.sqrt(RIDGE))
-    x, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
-    out = {k: base[k] * scale * float(np.clip(x[i], 0.1, 10.0)) for i, k in enumerate(keys)}
-    out["*"] = prior.get("*", DEFAULT_RATE) * scale
+    epochs = [(m, w) for m, w in obs if SETUP not in w]
+    setups = [(m, w) for m, w in obs if SETUP in w]
+    out = {"*": common, **prior}
+    if epochs:
+        base = {k: prior.get(k, common) for _, w in epochs for k in w}
+        scale = sum(m for m, _ in epochs) / sum(price(w, base) for _, w in epochs)
+        keys = sorted(base)
+        rows, rhs = [], []
+        for m, w in epochs:  # sum_k x_k * base_k * scale * w_k / m = 1, x_k ~ 1
+            rows.append([base[k] * scale * w.get(k, 0.0) / m for k in keys])
+            rhs.append(1.0)
+        for i, _ in enumerate(keys):
+            rows.append([math.sqrt(RIDGE) * (j == i) for j in range(len(keys))])
+            rhs.append(math.sqrt(RIDGE))
+        x, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+        out.update({k: base[k] * scale * float(np.clip(x[i], 0.1, 10.0)) for i, k in enumerate(keys)})
+        out["*"] = common * scale
+    if setups:
+        rest = [m - price({k: v for k, v in w.items() if k != SETUP}, out) for m, w in setups]
+        out[SETUP] = max(0.0, statistics.median(rest))
     return out
 
 

@@ -59,11 +59,12 @@ class Planner:
         return self.shared[group] + sum(self.cost[r.hash] for r in runs)
 
     def _remaining(self, part: _Part, now: float, progress: Callable[[list[str]], float | None] | None) -> float:
-        total = part.estimate * self.factor
+        """Wall seconds a running part has left: its estimate, then more and more what its pace so far says."""
+        total, elapsed = part.estimate * self.factor, now - part.started
         done = progress(part.item.hashes) if progress else None
         if done is not None and done > 0:
-            return total * (1 - done)
-        return max(0.0, total - (now - part.started))
+            return (1 - done) * ((1 - done) * total + done * elapsed / done)
+        return max(0.0, total - elapsed)
 
     def _deps(self, gid: str) -> frozenset[str]:
         """What a group waits for: the running parts and the groups that hold its runs' deps."""
