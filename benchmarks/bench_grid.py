@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print_stages(f"{args.scale} grid in {uri}", stage_costs(uri, args.scale))
         return 0
 
-    tables, overrides = args.tables, list(args.overrides) + (CUT if args.cut else [])
+    tables, overrides = args.tables, (CUT if args.cut else []) + list(args.overrides)  # --set wins
     if args.quick:
         args.scale, tables = "smoke", "3,6"
         overrides += ["data.train_subset=256", "data.val_subset=128"]
