@@ -75,7 +75,8 @@ def _launcher_module(name: str):
 def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", tracking_uri: str | None = None,
             workers: int | None = None, threads: int = 1, max_cohort: int | None = None, cohorts: bool = True,
             wait: bool = True, ray_address: str | None = None, slurm_config: str | None = None,
-            console=None, schedule: str = "cost", cost_store: str | None = None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
+            console=None, schedule: str = "cost",
+            cost_store: str | None = None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
     """Launch the plan's missing runs; returns ({hash: outcome} for every planned run, context, items)."""
     from rich.console import Console
 

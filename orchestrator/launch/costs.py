@@ -113,8 +113,8 @@ def epoch_work(spec) -> tuple[dict[str, float], dict[str, float]]:
     own = {s_key: n_train * (TRAIN * f_s + TRAIN * _maps_flops(spec)) + n_val * f_s}
     shared = {}
     if spec.teacher is not None:
-        shared[teacher_key(spec)] = n_train * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
-                                                spec.data.img_size)
+        shared[teacher_key(spec)] = n_train * forward_flops(spec.teacher.name, spec.teacher_kwargs(),
+                                                            spec.data.in_chans, spec.data.img_size)
     return own, shared
 
 

@@ -132,6 +132,7 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     try:
         with view:
             all_stages = stages(items)
+            pace = 1.0  # wall seconds per estimated second, from the stages done (the ETA follows the machine)
             for k, stage in enumerate(all_stages):
                 # cost schedule: the stage's cohorts cut by cost over the trials, the longest path first
                 planner = Planner(stage, ctx.workers, rates=ctx.rates, mode=ctx.schedule)
@@ -143,7 +144,8 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                 parts, span = planner.start_all()
                 later = sum(Planner(s, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
                             for s in all_stages[k + 1:])
-                view.set_eta(span + later, len(parts))
+                view.set_eta((span + later) * pace, len(parts))
+                t_stage = time.monotonic()
                 for p in parts:
                     for h in p.hashes:
                         ctx.item_of[h] = p.id
@@ -176,6 +178,8 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                     for h, o in got.items():
                         outcomes[h] = o
                         view.set_state(h, o)
+                if span > 0:
+                    pace = (time.monotonic() - t_stage) / span
     finally:
         _VIEWS.pop(id(view), None)
         if not ctx.ray_address:
