@@ -107,6 +107,15 @@ def test_a_cut_teacher_item_frees_its_students_part_by_part(cut_plan):
     waiting = [gid for gid in planner.order if planner.left[gid] and not planner.ready(gid)]
     assert waiting and all(d in big.hashes for gid in waiting for r in planner.left[gid] for d in r.deps)
     assert planner.eta(10.0, {0: big.id}) > 0
+    # past its estimate, the big teacher still runs: its students do not start, however the plan times them
+    late = planner.running[big.id].estimate * 3
+    started = planner.assign([1], {0: big.id}, now=late)
+    assert all(all(d not in big.hashes for r in p.runs for d in r.deps) for _, p in started)
+    busy = {w: p.id for w, p in started}
+    planner.finish(big.id, now=late + 1)
+    idle = [w for w in (0, 1) if w not in busy]
+    started = planner.assign(idle, busy, now=late + 1)
+    assert any(d in big.hashes for _, p in started for r in p.runs for d in r.deps)
 
 
 @pytest.mark.slow

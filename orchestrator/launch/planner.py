@@ -63,8 +63,8 @@ class Planner:
         total, elapsed = part.estimate * self.factor, now - part.started
         done = progress(part.item.hashes) if progress else None
         if done is not None and done > 0:
-            return (1 - done) * ((1 - done) * total + done * elapsed / done)
-        return max(0.0, total - elapsed)
+            return max(1.0, (1 - done) * ((1 - done) * total + done * elapsed / done))
+        return max(1.0, total - elapsed)  # still running: not over yet, whatever the estimate said
 
     def _deps(self, gid: str) -> frozenset[str]:
         """What a group waits for: the running parts and the groups that hold its runs' deps."""
@@ -137,7 +137,8 @@ class Planner:
         out = []
         for p in sorted(placed, key=lambda p: (p.start, p.worker)):
             w = wids[p.worker]
-            if w in idle and p.start <= now + 1e-6 and w not in {x for x, _ in out}:
+            # the plan may expect a running teacher to end now: its students start only once it has
+            if w in idle and p.start <= now + 1e-6 and w not in {x for x, _ in out} and self.ready(p.job):
                 members = [r for r in self.left[p.job] if r.hash in set(p.members)]
                 out.append((w, self._start(p.job, members, now)))
         if not out and not busy and any(self.left[g] for g in self.order if self.ready(g)):
