@@ -105,12 +105,13 @@ def span(costs: dict) -> float:
     return max(s["end"] for s in stages) - min(s["start"] for s in stages) if stages else 0.0
 
 
-def busy_seconds(logs: Path) -> float:
-    """Worker-seconds spent in items: each item log's '=== <time> item X ...' start to its 'done' line."""
+def item_times(logs: Path) -> tuple[float, float]:
+    """(worker-seconds inside items, first item start to last item end) from the item logs: each log's
+    '=== <time> item X on ...' line to its '=== <time> item X done' line (1 s resolution)."""
     import datetime as dt
     import re
 
-    total = 0.0
+    busy, starts, ends = 0.0, [], []
     for log in logs.glob("*.log"):
         if log.name.startswith(("worker-", "launch-")):
             continue
@@ -121,11 +122,13 @@ def busy_seconds(logs: Path) -> float:
                 continue
             t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
             if m.group(2) and start is not None:
-                total += t - start
+                busy += t - start
+                ends.append(t)
                 start = None
             elif not m.group(2):
                 start = t
-    return total
+                starts.append(t)
+    return busy, (max(ends) - min(starts) if ends else 0.0)
 
 
 def compare_schedules(args, extra: list[str], base: Path) -> int:
@@ -142,21 +145,21 @@ def compare_schedules(args, extra: list[str], base: Path) -> int:
         print_stages(f"--schedule {mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), "
                      f"command wall {_mmss(wall)} (log {folder / 'reproduce.log'})", costs)
         cpu = sum(s["cpu_s"] for s in costs["stages"].values())
-        rows.append((mode, wall, span(costs), cpu, busy_seconds(folder / "runs" / "logs")))
+        rows.append((mode, wall, span(costs), cpu, *item_times(folder / "runs" / "logs")))
     w = args.workers
-    print(f"\n  {'schedule':<10} {'command wall':>12} {'span':>8} {'CPU-s':>7} {'busy s':>7}   "
-          f"{'wall/(CPU/w)':>12} {'span/(CPU/w)':>12} {'span/(busy/w)':>13}")
-    for mode, wall, sp, cpu, busy in rows:
-        print(f"  {mode:<10} {_mmss(wall):>12} {_mmss(sp):>8} {cpu:>7.0f} {busy:>7.0f}   {wall / (cpu / w):>12.3f} "
-              f"{sp / (cpu / w):>12.3f} {sp / (busy / w):>13.3f}")
-    (_, _, sp_plan, cpu_plan, _), (_, _, sp_cost, cpu_cost, _) = rows
+    print(f"\n  {'schedule':<10} {'command wall':>12} {'span':>8} {'CPU-s':>7} {'items':>7} {'busy s':>7}   "
+          f"{'wall/(CPU/w)':>12} {'span/(CPU/w)':>12} {'items/(busy/w)':>14}")
+    for mode, wall, sp, cpu, busy, items in rows:
+        print(f"  {mode:<10} {_mmss(wall):>12} {_mmss(sp):>8} {cpu:>7.0f} {_mmss(items):>7} {busy:>7.0f}   "
+              f"{wall / (cpu / w):>12.3f} {sp / (cpu / w):>12.3f} {items / (busy / w):>14.3f}")
+    (_, _, sp_plan, cpu_plan, *_), (_, _, sp_cost, cpu_cost, *_) = rows
     ratio = sp_cost / (cpu_cost / w)
     print(f"  training span / (CPU-s / workers) with the cost schedule: {ratio:.3f}   goal <= 1.05   "
           f"{'PASS' if ratio <= 1.05 else 'MISS'}   (plan order: {sp_plan / (cpu_plan / w):.3f})")
     print("  span: first run start to last run end (MLflow); CPU-s: the engine's cost.* (process time; start-up "
-          "and imports not counted);\n  busy s: worker-seconds inside items (item logs). On a loaded machine wall "
-          "time grows and CPU time does not: the CPU ratios are then upper bounds, and span/(busy/w), the\n"
-          "  workers' idle share alone, is the comparison that load leaves fair")
+          "and imports not counted);\n  items: first item start to last item end, busy s: worker-seconds inside "
+          "items (item logs). On a loaded machine wall time grows and CPU time\n  does not: the CPU ratios are "
+          "then upper bounds, and items/(busy/w), the workers' idle share alone, is the comparison load leaves fair")
     return 0
 
 
