@@ -40,6 +40,11 @@ def _launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-config", default=None, help="slurm: launcher config YAML (resources, partition, ...)")
     p.add_argument("--no-cohorts", action="store_true", help="train every run in its own process")
     p.add_argument("--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)")
+    p.add_argument("--schedule", choices=("cost", "plan"), default="cost",
+                   help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
+                        "plan = items in plan order, cut by run count")
+    p.add_argument("--cost-store", default=None, metavar="URI",
+                   help="MLflow store whose logged cost.* metrics price the runs (default: the tracking store)")
 
 
 def _claims(p: argparse.ArgumentParser) -> None:

@@ -75,14 +75,16 @@ def _launcher_module(name: str):
 def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", tracking_uri: str | None = None,
             workers: int | None = None, threads: int = 1, max_cohort: int | None = None, cohorts: bool = True,
             wait: bool = True, ray_address: str | None = None, slurm_config: str | None = None,
-            console=None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
+            console=None, schedule: str = "cost",
+            cost_store: str | None = None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
     """Launch the plan's missing runs; returns ({hash: outcome} for every planned run, context, items)."""
     from rich.console import Console
 
     console = console or Console(soft_wrap=True)
     uri = absolute_uri(tracking_uri)
     ctx = LaunchContext(plan=plan, work=Path(work).expanduser().resolve(), tracking_uri=uri, threads=threads,
-                        workers=1, wait=wait, console=console, ray_address=ray_address, slurm_config=slurm_config)
+                        workers=1, wait=wait, console=console, ray_address=ray_address, slurm_config=slurm_config,
+                        schedule=schedule)
     mod = _launcher_module(launcher)
     todo, outcomes, found = missing(plan, uri)
     resumable = sum(1 for r in todo if r.hash in found)
@@ -96,9 +98,20 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
     ctx.workers = max(1, workers or mod.default_parallelism(ctx))
     cap = max_cohort if max_cohort is not None else ctx.hints.get("max_cohort")
     budget = getattr(mod, "memory_budget", lambda _ctx: None)(ctx)
-    items = work_items(todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts, memory_budget=budget)
+    by_cost = schedule == "cost" and launcher in ("local", "ray")
+    items = work_items(todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts, memory_budget=budget,
+                       balance=not by_cost)
+    how = "plan order"
+    if launcher in ("local", "ray"):
+        from orchestrator.launch.costs import calibrate
+
+        ctx.rates, seen = calibrate(absolute_uri(cost_store) if cost_store else uri, plan.scale)
+        if by_cost:
+            how = (f"critical path first, cohorts cut by cost (rates fitted to {seen} logged process-epoch(s) "
+                   "and set-up(s))" if seen else "critical path first, cohorts cut by cost (default rates: "
+                   "nothing logged in this store yet)")
     console.print(f"{len(items)} work item(s) over {len(stages(items))} stage(s), {ctx.workers} at a time "
-                  f"({launcher} launcher); logs in {ctx.work / 'logs'}", highlight=False)
+                  f"({launcher} launcher, {how}); logs in {ctx.work / 'logs'}", highlight=False)
     mod.launch(items, ctx, outcomes)
     return outcomes, ctx, items
 
@@ -106,7 +119,7 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
 def summarize(outcomes: dict[str, str], ctx: LaunchContext, items: list[WorkItem]) -> int:
     """Print what became of every run; 0 when nothing failed or is blocked, else 1."""
     names = ctx.names
-    item_of = {h: it.id for it in items for h in it.hashes}
+    item_of = {h: it.id for it in items for h in it.hashes} | ctx.item_of  # parts the scheduler cut
     counts: dict[str, int] = {}
     for o in outcomes.values():
         counts[kind(o)] = counts.get(kind(o), 0) + 1
@@ -140,6 +153,10 @@ def _relaunch_argv(args, uri: str, work: Path) -> list[str]:
             argv += [flag, str(value)]
     if args.no_cohorts:
         argv.append("--no-cohorts")
+    if getattr(args, "schedule", "cost") != "cost":
+        argv += ["--schedule", args.schedule]
+    if getattr(args, "cost_store", None):
+        argv += ["--cost-store", absolute_uri(args.cost_store)]
     return argv
 
 
@@ -205,7 +222,8 @@ def cmd_launch(args, wait: bool) -> int:
     outcomes, ctx, items = execute(
         plan, launcher=args.launcher, work=work, tracking_uri=uri, workers=args.workers, threads=args.threads,
         max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=wait, ray_address=args.ray_address,
-        slurm_config=args.slurm_config, console=console)
+        slurm_config=args.slurm_config, console=console, schedule=getattr(args, "schedule", "cost"),
+        cost_store=getattr(args, "cost_store", None))
     code = summarize(outcomes, ctx, items)
     if wait:
         _report(plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95),

@@ -107,7 +107,7 @@ def _fit_memory(chunk: list, budget: int) -> list[list]:
 
 
 def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: int = 1,
-               cohorts: bool = True, memory_budget: int | None = None) -> list[WorkItem]:
+               cohorts: bool = True, memory_budget: int | None = None, balance: bool = True) -> list[WorkItem]:
     """Group planned runs into work items, deps first.
 
     Runs with equal `cohort_key` form one item (each run alone with `cohorts=False`); an item holds at
@@ -116,7 +116,8 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
     workers trains as two cohorts of 8 rather than one of 16 beside an idle worker), and while a level has
     fewer items than workers its largest item is halved. Splitting costs a teacher forward per part.
     With `memory_budget` (bytes a worker may use), a cohort whose estimated peak exceeds it is first
-    split into the fewest even parts that fit.
+    split into the fewest even parts that fit. `balance=False` skips the count-based spreading over the
+    workers: the cost-aware scheduler (launch/planner.py) cuts the items by cost when it starts them.
     Deps on runs not in `plan_runs` are taken as satisfied (the caller drops finished runs).
     """
     from trainer.engine import cohort_key
@@ -145,7 +146,9 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
         balanced = []
         for key, chunk in parts:
             balanced += [(key, c) for c in _even_chunks(chunk, math.ceil(len(chunk) / max(1, share)))]
-        while len(balanced) < workers:  # idle workers left: halve the largest item while it has 2+ runs
+        if not balance:
+            balanced = parts
+        while balance and len(balanced) < workers:  # idle workers left: halve the largest item while it has 2+ runs
             i = max(range(len(balanced)), key=lambda j: len(balanced[j][1]))
             key, chunk = balanced[i]
             if len(chunk) < 2:
@@ -193,6 +196,9 @@ class LaunchContext:
     console: Any = None  # rich Console
     ray_address: str | None = None
     slurm_config: str | None = None
+    schedule: str = "cost"  # cost: critical path, cohorts cut by cost (launch/planner.py); plan: plan order
+    rates: dict[str, float] | None = None  # CPU-s per unit of work (launch/costs.py), calibrated on the store
+    item_of: dict[str, str] = field(default_factory=dict)  # run hash -> the item (part) that trained it
 
     @property
     def hints(self) -> dict[str, Any]:

@@ -18,7 +18,9 @@ import queue as queue_mod
 import signal
 import time
 
-from orchestrator.launch.items import LaunchContext, WorkItem, log_path, mark_abandoned, run_item, runnable
+from orchestrator.launch.items import (LaunchContext, WorkItem, blocked_by, log_path, mark_abandoned, run_item,
+                                       runnable)
+from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import QueueCallback, RunView
 
 
@@ -113,41 +115,53 @@ class _Pool:
 
 
 def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
-    """Train every item on a local pool; fill and return `outcomes` ({hash: outcome})."""
+    """Train every item on a local pool; fill and return `outcomes` ({hash: outcome}).
+
+    What each idle worker trains next is the planner's choice (launch/planner.py): with the cost schedule,
+    the critical path first and cohorts cut by cost over the workers free when their teacher ends."""
     if not ctx.wait:
         raise RuntimeError("the local launcher trains in this process's children: use `launch_detached`")
-    workers = ctx.workers
     _, gpus = default_workers(ctx.threads)
     names = ctx.names
     item_of = {h: it.id for it in items for h in it.hashes}
     view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
-                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {workers} local worker(s)")
+                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)")
     events = mp.get_context("spawn").Queue()
-    pending = list(items)
+    pool = _Pool(ctx, min(ctx.workers, len(items)), gpus, events)
+    planner = Planner(items, len(pool.procs), rates=ctx.rates, mode=ctx.schedule)
     running: dict[int, WorkItem] = {}
-    ended: set[str] = set()
-    pool = _Pool(ctx, min(workers, len(items)), gpus, events)
     idle = set(pool.procs)
+    dirty = True
+
+    def settle() -> None:
+        """Ready groups lose the runs whose teacher did not finish; idle workers get parts to train."""
+        for gid in planner.order:
+            if gid not in planner.ended and gid not in pruned and planner.ready(gid):
+                pruned.add(gid)
+                planner.prune(gid, lambda part: runnable(part, outcomes, names))
+                for h in planner.groups[gid].hashes:
+                    if h in outcomes:
+                        view.set_state(h, outcomes[h])
+        busy = {w: it.id for w, it in running.items()}
+        for wid, part in planner.assign(sorted(idle), busy, progress=view.progress):
+            idle.discard(wid)
+            running[wid] = part
+            for h in part.hashes:
+                ctx.item_of[h] = part.id
+                view.set_item(h, part.id)
+            pool.tasks[wid].put(part.payload())
+        busy = {w: it.id for w, it in running.items()}
+        view.set_eta(planner.eta(time.monotonic(), busy, progress=view.progress), len(running))
+
+    pruned: set[str] = set()
     try:
         with view:
-            while pending or running:
-                for it in list(pending):
-                    if not idle:
-                        break
-                    if any(d not in ended for d in it.deps):
-                        continue
-                    pending.remove(it)
-                    part = runnable(it, outcomes, names)
-                    for h in it.hashes:
-                        if h in outcomes:
-                            view.set_state(h, outcomes[h])
-                    if part is None:
-                        ended.add(it.id)
-                        continue
-                    wid = min(idle)
-                    idle.discard(wid)
-                    running[wid] = part
-                    pool.tasks[wid].put(part.payload())
+            while running or any(planner.left[g] for g in planner.order if g not in planner.ended):
+                if dirty:
+                    settle()
+                    dirty = False
+                    if not running:
+                        break  # nothing could start: every remaining run is blocked
                 try:
                     ev = events.get(timeout=0.5)
                 except queue_mod.Empty:
@@ -158,12 +172,13 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                             view.set_state(h, "running: starting", quiet=True)
                     elif ev[0] == "item_end":
                         wid, item_id, results = ev[1], ev[2], ev[3]
-                        it = running.pop(wid)
+                        running.pop(wid)
                         for h, o in results.items():
                             outcomes[h] = o
                             view.set_state(h, o)
-                        ended.add(item_id)
+                        planner.finish(item_id)
                         idle.add(wid)
+                        dirty = True
                     else:
                         view.handle(ev)
                     try:
@@ -180,15 +195,19 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                         outcomes.setdefault(h, f"failed: {reason}")
                         view.set_state(h, outcomes[h])
                     running.pop(wid)
-                    ended.add(it.id)
+                    planner.finish(it.id, counted=False)
                     pool.start(wid)
                     idle.add(wid)
+                    dirty = True
     except KeyboardInterrupt:
         pool.interrupt()
         pool.stop(grace=30.0)
         raise
     finally:
         pool.stop()
+    for gid in planner.order:  # what never started (its teacher's whole group failed): say why
+        for r in planner.left[gid]:
+            outcomes.setdefault(r.hash, blocked_by(r, outcomes, names) or "blocked: never started")
     return outcomes
 
 

@@ -5,6 +5,8 @@ Ray is started here for the call (`ray.init(include_dashboard=False, num_cpus=..
 be reachable from every node, e.g. a shared filesystem and an MLflow server; kdgrid's own code is
 shipped to the workers with the job, the dependencies must be installed there, as in docker/).
 
+With the cost schedule (the default) each stage's cohorts are cut by estimated cost over the trials that
+run at once and handed to Tune longest path first (launch/planner.py); the view shows the grid's ETA.
 A trial is a cohort: `tune.with_resources` gives it `--threads` CPUs (and a GPU where the cluster has
 GPUs), its function runs `items.run_item`, which trains the very MLflow runs the other launchers would
 create, and it reports to Tune as it goes: an event when a run starts, every epoch's metrics, and the
@@ -21,6 +23,7 @@ from ray.tune import Callback
 
 from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, log_path, mark_abandoned, run_item,
                                        runnable, stages)
+from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import RunView
 
 
@@ -128,15 +131,25 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         with view:
-            for k, stage in enumerate(stages(items)):
-                parts = []
-                for it in stage:
-                    part = runnable(it, outcomes, names)
-                    for h in it.hashes:
+            all_stages = stages(items)
+            pace = 1.0  # wall seconds per estimated second, from the stages done (the ETA follows the machine)
+            for k, stage in enumerate(all_stages):
+                # cost schedule: the stage's cohorts cut by cost over the trials, the longest path first
+                planner = Planner(stage, ctx.workers, rates=ctx.rates, mode=ctx.schedule)
+                for gid in planner.order:
+                    planner.prune(gid, lambda part: runnable(part, outcomes, names))
+                    for h in planner.groups[gid].hashes:
                         if h in outcomes:
                             view.set_state(h, outcomes[h])
-                    if part is not None:
-                        parts.append(part)
+                parts, span = planner.start_all()
+                later = sum(Planner(s, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
+                            for s in all_stages[k + 1:])
+                view.set_eta((span + later) * pace, len(parts))
+                t_stage = time.monotonic()
+                for p in parts:
+                    for h in p.hashes:
+                        ctx.item_of[h] = p.id
+                        view.set_item(h, p.id)
                 if not parts:
                     continue
                 payloads = {p.id: p.payload() for p in parts}
@@ -165,6 +178,8 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                     for h, o in got.items():
                         outcomes[h] = o
                         view.set_state(h, o)
+                if span > 0:
+                    pace = (time.monotonic() - t_stage) / span
     finally:
         _VIEWS.pop(id(view), None)
         if not ctx.ray_address:

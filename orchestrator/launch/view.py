@@ -5,7 +5,9 @@ Fed by events, plain tuples that cross process boundaries as they are:
   ("epoch", hash, epoch, metrics)                 ("end", hash, status, reason)
 plus `set_state` from the launcher (queued, running, submitted, blocked, skipped, ...).
 On a terminal it is a rich Live table; elsewhere (CI logs, a detached launch) it prints one line per
-state change and per epoch.
+state change and per epoch. The launcher also gives it the grid's ETA (`set_eta`, from the scheduler's
+estimates, launch/planner.py): in the table's title, and as a line of its own in a log whenever the
+estimate is renewed (an item ended).
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class RunView:
         self.title = title
         self.live: Live | None = None
         self.t0 = time.monotonic()
+        self.eta_at: float | None = None  # monotonic time the grid should be done
 
     # ---- display --------------------------------------------------------------------------------
     def __enter__(self) -> "RunView":
@@ -85,7 +88,8 @@ class RunView:
         counts: dict[str, int] = {}
         for r in self.rows.values():
             counts[r.state] = counts.get(r.state, 0) + 1
-        t = Table(title=f"{self.title} - " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+        eta = "" if self.eta_at is None else f" - grid ETA {_fmt_time(max(0.0, self.eta_at - time.monotonic()))}"
+        t = Table(title=f"{self.title} - " + ", ".join(f"{n} {s}" for s, n in counts.items()) + eta,
                   title_justify="left", expand=False)
         for col in ("run", "name", "item", "state", "epoch", "top1", "best", "loss", "ETA"):
             t.add_column(col, justify="right" if col in ("epoch", "top1", "best", "loss", "ETA") else "left",
@@ -100,6 +104,29 @@ class RunView:
         return t
 
     # ---- updates --------------------------------------------------------------------------------
+    def set_item(self, h: str, item: str) -> None:
+        if h in self.rows:
+            self.rows[h].item = item
+
+    def set_eta(self, seconds: float, running: int = 0) -> None:
+        """The whole grid's remaining time, as estimated now."""
+        self.eta_at = time.monotonic() + max(0.0, seconds)
+        if self.live is None:
+            done = sum(r.state in ("finished", "skipped", "failed", "blocked") for r in self.rows.values())
+            finish = time.strftime("%H:%M:%S", time.localtime(time.time() + max(0.0, seconds)))
+            self.console.print(f"[{_fmt_time(time.monotonic() - self.t0)}] grid: {done}/{len(self.rows)} runs "
+                               f"ended, {running} item(s) training, ETA {_fmt_time(seconds)} (about {finish})",
+                               markup=False, highlight=False, soft_wrap=True)
+
+    def progress(self, hashes) -> float | None:
+        """Fraction of these runs' steps done (None before any of them reported steps)."""
+        rows = [self.rows[h] for h in hashes if h in self.rows]
+        if not rows or not any(r.steps for r in rows):
+            return None
+        done = sum(1.0 if r.state in ("finished", "failed") else
+                   (r.epoch * r.steps + r.step) / max(1, r.epochs * r.steps) if r.steps else 0.0 for r in rows)
+        return min(1.0, done / len(rows))
+
     def set_state(self, h: str, outcome: str, quiet: bool = False) -> None:
         r = self.rows.get(h)
         if r is None:

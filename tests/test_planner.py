@@ -1,0 +1,153 @@
+"""The launchers' scheduler on real plans (launch/planner.py, launch/costs.py).
+
+- FLOPs from a transformer's shape agree with torch's FlopCounterMode on the model itself;
+- a run's spec comes back from its flattened MLflow params with the same content hash;
+- on the cut mini grid, with the estimates as the true costs, the cost schedule keeps two workers busier
+  than plan order, and a teacher item cut in parts frees each part's students as that part ends;
+- (slow) a grid trained through the local launcher prints the grid's ETA, and the cost.* it logged are
+  regrouped into exactly the processes that ran (their sums equal the runs' logged totals).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from orchestrator.launch import costs
+from orchestrator.launch.items import work_items
+from orchestrator.launch.planner import Planner
+
+CUT = ["student.recipe.epochs=2"] + [f"teachers.{t}.{k}" for t in ("regnety_160", "cait_xxs24_224", "cait_s24_224")
+                                     for k in ("recipe.epochs=1", "data.train_subset=5000")]
+
+
+@pytest.fixture(scope="module")
+def cut_plan():
+    from orchestrator.plan import make_plan
+
+    return make_plan("mini", overrides=CUT)
+
+
+def test_transformer_flops_match_torch_flop_counter(cut_plan):
+    models = {(r.spec.student.name, json.dumps(r.spec.model_kwargs(), sort_keys=True)) for r in cut_plan.runs}
+    models |= {(r.spec.teacher.name, json.dumps(r.spec.teacher_kwargs(), sort_keys=True))
+               for r in cut_plan.runs if r.spec.teacher is not None}
+    checked = 0
+    for name, kw in sorted(models):
+        if "regnet" in name:
+            continue  # a CNN: counted by FlopCounterMode itself
+        ours = costs.forward_flops(name, json.loads(kw), 1, 28)
+        torch_count = costs._forward_flops(name, kw, 1, 28)
+        assert ours == pytest.approx(torch_count, rel=0.05), name
+        checked += 1
+    assert checked >= 4
+
+
+def test_spec_comes_back_from_mlflow_params(cut_plan):
+    from trainer.tracking import _flatten
+
+    for r in cut_plan.runs:
+        params = r.spec.model_dump(mode="json", exclude={"tags", "name"})
+        params["effective"] = {"lr": 0.001, "steps_per_epoch": 40}
+        spec = costs.spec_from_params(_flatten(params))
+        assert spec is not None and spec.content_hash() == r.hash
+    assert costs.spec_from_params({"student.name": "x", "recipe.epochs": "oops"}) is None
+
+
+def simulate(items, mode: str, workers: int = 2) -> tuple[float, list]:
+    """Drive a Planner as the local launcher does, with its own estimates as the true durations."""
+    planner = Planner(items, workers, mode=mode)
+    now, running, idle, log = 0.0, {}, set(range(workers)), []
+    while True:
+        for gid in planner.order:
+            if gid not in planner.ended and planner.ready(gid):
+                planner.prune(gid, lambda part: part)
+        for w, part in planner.assign(sorted(idle), {w: p.id for w, (p, _) in running.items()}, now=now):
+            idle.discard(w)
+            end = now + planner.running[part.id].estimate
+            running[w] = (part, end)
+            log.append((now, w, part))
+        if not running:
+            break
+        w = min(running, key=lambda k: running[k][1])
+        part, now = running.pop(w)
+        idle.add(w)
+        planner.finish(part.id, now=now)
+    return now, log
+
+
+def test_cost_schedule_keeps_the_workers_busy(cut_plan):
+    spans = {}
+    for mode in ("plan", "cost"):
+        items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=mode == "plan")
+        end, log = simulate(items, mode)
+        trained = sorted(h for _, _, part in log for h in part.hashes)
+        assert trained == sorted(r.hash for r in cut_plan.runs)  # every run once
+        busy = sum(Planner(items, 2, mode=mode).estimate(p.runs, p.id.split("-p")[0]) for _, _, p in log)
+        spans[mode] = (end, end / (busy / 2))
+    (plan_end, plan_ratio), (cost_end, cost_ratio) = spans["plan"], spans["cost"]
+    assert cost_end < plan_end
+    assert cost_ratio <= 1.05 < plan_ratio, spans
+
+
+def test_a_cut_teacher_item_frees_its_students_part_by_part(cut_plan):
+    items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=False)
+    teachers = next(it for it in items if it.role == "teacher")
+    assert len(teachers.runs) == 3  # one cohort key: trained in lockstep unless the planner cuts them
+    planner = Planner(items, 2)
+    first = planner.assign([0, 1], {}, now=0.0)
+    assert len(first) == 2 and {len(p.runs) for _, p in first} == {1, 2}  # the big teacher alone
+    short = min((p for _, p in first), key=lambda p: planner.running[p.id].estimate)
+    planner.finish(short.id, now=planner.running[short.id].estimate)
+    freed = {h for h in short.hashes}
+    ready = [gid for gid in planner.order if planner.left[gid] and planner.ready(gid)]
+    assert ready and all(d in freed for gid in ready for r in planner.left[gid] for d in r.deps)
+    big = next(p for _, p in first if p is not short)
+    waiting = [gid for gid in planner.order if planner.left[gid] and not planner.ready(gid)]
+    assert waiting and all(d in big.hashes for gid in waiting for r in planner.left[gid] for d in r.deps)
+    assert planner.eta(10.0, {0: big.id}) > 0
+    # past its estimate, the big teacher still runs: its students do not start, however the plan times them
+    late = planner.running[big.id].estimate * 3
+    started = planner.assign([1], {0: big.id}, now=late)
+    assert all(all(d not in big.hashes for r in p.runs for d in r.deps) for _, p in started)
+    busy = {w: p.id for w, p in started}
+    planner.finish(big.id, now=late + 1)
+    idle = [w for w in (0, 1) if w not in busy]
+    started = planner.assign(idle, busy, now=late + 1)
+    assert any(d in big.hashes for _, p in started for r in p.runs for d in r.deps)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_grid_logs_eta_and_its_costs_calibrate(tmp_path):
+    from orchestrator.plan import make_plan
+    from tests.test_launch_local import LESS_DATA, assert_all_finished, kdgrid, store
+    from trainer import tracking
+
+    uri, work = store(tmp_path)
+    out = kdgrid("reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
+                 "--workers", "2", "--out", str(tmp_path / "reports"), *LESS_DATA, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    plan = make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2]))
+    assert_all_finished(uri, plan, out.stdout)
+    assert "critical path first" in out.stdout
+    assert re.search(r"grid: \d+/4 runs ended, \d+ item\(s\) training, ETA \d+:\d\d", out.stdout), out.stdout
+
+    # the observations regroup the runs' shares into processes: their totals are the runs' logged totals
+    c = tracking.client(uri)
+    logged = {"cost.cpu_s": 0.0, "cost.setup_cpu_s": 0.0}
+    for run in tracking.runs_by_hash(c, "smoke").values():
+        for key in logged:
+            logged[key] += sum(m.value for m in c.get_metric_history(run.info.run_id, key))
+    obs = costs.observations(uri, "smoke")
+    setups = [m for m, w in obs if set(w) <= {costs.SETUP} or costs.SETUP in w]
+    epochs = [m for m, w in obs if costs.SETUP not in w]
+    assert sum(epochs) == pytest.approx(logged["cost.cpu_s"], rel=1e-6)
+    assert sum(setups) == pytest.approx(logged["cost.setup_cpu_s"], rel=1e-6)
+    parts = set(re.findall(r"\((teacher-\w+|student-[\w-]+)\)", out.stdout))
+    assert len(setups) == len(parts)  # one set-up per process that trained
+    rates, n = costs.calibrate(uri, "smoke")
+    assert n == len(obs) and rates[costs.SETUP] > 0
+    teacher = plan.teachers[0]
+    assert costs.model_key(teacher.spec.student.name, teacher.spec.model_kwargs()) in rates
