@@ -83,7 +83,7 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     m = re.search(rf"FAILED +\w+ teacher[^:]*: Slurm job {job} CANCELLED[^\n]*\(log (\S+), Slurm log (\S+)\)", text)
     assert m, text
     assert m.group(1).startswith(str(work / "logs")) and m.group(2).endswith(f"{job}_0_log.err")
-    students = re.findall(r"BLOCKED +\w+ t2 [^\n]*teacher \w+ \(teacher · cait_s24\) did not finish "
+    students = re.findall(r"BLOCKED +\w+ CaiT-S24→DeiT-Tiny [^\n]*teacher \w+ \(teacher · CaiT-S24\) did not finish "
                           rf"\(failed: Slurm job {job} CANCELLED", text)
     assert len(students) == 2, text
     assert re.search(r"runs: 2 blocked, 1 failed, 1 finished", text), text

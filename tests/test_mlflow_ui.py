@@ -90,7 +90,7 @@ def test_rest_api_shows_the_nested_grid(served_grid):
     assert len(parents) == 1, [r["info"]["run_name"] for r in parents]  # one, and the rerun reused it
     parent = parents[0]
     pid = parent["info"]["run_id"]
-    assert _tags(parent)["kdgrid.grid"] == "smoke/paper"
+    assert _tags(parent)["kdgrid.grid"] == "smoke/paper-mean"  # the default recipe
     children = {_tags(r)[tracking.HASH]: r for r in runs if _tags(r).get(tracking.PARENT) == pid}
     assert set(children) == {r.hash for r in plan.runs}  # every unique run, the teacher included, once
     assert len(plan.runs) == 7 and len(runs) == 8  # 4 + 3 rows - 1 shared + the teacher; and the parent
@@ -161,13 +161,13 @@ def test_chromium_shows_the_nested_grid(served_grid, tmp_path):
     shown = "document.body && document.body.innerText"
     with Browser(tmp_path / "profile", 1600, 1000) as b:
         b.goto(parent_run.view_url(url, exp["experiment_id"]))
-        assert b.wait_for(f"{shown}.includes('grid · smoke · paper recipe')", 180), b.js("document.body.innerText")
+        assert b.wait_for(f"{shown}.includes('grid · smoke · paper-mean recipe')", 180), b.js("document.body.innerText")
         text = b.js("document.body.innerText")
         assert "Model registry" in text and "Judges" not in text  # the model-training pages, not GenAI's
         assert not any(n in text for n in names)  # collapsed: the children are under the grid's row
         b.js("""(() => { [...document.querySelectorAll('button[aria-label=Close]')].forEach(x => x.click());
                         const cell = [...document.querySelectorAll('[role=gridcell]')]
-                          .find(c => c.innerText.includes('grid · smoke · paper recipe'));
+                          .find(c => c.innerText.includes('grid · smoke · paper-mean recipe'));
                         cell.querySelector('button').click(); })()""")
         assert b.wait_for(f"{shown}.includes('teacher · CaiT-S24')", 60)
         rows = b.js("[...document.querySelectorAll('.ag-center-cols-container [role=row]')].length")
