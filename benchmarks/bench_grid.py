@@ -49,7 +49,7 @@ def stage_costs(uri: str, scale: str) -> dict[str, dict]:
             continue
         role = run.data.tags.get(tracking.ROLE, "student")
         cpu = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
-                  for m in tracking._retry(c.get_metric_history, run.info.run_id, key))
+                  for m in tracking.retry(c.get_metric_history, run.info.run_id, key))
         per_run[h] = cpu
         st = stages.setdefault(role, {"runs": 0, "cpu_s": 0.0, "unmetered": 0, "start": float("inf"), "end": 0.0})
         st["runs"] += 1

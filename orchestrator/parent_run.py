@@ -75,9 +75,9 @@ def ensure(c, plan: Any, command: str = "reproduce") -> str:
     import json
 
     exp = tracking.experiment_id(c, plan.scale)
-    tracking._retry(c.set_experiment_tag, exp, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
+    tracking.retry(c.set_experiment_tag, exp, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
     key = grid_key(plan)
-    found = tracking._retry(c.search_runs, [exp], filter_string=f"tags.`{GRID}` = '{key}'",
+    found = tracking.retry(c.search_runs, [exp], filter_string=f"tags.`{GRID}` = '{key}'",
                             order_by=["attributes.start_time ASC"], max_results=5)
     tags = {tracking.ROLE: GRID_ROLE, GRID: key, tracking.SCALE: plan.scale, tracking.RECIPE: plan.recipe,
             tracking.SOURCE: source_command(command, plan), tracking.SOURCE_TYPE: "LOCAL"}
@@ -85,8 +85,8 @@ def ensure(c, plan: Any, command: str = "reproduce") -> str:
         run_id = found[0].info.run_id
         tracking.RunLog(c, run_id).set_tags(tags)
         return run_id
-    run = tracking._retry(c.create_run, exp, tags=tags, run_name=f"grid · {plan.scale} · {plan.recipe} recipe")
-    tracking._retry(c.set_terminated, run.info.run_id, "FINISHED")  # the grid's state is its children's
+    run = tracking.retry(c.create_run, exp, tags=tags, run_name=f"grid · {plan.scale} · {plan.recipe} recipe")
+    tracking.retry(c.set_terminated, run.info.run_id, "FINISHED")  # the grid's state is its children's
     return run.info.run_id
 
 
@@ -105,7 +105,7 @@ def attach(c, plan: Any, parent_id: str, command: str = "reproduce") -> dict:
         log = tracking.RunLog(c, run.info.run_id)
         log.set_tags({tracking.PARENT: parent_id, tracking.NOTE: r.spec.tags.get(tracking.NOTE, "")})
         if r.spec.name and run.info.run_name != r.spec.name:  # runs named before names told rows apart
-            tracking._retry(c.update_run, run.info.run_id, name=r.spec.name)
+            tracking.retry(c.update_run, run.info.run_id, name=r.spec.name)
     tracking.RunLog(c, parent_id).set_tags({tracking.NOTE: _note(plan, found, parent_id)})
     return found
 
@@ -138,17 +138,17 @@ def _log_table(c, run_id: str, records: list[dict], artifact_file: str, existing
 
     df = pd.DataFrame.from_records(records)
     if artifact_file not in existing:
-        tracking._retry(c.log_table, run_id, df, artifact_file)
+        tracking.retry(c.log_table, run_id, df, artifact_file)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         df.to_json(path, orient="split", index=False, date_format="iso")
-        tracking._retry(c.log_artifact, run_id, str(path), str(Path(artifact_file).parent))
+        tracking.retry(c.log_artifact, run_id, str(path), str(Path(artifact_file).parent))
 
 
 def _listing(c, run_id: str, path: str) -> set[str]:
     try:
-        return {f.path for f in tracking._retry(c.list_artifacts, run_id, path)}
+        return {f.path for f in tracking.retry(c.list_artifacts, run_id, path)}
     except Exception:
         return set()
 
@@ -161,7 +161,7 @@ def log_report(c, parent_id: str, plan: Any, report: Any, paths: dict[str, Path]
     base = selection_dir(plan)
     logged: list[str] = []
     for path in (paths or {}).values():
-        tracking._retry(c.log_artifact, parent_id, str(path), base)
+        tracking.retry(c.log_artifact, parent_id, str(path), base)
         logged.append(f"{base}/{Path(path).name}")
     tables_dir = base.replace("report", "tables", 1)
     existing = _listing(c, parent_id, tables_dir)
@@ -170,12 +170,12 @@ def log_report(c, parent_id: str, plan: Any, report: Any, paths: dict[str, Path]
             stem = "figure4" if t.table == "fig4" else f"table{t.table}"
             csv_path = Path(tmp) / f"{stem}.csv"
             csv_path.write_text(export.table_csv(t), encoding="utf-8")
-            tracking._retry(c.log_artifact, parent_id, str(csv_path), tables_dir)
+            tracking.retry(c.log_artifact, parent_id, str(csv_path), tables_dir)
             _log_table(c, parent_id, export.table_records(t), f"{tables_dir}/{stem}.json", existing)
             logged += [f"{tables_dir}/{stem}.csv", f"{tables_dir}/{stem}.json"]
         summary = Path(tmp) / "report.json"
         summary.write_text(export.to_json(report), encoding="utf-8")
-        tracking._retry(c.log_artifact, parent_id, str(summary), base)
+        tracking.retry(c.log_artifact, parent_id, str(summary), base)
         logged.append(f"{base}/report.json")
     finished = report.counts.get("finished", 0)
     metrics = {"grid.runs": report.total, "grid.finished": finished}
@@ -194,12 +194,12 @@ def publish(plan: Any, tracking_uri: str, report: Any, command: str = "report") 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_reports(plan, tracking_uri, tmp, report=report)
         logged = log_report(c, parent, plan, report, paths)
-    tracking._retry(c.set_terminated, parent, "FINISHED")  # its duration: from the grid's start to this report
+    tracking.retry(c.set_terminated, parent, "FINISHED")  # its duration: from the grid's start to this report
     return parent, logged
 
 
 def children(c, experiment_id: str, parent_id: str) -> list:
-    return list(tracking._retry(c.search_runs, [experiment_id],
+    return list(tracking.retry(c.search_runs, [experiment_id],
                                 filter_string=f"tags.`{tracking.PARENT}` = '{parent_id}'", max_results=1000))
 
 

@@ -110,7 +110,7 @@ def run_costs(uri: str, scale: str, hashes: Iterable[str], cache: dict[str, floa
             if run.info.status != "FINISHED":
                 continue
             cache[h] = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
-                           for m in tracking._retry(c.get_metric_history, run.info.run_id, key))
+                           for m in tracking.retry(c.get_metric_history, run.info.run_id, key))
     return {h: cache[h] for h in hashes if h in cache}
 
 

@@ -445,7 +445,7 @@ def _backfill(m: Member) -> None:
     """Log the checkpointed epochs MLflow has not seen (a kill between checkpoint and logging)."""
     if not m.history:
         return
-    logged = {x.step for x in tracking._retry(m.run.c.get_metric_history, m.run.run_id, "val.top1")}
+    logged = {x.step for x in tracking.retry(m.run.c.get_metric_history, m.run.run_id, "val.top1")}
     for entry in m.history:
         if entry["epoch"] not in logged:
             m.run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])

@@ -35,7 +35,7 @@ def experiment_name(scale: str) -> str:
 _TRANSIENT = ("database is locked", "database table is locked", "database is busy")  # SQLite's own words
 
 
-def _retry(fn: Callable, *args, **kwargs):
+def retry(fn: Callable, *args, **kwargs):
     """SQLite allows one writer at a time: several training processes retry (for up to ~1 min, on top of
     MLflow's 20 s busy timeout) instead of failing or losing a metric. Anything else is raised at once
     (MLflow's HTTP client retries a busy or unreachable server itself)."""
@@ -88,33 +88,33 @@ def _artifact_root(uri: str) -> str | None:
 
 def experiment_id(c, scale: str) -> str:
     name = experiment_name(scale)
-    exp = _retry(c.get_experiment_by_name, name)
+    exp = retry(c.get_experiment_by_name, name)
     if exp is None:
         try:
-            exp_id = _retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
+            exp_id = retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
                             tags={"kdgrid.scale": scale, EXPERIMENT_KIND: TRAINING_KIND})
             enable_wal(c.tracking_uri)
             return exp_id
         except Exception:  # created meanwhile by another process
-            exp = _retry(c.get_experiment_by_name, name)
+            exp = retry(c.get_experiment_by_name, name)
             if exp is None:
                 raise
     if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # experiments created before kdgrid set it
-        _retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+        retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
     enable_wal(c.tracking_uri)
     return exp.experiment_id
 
 
 def runs_by_hash(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str, Any]:
     """The MLflow run of each content hash (the newest where there are several)."""
-    exp = _retry(c.get_experiment_by_name, experiment_name(scale))
+    exp = retry(c.get_experiment_by_name, experiment_name(scale))
     if exp is None:
         return {}
     wanted = set(hashes) if hashes is not None else None
     out: dict[str, Any] = {}
     token = None
     while True:
-        page = _retry(c.search_runs, [exp.experiment_id], max_results=1000, page_token=token,
+        page = retry(c.search_runs, [exp.experiment_id], max_results=1000, page_token=token,
                       order_by=["attributes.start_time ASC"])
         for run in page:
             h = run.data.tags.get(HASH)
@@ -134,7 +134,7 @@ def run_state(run) -> str:
 
 def fetch_artifact(c, run_id: str, path: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(_retry(c.download_artifacts, run_id, path, str(dst)))
+    return Path(retry(c.download_artifacts, run_id, path, str(dst)))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -169,7 +169,7 @@ class RunLog:
         run = None
         if run_id is not None:
             try:
-                run = _retry(c.get_run, run_id)
+                run = retry(c.get_run, run_id)
             except Exception:  # the store was reset since the checkpoint was written
                 run = None
         tags = {HASH: run_hash, SCALE: spec.scale, SOURCE: "kdgrid train", SOURCE_TYPE: "LOCAL", **spec.tags}
@@ -177,31 +177,31 @@ class RunLog:
             tags[RECIPE] = spec.recipe_name
         if run is not None:
             name = spec.name if spec.name and spec.name != run.info.run_name else None
-            _retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=name)
+            retry(c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=name)
             if FAILURE in run.data.tags:
-                _retry(c.delete_tag, run_id, FAILURE)
+                retry(c.delete_tag, run_id, FAILURE)
             if run.data.tags.get(PARENT):  # a run shared by several grids stays where it was first trained
                 tags.pop(PARENT, None)
             log = cls(c, run_id)
             log.set_tags(tags)  # the grid may have grown: refresh which tables and rows use this run
             return log
-        run = _retry(c.create_run, exp, tags=tags, run_name=spec.name or run_hash)
+        run = retry(c.create_run, exp, tags=tags, run_name=spec.name or run_hash)
         return cls(c, run.info.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = _retry(self.c.get_run, self.run_id).data.params
+        existing = retry(self.c.get_run, self.run_id).data.params
         items = [Param(k, v) for k, v in _flatten(params).items() if k not in existing]
         for i in range(0, len(items), 100):
-            _retry(self.c.log_batch, self.run_id, params=items[i:i + 100])
+            retry(self.c.log_batch, self.run_id, params=items[i:i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
-            _retry(self.c.log_batch, self.run_id, tags=items[i:i + 100])
+            retry(self.c.log_batch, self.run_id, tags=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -209,10 +209,10 @@ class RunLog:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if items:
-            _retry(self.c.log_batch, self.run_id, metrics=items)
+            retry(self.c.log_batch, self.run_id, metrics=items)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        _retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
+        retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_datasets(self, datasets: Iterable[tuple[Any, str]]) -> None:
         """(mlflow Dataset entity, context) pairs, e.g. "training" / "validation": the UI's Dataset column.
@@ -221,7 +221,7 @@ class RunLog:
 
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", ctx)]) for ds, ctx in datasets]
         if inputs:
-            _retry(self.c.log_inputs, self.run_id, datasets=inputs)
+            retry(self.c.log_inputs, self.run_id, datasets=inputs)
 
     def start_system_metrics(self, gpu: int | None = None) -> None:
         """MLflow's own system metrics (CPU, memory, disk, network through psutil; GPU through pynvml) every
@@ -242,4 +242,4 @@ class RunLog:
         self.stop_system_metrics()  # its last samples land before the run is closed
         if reason:
             self.set_tags({FAILURE: reason})
-        _retry(self.c.set_terminated, self.run_id, status)
+        retry(self.c.set_terminated, self.run_id, status)

@@ -243,7 +243,7 @@ def observations(uri: str, scale: str) -> list[tuple[float, dict[str, float]]]:
             continue  # logged by another kdgrid: its params no longer describe a spec
         key = cohort_key(spec)
         for metric in ("cost.cpu_s", "cost.setup_cpu_s"):
-            for m in tracking._retry(c.get_metric_history, run.info.run_id, metric):
+            for m in tracking.retry(c.get_metric_history, run.info.run_id, metric):
                 groups.setdefault((key, metric, m.step, m.value), []).append(spec)
     out = []
     for (_, metric, step, value), specs in groups.items():

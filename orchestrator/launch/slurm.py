@@ -333,7 +333,7 @@ def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dic
     c = tracking.client(ctx.tracking_uri)
     for h, run in tracking.runs_by_hash(c, ctx.plan.scale, hashes).items():
         try:
-            hist = tracking._retry(c.get_metric_history, run.info.run_id, "val.top1")
+            hist = tracking.retry(c.get_metric_history, run.info.run_id, "val.top1")
         except Exception:
             continue
         epochs = sorted({m.step for m in hist})

@@ -122,7 +122,7 @@ def collect(scale: str, tracking_uri: str, planned: dict[str, int | None],
             r = out.results.get(h)
             if r is None or r.run_id is None:
                 continue
-            hist = tracking._retry(c.get_metric_history, r.run_id, "val.top1")
+            hist = tracking.retry(c.get_metric_history, r.run_id, "val.top1")
             by_step = {}
             for m in sorted(hist, key=lambda m: (m.step, m.timestamp)):
                 by_step[int(m.step)] = float(m.value)  # a resumed epoch logged twice: the newest counts
