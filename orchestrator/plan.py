@@ -31,7 +31,7 @@ from orchestrator.grid import (BLOCK_FIELDS, MANIFOLD_FIELDS, RECIPES_FILE, TABL
                                display_path, get_recipe, is_path_ref, load_recipes, load_scale, load_table)
 from orchestrator import run_names
 from trainer import tracking
-from trainer.spec import ExperimentSpec, format_validation_error
+from trainer.spec import ExperimentSpec, RecipeSpec, format_validation_error
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,23 @@ class _Resolver:
         return table_src, f"{rp} (spec {path})" if path else rp
 
 
+def world_size(resources: dict) -> int:
+    """Devices of one run's DDP job from a scale's `launch.resources`: gpus (per node) x nodes, else 1.
+    On a machine without GPUs the local launcher runs that many CPU (gloo) processes instead."""
+    return max(1, int(resources.get("gpus") or 1)) * max(1, int(resources.get("nodes") or 1))
+
+
+def _on_devices(recipe: RecipeSpec, resources: dict, src: str, where: str, res_key: str) -> RecipeSpec:
+    """The recipe with the launcher's world size and the accumulation that makes up its global batch;
+    a protocol the resources cannot meet is refused here, before anything launches."""
+    w = world_size(resources)
+    try:
+        return RecipeSpec.model_validate({**recipe.model_dump(), "world_size": w, "accumulation": None})
+    except ValidationError as err:
+        reason = "; ".join(r for _, r in format_validation_error(err))
+        raise GridError([(src, f"{where}.global_batch / {res_key}.gpus", f"{reason} (world size {w})")]) from None
+
+
 def _requested(tables: str | list[str] | None) -> list[str | Path]:
     if tables is None:
         return list(TABLE_IDS)
@@ -330,6 +347,10 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     def tables_tag(tids) -> str:
         return ",".join(sorted(set(tids), key=lambda x: order.get(x, 99)))
 
+    # Every student shares the scale's recipe: its world size and accumulation, checked once.
+    devices = {"student": _on_devices(sc.student.recipe, sc.launch.resources, res.scale_src, "student.recipe",
+                                      "launch.resources")}
+
     # Students in the requested tables, in requested-table order; their teachers first.
     students: list[PlannedRun] = []
     placed: set[str] = set()
@@ -348,7 +369,10 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 tags = {tracking.ROLE: "student", tracking.TABLES: tables_tag(u[0] for u in usage[h]),
                         tracking.ROWS: ",".join(u[2] for u in usage[h]), tracking.SEED: str(spec.seed)}
                 recipe_name = recipe if row0.method in ("manifold", "embedding") else row0.method  # hard / none
-                spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags))
+                spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags,
+                                                   recipe=devices["student"] if spec.recipe == sc.student.recipe
+                                                   else _on_devices(spec.recipe, sc.launch.resources, res.scale_src,
+                                                                    "student.recipe", "launch.resources")))
                 planned = PlannedRun(h, spec, "student", uses, deps, spec.seed)
                 teacher, student, method, settings = describe(planned)
                 tags[tracking.NOTE] = run_names.description(
@@ -364,8 +388,10 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
         dependents = [h for h, s in specs.items() if s.teacher is not None and s.teacher.run == th]
         tags = {tracking.ROLE: "teacher", tracking.TABLES: tables_tag(u[0] for h in dependents for u in usage[h]),
                 tracking.ROWS: "", tracking.SEED: str(spec.seed)}
+        recipe = _on_devices(spec.recipe, sc.launch.teacher_resources, res.scale_src, f"teachers.{paper}.recipe",
+                             "launch.teacher_resources")
         spec = spec.model_copy(update=dict(name=run_names.teacher_name(paper, spec.seed), scale=sc.scale,
-                                           recipe_name="teacher", tags=tags))
+                                           recipe_name="teacher", tags=tags, recipe=recipe))
         planned = PlannedRun(th, spec, "teacher", [], [], spec.seed)
         tags[tracking.NOTE] = run_names.teacher_description(paper, tags[tracking.TABLES], describe(planned)[3])
         teachers.append(planned)
@@ -447,6 +473,14 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     return teacher, _short(s.student.name), method, " ".join(parts)
 
 
+def batch_line(r: RecipeSpec) -> str:
+    """'per-device batch 128 x world size 1 x accumulation 8 = global batch 1024'."""
+    w = r.world_size or 1
+    acc = r.accumulation or 1
+    return (f"per-device batch {r.batch_size} × world size {w} × accumulation {acc} = global batch "
+            f"{r.global_batch_at(w)}")
+
+
 STATE_STYLE = {"finished": "green", "partial": "yellow", "missing": "dim"}
 
 
@@ -481,6 +515,10 @@ def print_plan(plan: Plan, states: dict[str, str], note: str | None = None, cons
                   f"{n(len(plan.teachers), 'teacher run')}) → {len(plan.runs)} unique runs after deduplication "
                   f"({n(len(plan.students), 'student')}, {n(len(plan.teachers), 'teacher')}; {merged} merged)",
                   highlight=False)
+    for role, runs in (("students", plan.students), ("teachers", plan.teachers)):
+        batches = dict.fromkeys(batch_line(r.spec.recipe) for r in runs)
+        if batches:
+            console.print(f"batch of the {role}: " + "; ".join(batches), highlight=False)
     console.print("status: " + ", ".join(f"{counts[k]} {k}" for k in STATE_STYLE), highlight=False)
     if note:
         console.print(f"[dim]{note}[/]")

@@ -121,9 +121,18 @@ class RecipeSpec(StrictModel):
     """Optimisation: DeiT's AdamW with warmup and cosine decay (timm's scheduler)."""
 
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)  # per process (per GPU)
+    # Per device (per GPU): one forward's micro-batch, the n of the manifold's n x n relation maps.
+    batch_size: int = Field(ge=1)
+    # The optimizer's batch, over every device and accumulation step (the paper: 128 x 8 GPUs = 1024).
+    # None: batch_size x the world size, with no accumulation (how runs were planned before; same hash).
+    global_batch: int | None = Field(None, ge=1)
+    # How the launcher runs it (not the run's identity: a result must not depend on the GPU count): the
+    # devices of one DDP job and the accumulation steps that make up the global batch. Set by the plan from
+    # `launch.resources`; the trainer recomputes accumulation from the world size it actually gets.
+    world_size: int | None = Field(None, ge=1, json_schema_extra=NOT_HASHED)
+    accumulation: int | None = Field(None, ge=1, json_schema_extra=NOT_HASHED)
     lr: Positive = 5e-4
-    lr_scale_batch: int | None = Field(512, ge=1)  # DeiT: lr * batch_size * world_size / 512; None: no scaling
+    lr_scale_batch: int | None = Field(512, ge=1)  # DeiT: lr * global batch / 512; None: no scaling
     min_lr: Weight = 1e-5
     warmup_lr: Weight = 1e-6
     warmup_epochs: Weight = 5
@@ -134,6 +143,40 @@ class RecipeSpec(StrictModel):
     amp: bool = True  # bf16 autocast on GPU (losses in float32); ignored on CPU
     compile: bool = Field(False, json_schema_extra=NOT_HASHED)
     log_every: int = Field(50, ge=1, json_schema_extra=NOT_HASHED)
+
+    @model_validator(mode="after")
+    def _protocol(self) -> "RecipeSpec":
+        if self.global_batch is not None and self.global_batch % self.batch_size:
+            raise ValueError(f"global_batch: {self.global_batch} is not a multiple of batch_size {self.batch_size} "
+                             "(the per-device micro-batch)")
+        if self.world_size is not None:
+            self.__dict__["accumulation"] = accumulation_steps(self, self.world_size, self.accumulation)
+        return self
+
+    def global_batch_at(self, world_size: int) -> int:
+        """The optimizer's batch when the run trains on `world_size` devices."""
+        return self.global_batch if self.global_batch is not None else self.batch_size * world_size
+
+
+def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None = None) -> int:
+    """Micro-batches per device per optimizer step: global_batch / (batch_size x world_size).
+
+    Raises ValueError naming the fields when the protocol cannot be met on `world_size` devices.
+    """
+    if recipe.global_batch is None:
+        acc = 1
+    else:
+        per_step = recipe.batch_size * world_size
+        if recipe.global_batch % per_step:
+            raise ValueError(
+                f"global_batch: {recipe.global_batch} cannot be split over world_size {world_size} x batch_size "
+                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count (launch.resources.gpus) "
+                f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size")
+        acc = recipe.global_batch // per_step
+    if stated is not None and stated != acc:
+        raise ValueError(f"accumulation: {stated} but global_batch {recipe.global_batch_at(world_size)} over "
+                         f"world_size {world_size} x batch_size {recipe.batch_size} needs {acc}")
+    return acc
 
 
 Term = Literal["ci", "cp", "rs"]
