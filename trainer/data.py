@@ -1,11 +1,13 @@
 """Data: Fashion-MNIST from Debian's package (CPU scales) and an ImageNet folder with DeiT's augmentations.
 
-The data order of every epoch is a pure function of (seed, epoch): a run resumed from a checkpoint, or
-trained in a cohort beside other students, sees exactly the batches it would have seen alone.
+The data order of every epoch is a pure function of (seed, epoch), and the augmentation of a micro-batch a
+function of (seed, epoch, its global index): a run resumed from a checkpoint, trained in a cohort beside
+other students, or split differently over GPUs and accumulation steps sees exactly the same micro-batches.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import shutil
@@ -84,8 +86,38 @@ def _subset(n: int, size: int | None, seed: int) -> torch.Tensor | None:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator that orders (and augments) epoch `epoch` of a run with seed `seed`."""
+    """The generator that orders epoch `epoch` of a run with seed `seed`."""
     return torch.Generator().manual_seed(1_000_003 * (seed + 1) + epoch)
+
+
+def micro_seed(seed: int, epoch: int, index: int, salt: str = "") -> int:
+    """A seed for global micro-batch `index` of an epoch (and a purpose, `salt`): what a micro-batch draws
+    (augmentation, mixup, drop-path, L_rs) depends on which images it holds, never on the rank or the
+    accumulation step that trains it, so a run is the same on 1 GPU x 8 steps as on 8 GPUs x 1."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}/{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def micro_batches(n: int, seed: int, epoch: int, micro: int, group: int, repeats: int = 1) -> torch.Tensor:
+    """The sample indices of every global micro-batch of an epoch: (steps x group, micro).
+
+    One permutation of the n images per (seed, epoch) (each image `repeats` times in a row: DeiT's repeated
+    augmentation), cut into optimizer steps of group x micro images (group = world size x accumulation, so
+    the global batch); within a step, consecutive images go to consecutive micro-batches (image e to
+    micro-batch e mod group), so an image's repeats land in different micro-batches, as DeiT's sampler puts
+    them on different GPUs. Micro-batch j = s x group + a x world + r is trained by rank r at accumulation
+    step a of optimizer step s. With group 1 the micro-batches are contiguous slices of the permutation.
+    """
+    order = torch.randperm(n, generator=epoch_generator(seed, epoch))
+    if repeats > 1:
+        order = order.repeat_interleave(repeats)[:n]
+    steps = n // (micro * group)
+    return order[:steps * group * micro].view(steps, micro, group).transpose(1, 2).reshape(steps * group, micro)
+
+
+def rank_rows(total: int, rank: int, world_size: int) -> range:
+    """The global micro-batches rank `rank` trains, in training order: j = i x world + rank."""
+    return range(rank, total, world_size)
 
 
 @dataclass
@@ -105,21 +137,27 @@ class TensorData:
     hflip: float = 0.0
     rank: int = 0
     world_size: int = 1
+    accumulation: int = 1
 
     def __len__(self) -> int:
-        per_rank = len(self.labels) // self.world_size
-        return per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
+        """Micro-batches this rank trains per epoch (train), or evaluates (val: its shard, every image)."""
+        n = len(self.labels)
+        if self.train:
+            return n // (self.batch_size * self.world_size * self.accumulation) * self.accumulation
+        return -(-len(range(self.rank, n, self.world_size)) // self.batch_size)
 
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        g = epoch_generator(seed, epoch)
-        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
-        order = order[self.rank: n - n % self.world_size: self.world_size] if self.world_size > 1 else order
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.train:
+            rows = micro_batches(n, seed, epoch, self.batch_size, self.world_size * self.accumulation)
+            batches = ((j, rows[j]) for j in rank_rows(len(rows), self.rank, self.world_size))
+        else:
+            order = torch.arange(self.rank, n, self.world_size)
+            batches = ((None, order[i:i + self.batch_size]) for i in range(0, len(order), self.batch_size))
+        for j, idx in batches:
             x = self.images[idx].float().div_(255)
             if self.train:
-                x = self._augment(x, g)
+                x = self._augment(x, torch.Generator().manual_seed(micro_seed(seed, epoch, j, "augment")))
             yield x.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD), self.labels[idx]
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -162,48 +200,74 @@ def _random_resized_crop(x: torch.Tensor, scale: tuple[float, float], g: torch.G
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class FolderData:
-    """An ImageFolder behind a DataLoader, with DeiT's transforms and samplers from timm."""
+class KeyedSamples(torch.utils.data.Dataset):
+    """A dataset whose item (index, key) is transformed with every RNG the transforms use (random, numpy,
+    torch) seeded from `key`: an image's augmentation is a function of where it falls in the epoch, not of
+    the loader worker or rank that reads it. A plain index reads without touching any RNG (validation)."""
 
-    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, repeated_aug: bool,
-                 rank: int, world_size: int):
-        self.dataset, self.batch_size, self.train = dataset, batch_size, train
-        self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
-        self.repeated_aug = repeated_aug
-
-    def _sampler(self, seed: int, epoch: int):
-        from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
-
-        if self.train and self.repeated_aug and self.world_size > 1:
-            from timm.data.distributed_sampler import RepeatAugSampler
-
-            s = RepeatAugSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True)
-            s.set_epoch(1_000_003 * (seed + 1) + epoch)
-            return s
-        if self.world_size > 1:
-            s = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.train, seed=seed,
-                                   drop_last=self.train)
-            s.set_epoch(epoch)
-            return s
-        return RandomSampler(self.dataset, generator=epoch_generator(seed, epoch)) if self.train \
-            else SequentialSampler(self.dataset)
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        n = len(self.dataset) // self.world_size
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        if not isinstance(item, tuple):
+            return self.dataset[item]
+        import random
+
+        import numpy as np
+
+        index, key = item
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(key), np.random.seed(key % 2**32), torch.manual_seed(key)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py), np.random.set_state(npy)
+
+
+class FolderData:
+    """An ImageFolder behind a DataLoader, with DeiT's transforms from timm and the global micro-batch order
+    of `micro_batches` (repeated augmentation included), each sample's augmentation keyed to its place."""
+
+    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, repeated_aug: bool,
+                 rank: int, world_size: int, accumulation: int = 1):
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
+        self.repeated_aug, self.accumulation = repeated_aug, accumulation
+
+    def _batches(self, seed: int, epoch: int) -> list[list]:
+        n = len(self.dataset)
+        if not self.train:
+            order = list(range(self.rank, n, self.world_size))
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rows = micro_batches(n, seed, epoch, self.batch_size, self.world_size * self.accumulation,
+                             repeats=3 if self.repeated_aug else 1)
+        return [[(int(i), micro_seed(seed, epoch, j, f"sample{p}")) for p, i in enumerate(rows[j].tolist())]
+                for j in rank_rows(len(rows), self.rank, self.world_size)]
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        if self.train:
+            return n // (self.batch_size * self.world_size * self.accumulation) * self.accumulation
+        return -(-len(range(self.rank, n, self.world_size)) // self.batch_size)
 
     def epoch(self, seed: int, epoch: int):
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self._sampler(seed, epoch),
+        loader = DataLoader(KeyedSamples(self.dataset), batch_sampler=self._batches(seed, epoch),
                             num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                            drop_last=self.train, generator=epoch_generator(seed, epoch),
                             persistent_workers=False)
         yield from loader
 
 
-def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
-    """(train, val) batch sources for `spec`; val is evaluated on every rank's shard."""
+def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, accumulation: int = 1,
+          val_transform=None):
+    """(train, val) batch sources for `spec`: training in micro-batches of `batch_size` (the global batch is
+    batch_size x world_size x accumulation); val is evaluated on every rank's shard. `val_transform`
+    replaces the validation transform of an image folder (a teacher's own eval transform)."""
     if spec.dataset == "fashion_mnist":
         out = []
         for train, size in ((True, spec.train_subset), (False, spec.val_subset)):
@@ -221,7 +285,7 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
                                   crop_padding=spec.augment.crop_padding if train else 0,
                                   crop_scale=spec.augment.crop_scale if train else None,
                                   hflip=spec.augment.hflip if train else 0.0,
-                                  rank=rank, world_size=world_size))
+                                  rank=rank, world_size=world_size, accumulation=accumulation))
         return tuple(out)
 
     from timm.data import create_transform
@@ -234,15 +298,26 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1):
                                 re_mode="pixel", re_count=1, hflip=a.hflip,
                                 scale=a.crop_scale or (0.08, 1.0))
     _posterize_zero_bits(train_tf)
-    val_tf = create_transform(spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+    val_tf = val_transform or create_transform(spec.img_size, is_training=False, interpolation="bicubic",
+                                               crop_pct=0.875)
     train_ds, val_ds = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", val_tf)
     for ds, size, off in ((train_ds, spec.train_subset, 0), (val_ds, spec.val_subset, 1)):
         idx = _subset(len(ds), size, spec.subset_seed + off)
         if idx is not None:
             ds.samples = [ds.samples[i] for i in idx.tolist()]
             ds.targets = [s[1] for s in ds.samples]
-    return (FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size),
+    return (FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size, accumulation),
             FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size))
+
+
+def with_transform(val_data: "FolderData", transform) -> "FolderData":
+    """The same validation images read through another transform (a teacher's own eval transform)."""
+    import copy
+
+    out = copy.copy(val_data)
+    out.dataset = copy.copy(val_data.dataset)
+    out.dataset.transform = transform
+    return out
 
 
 def _posterize(img, bits_to_keep, **_):

@@ -53,6 +53,13 @@ def broadcast_flags(flags: list[bool], device: str) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def no_sync(module: torch.nn.Module):
+    """DDP's no_sync (gradients kept local during accumulation); a no-op for a module that is not DDP."""
+    from contextlib import nullcontext
+
+    return module.no_sync() if hasattr(module, "no_sync") else nullcontext()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from trainer import data as data_mod
-from trainer import models, tracking, workdir
+from trainer import dataset_inputs, models, tracking, workdir
+from trainer.protocol import run_protocol, teacher_protocol
 from trainer.throughput import EpochMeter
-from trainer.distributed import DistEnv, all_sum, broadcast_flags
+from trainer.distributed import DistEnv, all_sum, broadcast_flags, no_sync
 from trainer.objective import objective  # noqa: F401  (engine.objective, as before)
-from trainer.spec import ExperimentSpec
+from trainer.spec import ExperimentSpec, accumulation_steps
 from trainer.taps import Student, forward_taps
 
 
@@ -56,6 +57,7 @@ def cohort_key(spec: ExperimentSpec) -> str:
         "data": spec.data.model_dump(mode="json", exclude={"num_workers"}),
         "seed": spec.seed,
         "batch_size": spec.recipe.batch_size,
+        "global_batch": spec.recipe.global_batch,
         "amp": spec.recipe.amp,
     }
     import hashlib
@@ -127,13 +129,20 @@ class Member:
         return self.spec.recipe.epochs
 
     @contextmanager
-    def scope(self, device: str):
-        """Run with this member's own global RNG streams (drop-path, dropout, init)."""
+    def scope(self, device: str, key: int | None = None):
+        """Run with this member's own global RNG streams (drop-path, dropout, init); with `key` (a micro-batch's
+        seed) they and the L_rs generator start from it, so what a micro-batch draws is the same whichever rank
+        or accumulation step trains it."""
         outer = torch.get_rng_state()
         outer_cuda = torch.cuda.get_rng_state(device) if device.startswith("cuda") else None
         torch.set_rng_state(self.rng)
         if outer_cuda is not None and self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, device)
+        if key is not None:
+            torch.default_generator.manual_seed(key)
+            if outer_cuda is not None:
+                torch.cuda.manual_seed(key)
+            self.rs_gen.manual_seed(_rng_seed(key, 2))
         try:
             yield
         finally:
@@ -172,11 +181,12 @@ class Member:
 
 
 def effective_lr(spec: ExperimentSpec, world_size: int) -> float:
-    """DeiT's linear scaling: lr * batch_size * world_size / 512."""
+    """DeiT's linear scaling by the global batch: lr * global_batch / 512 (global: batch_size x world_size
+    unless the recipe states it; the same on any split of it over devices and accumulation steps)."""
     r = spec.recipe
     if r.lr_scale_batch is None:
         return r.lr
-    return r.lr * r.batch_size * world_size / r.lr_scale_batch
+    return r.lr * r.global_batch_at(world_size) / r.lr_scale_batch
 
 
 def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Member:
@@ -247,12 +257,16 @@ def amp_dtype(spec: ExperimentSpec) -> torch.dtype:
 # Teacher
 # ---------------------------------------------------------------------------------------------------
 def load_teacher(spec: ExperimentSpec, wd: Path, tracking_uri: str | None, device: str) -> nn.Module:
+    """The frozen teacher, with `kdgrid_weights`: where its weights came from (source, tag, file sha256)."""
+    from trainer.protocol import sha256_file
+
     t = spec.teacher
     assert t is not None
     if t.source == "hub":
         import timm
 
         model = timm.create_model(t.name, pretrained=True, **spec.teacher_kwargs())
+        weights = {"source": "hub", "weights": t.name, "sha256": _hub_file_sha256(model) or "unknown"}
     else:
         if t.source == "checkpoint":
             path = Path(t.path).expanduser()
@@ -270,8 +284,48 @@ def load_teacher(spec: ExperimentSpec, wd: Path, tracking_uri: str | None, devic
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
         model = models.create(t.name, **spec.teacher_kwargs())
         model.load_state_dict(state)
+        weights = {"source": t.source, "weights": t.path if t.source == "checkpoint" else f"run {t.run}",
+                   "sha256": sha256_file(path)}
     model.to(device).eval().requires_grad_(False)
+    model.kdgrid_weights = weights
     return model
+
+
+def _hub_file_sha256(model: nn.Module) -> str | None:
+    """sha256 of the weights file timm read from the Hugging Face cache, where it can be found."""
+    from trainer.protocol import sha256_file
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+            if name:
+                path = try_to_load_from_cache(repo, name)
+                if isinstance(path, str):
+                    return sha256_file(path)
+    except Exception:
+        return None
+    return None
+
+
+def teacher_val_data(teacher: nn.Module, spec: ExperimentSpec, val_data):
+    """(validation source, what transform) for the teacher's own accuracy: at an image folder, the teacher's
+    eval transform from timm's pretrained_cfg (crop_pct, interpolation, mean/std); on the in-memory CPU
+    datasets the student's (the analogs have no pretrained config)."""
+    if spec.data.dataset != "imagenet":
+        return val_data, "the student's"
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=teacher)
+    cfg["input_size"] = (spec.data.in_chans, spec.data.img_size, spec.data.img_size)
+    tf = create_transform(**cfg, is_training=False)
+    how = (f"crop_pct={cfg.get('crop_pct')} {cfg.get('interpolation')} mean={tuple(round(v, 4) for v in cfg['mean'])} "
+           f"std={tuple(round(v, 4) for v in cfg['std'])}")
+    return data_mod.with_transform(val_data, tf), how
 
 
 @torch.inference_mode()
@@ -336,10 +390,13 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
     if not todo:
         return results
 
-    train_data, val_data = data_mod.build(first.data, first.recipe.batch_size, env.rank, env.world_size)
-    steps = len(train_data)
+    accumulation = accumulation_steps(first.recipe, env.world_size)  # ValueError: the protocol cannot be met
+    train_data, val_data = data_mod.build(first.data, first.recipe.batch_size, env.rank, env.world_size,
+                                          accumulation)
+    steps = len(train_data) // accumulation  # optimizer steps per epoch
     if steps == 0:
-        raise ValueError(f"the training set has fewer than batch_size={first.recipe.batch_size} images per rank")
+        raise ValueError(f"the training set has fewer images than one global batch of "
+                         f"{first.recipe.global_batch_at(env.world_size)}")
     mixup = data_mod.mixup_fn(first.data)
 
     members: list[Member] = []
@@ -356,7 +413,10 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             m.dir.mkdir(parents=True, exist_ok=True)
             (m.dir / "spec.yaml").write_text(s.to_yaml())
             m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
-            _log_start(m, env)
+            _log_start(m, env, run_protocol(
+                s, world_size=env.world_size, accumulation=accumulation,
+                precision="bf16 autocast" if use_amp else "fp32", train_images=dataset_inputs.count(train_data),
+                val_images=dataset_inputs.count(val_data)))
             _log_datasets(m, train_data, val_data)
             m.run.start_system_metrics(torch.device(device).index or 0 if device.startswith("cuda") else None)
             _backfill(m)
@@ -367,10 +427,12 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
     teacher = load_teacher(first, wd, tracking_uri, device) if first.teacher is not None else None
     t_blocks = tuple(sorted({b for m in members for b in m.t_mf + m.t_emb}))
     if teacher is not None and any(m.start_epoch == 0 for m in members):
-        t_eval = evaluate(teacher, val_data, device, autocast)
+        t_val, how = teacher_val_data(teacher, first, val_data)
+        t_eval = evaluate(teacher, t_val, device, autocast)
         for m in members:
             if env.main and m.start_epoch == 0:
                 m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
+                m.run.log_params({"protocol": teacher_protocol({**teacher.kdgrid_weights, "eval_transform": how})})
 
     # Cost accounting: this process's CPU seconds, split evenly among the runs that shared them.
     setup_share = (time.process_time() - cpu0) / len(members)
@@ -385,7 +447,8 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
                 continue
             cpu_epoch = time.process_time()
             meter = EpochMeter(device, env.world_size)
-            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter)
+            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter,
+                         accumulation)
             meter.stop()
             share = (time.process_time() - cpu_epoch) / len(active)
             for m in active:
@@ -424,11 +487,12 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
     return results
 
 
-def _log_start(m: Member, env: DistEnv) -> None:
+def _log_start(m: Member, env: DistEnv, proto: dict[str, Any]) -> None:
     s = m.spec
     params = s.model_dump(mode="json", exclude={"tags", "name"})
+    params["protocol"] = proto  # what ran (world size, accumulation, images, versions): the report's banner
     params["effective"] = {"lr": m.lr, "world_size": env.world_size,
-                           "global_batch_size": s.recipe.batch_size * env.world_size,
+                           "global_batch_size": proto["global_batch"],
                            "steps_per_epoch": m.steps, "content_hash": m.hash}
     m.run.log_params(params)
     m.run.set_tags({f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)})
@@ -452,23 +516,28 @@ def _backfill(m: Member) -> None:
 
 
 def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks, mixup, env: DistEnv,
-                 autocast, callbacks, meter: EpochMeter | None = None) -> None:
+                 autocast, callbacks, meter: EpochMeter | None = None, accumulation: int = 1) -> None:
+    """One epoch in micro-batches: this rank's i-th is global micro-batch j = i x world + rank, accumulation
+    step i mod A of optimizer step i // A; everything random in it is keyed to (seed, epoch, j)."""
     import numpy as np
 
     device = env.device
     seed = active[0].spec.seed
-    if mixup is not None:  # timm's Mixup draws from numpy's global RNG: make it a function of (seed, epoch)
-        np.random.seed(_rng_seed(seed, 1000 + epoch) % 2**32)
     for m in active:
         m.student.train()
         m.sums, m.count = {}, 0
     log_every = active[0].spec.recipe.log_every
+    steps = len(train_data) // accumulation
     meter = meter or EpochMeter(device, env.world_size)
     t0 = time.perf_counter()
-    for step, (x, y) in enumerate(meter.batches(train_data.epoch(seed, epoch))):
+    for i, (x, y) in enumerate(meter.batches(train_data.epoch(seed, epoch))):
+        j = i * env.world_size + env.rank
+        step, acc = divmod(i, accumulation)
+        last = acc == accumulation - 1
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
-        if mixup is not None:
+        if mixup is not None:  # timm's Mixup draws from numpy's global RNG: make it a function of the micro-batch
+            np.random.seed(data_mod.micro_seed(seed, epoch, j, "mixup") % 2**32)
             x, target = mixup(x, y)
         t_logits, t_feats = None, {}
         if teacher is not None:
@@ -478,52 +547,72 @@ def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks
                 # inference tensors cannot be saved for backward: hand the students ordinary tensors
                 t_logits = t_out.clone()
                 t_feats = {b: f.clone() for b, f in zip(t_blocks, feats)}
+        key = data_mod.micro_seed(seed, epoch, j, "member")
         for m in active:
             if m.failed:
                 continue
             try:
                 with meter.part(m.hash):
-                    _step(m, x, target, t_logits, t_feats, epoch * m.steps + step, autocast, device)
+                    _micro_step(m, x, target, t_logits, t_feats, key, last, accumulation, autocast, device)
+                    if last:
+                        _optimizer_step(m, epoch * m.steps + step)
             except Exception as err:  # one student's failure does not stop its cohort
                 _fail(m, f"{type(err).__name__}: {err}", traceback.format_exc())
-        if (step + 1) % log_every == 0 or step + 1 == len(train_data):
+        if last and ((step + 1) % log_every == 0 or step + 1 == steps):
             for m in active:
                 if not m.failed:
                     _check_and_report(m, epoch, step, callbacks, time.perf_counter() - t0)
 
 
-def _step(m: Member, x, target, t_logits, t_feats, global_step: int, autocast, device: str) -> None:
-    r = m.spec.recipe
-    with m.scope(device):
+def _micro_step(m: Member, x, target, t_logits, t_feats, key: int, sync: bool, accumulation: int, autocast,
+                device: str) -> None:
+    """Forward, loss and backward of one micro-batch; gradients add up over the accumulation steps (DDP
+    all-reduces them only on the last, `sync`), each micro-batch's loss weighted 1 / accumulation."""
+    with m.scope(device, key), (nullcontext() if sync else no_sync(m.student)):
         with autocast():
             out, f_mf, f_emb = m.student(x)
         terms = objective(m.spec, out, target, t_logits, f_mf, [t_feats[b] for b in m.t_mf], f_emb,
                           [t_feats[b] for b in m.t_emb], m.rs_gen)
-        loss = terms["loss"]
-        m.optimizer.zero_grad(set_to_none=True)
-        if m.scaler is not None:
-            m.scaler.scale(loss).backward()
-            m.scaler.unscale_(m.optimizer)
-        else:
-            loss.backward()
-        if r.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(m.core.parameters(), r.clip_grad)
-        if m.scaler is not None:
-            m.scaler.step(m.optimizer)
-            m.scaler.update()
-        else:
-            m.optimizer.step()
-        m.scheduler.step_update(num_updates=global_step + 1)
-        if m.ema is not None:
-            m.ema.update(m.core.model, step=global_step)
+        loss = terms["loss"] / accumulation
+        (m.scaler.scale(loss) if m.scaler is not None else loss).backward()
     for k, v in terms.items():
         v = v.detach().float()
         m.sums[k] = m.sums[k] + v if k in m.sums else v.clone()
     m.count += 1
 
 
+def _optimizer_step(m: Member, global_step: int) -> None:
+    """The optimizer step that ends an accumulation: clip, step, schedule, EMA; gradients cleared."""
+    r = m.spec.recipe
+    if m.scaler is not None:
+        m.scaler.unscale_(m.optimizer)
+    if r.clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(m.core.parameters(), r.clip_grad)
+    if m.scaler is not None:
+        m.scaler.step(m.optimizer)
+        m.scaler.update()
+    else:
+        m.optimizer.step()
+    m.optimizer.zero_grad(set_to_none=True)
+    m.scheduler.step_update(num_updates=global_step + 1)
+    if m.ema is not None:
+        m.ema.update(m.core.model, step=global_step)
+
+
+def _mean_terms(m: Member) -> dict[str, torch.Tensor]:
+    """Each loss term's mean over the epoch's micro-batches so far, over every rank (one all-reduce)."""
+    keys = sorted(m.sums)
+    if not keys:
+        return {}
+    t = torch.stack([m.sums[k].double() for k in keys]
+                    + [torch.tensor(float(m.count), dtype=torch.float64, device=m.sums[keys[0]].device)])
+    all_sum(t)
+    n = max(t[-1].item(), 1.0)
+    return {k: t[i] / n for i, k in enumerate(keys)}
+
+
 def _check_and_report(m: Member, epoch: int, step: int, callbacks, elapsed: float) -> None:
-    values = {k: v.item() / m.count for k, v in m.sums.items()}  # the host sync of a logging interval
+    values = {k: v.item() for k, v in _mean_terms(m).items()}  # the host sync of a logging interval
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         _fail(m, f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
@@ -545,7 +634,7 @@ def _fail(m: Member, reason: str, tb: str | None) -> None:
 
 def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast, train_cpu_s: float) -> dict[str, float]:
     t_eval, cpu_eval = time.perf_counter(), time.process_time()
-    metrics = {f"train.{k}": (v.item() / max(m.count, 1)) for k, v in m.sums.items()}
+    metrics = {f"train.{k}": v.item() for k, v in _mean_terms(m).items()}
     val = evaluate(m.core.model, val_data, env.device, autocast)
     metrics.update({f"val.{k}": v for k, v in val.items()})
     if m.ema is not None:

@@ -204,7 +204,7 @@ def spec_from_params(params: Mapping[str, str]):
 
     nested: dict[str, Any] = {}
     for key, text in params.items():
-        if key.startswith("effective."):
+        if key.startswith(("effective.", "protocol.")):
             continue
         try:
             value = None if text == "None" else yaml.safe_load(text)
