@@ -561,6 +561,16 @@ class LogitKD(StrictModel):
 
 class RecipeStudent(StrictModel):
     drop_path: Weight | None = None  # overrides the scale's student drop_path for the recipe's rows
+    # False: the recipe's rows train each student's model without the distillation token
+    # (deit_tiny_distilled_patch16_224 -> deit_tiny_patch16_224, as the scale maps it), logit KD on the class head.
+    distilled: bool = True
+    # Per scale name: overrides of that scale's student recipe for the recipe's rows (the released script's
+    # batch of 64 per GPU x 8 at the paper scale).
+    recipe: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def model(self, paper: str) -> str:
+        """The paper model a row's student becomes under this recipe."""
+        return paper if self.distilled else paper.replace("_distilled_", "_")
 
 
 class Recipe(StrictModel):

@@ -161,11 +161,16 @@ class _Resolver:
     def student(self, table_src: str, i: int, row: AblationRow) -> ExperimentSpec | None:
         sc, rec = self.scale, self.recipe
         rp = f"rows[{i}]"
-        m = sc.models.get(row.student)
+        recipe_row = row.method in ("manifold", "embedding")
+        paper_student = rec.student.model(row.student) if recipe_row else row.student
+        m = sc.models.get(paper_student)
         if m is None:
-            self.problems.append((table_src, f"{rp}.student", f"{row.student} has no model at scale {sc.scale!r}: "
+            self.problems.append((table_src, f"{rp}.student", f"{paper_student} has no model at scale {sc.scale!r}: "
                                                               f"map it under `models:` in {self.scale_src}"))
             return None
+        recipe = sc.student.recipe.model_dump()
+        if recipe_row:
+            recipe.update(rec.student.recipe.get(sc.scale, {}))
         drop_path = sc.student.drop_path
         distillation: dict[str, Any] = {}
         if row.method == "hard":
@@ -184,7 +189,7 @@ class _Resolver:
             if teacher is None:
                 return None
         raw = dict(seed=0, student=dict(name=m.name, kwargs=m.kwargs, drop_path=drop_path), teacher=teacher,
-                   data=sc.data.model_dump(), recipe=sc.student.recipe.model_dump(), distillation=distillation)
+                   data=sc.data.model_dump(), recipe=recipe, distillation=distillation)
         try:
             return ExperimentSpec.model_validate(raw)
         except ValidationError as err:
@@ -454,7 +459,8 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
         teacher = f"{_short(s.teacher.name)} ({how})"
     parts = []
     if d.kd != "none":
-        parts.append(f"kd={d.kd}" + (f" τ={d.tau:g}" if d.kd == "soft" else "") + f" w={d.kd_weight:g}")
+        head = "dist head" if "distilled" in s.student.name else "class head"
+        parts.append(f"kd={d.kd} on {head}" + (f" τ={d.tau:g}" if d.kd == "soft" else "") + f" w={d.kd_weight:g}")
     if d.manifold is not None:
         mf = d.manifold
         method = "manifold"
@@ -470,7 +476,8 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     else:
         method = "hard" if d.kd == "hard" else ("soft" if d.kd == "soft" else "none")
     parts.append(f"drop_path={s.student.drop_path:g}")
-    return teacher, _short(s.student.name), method, " ".join(parts)
+    parts.append(f"batch {s.recipe.batch_size}/device")
+    return teacher, s.student.name, method, " ".join(parts)
 
 
 def batch_line(r: RecipeSpec) -> str:
