@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.grid import TABLE_IDS, load_recipes
 from orchestrator.report import claims as claims_mod
 from orchestrator.report import figure
+from orchestrator.report import protocol as protocol_mod
 from orchestrator.report.collect import Collected, collect
 from orchestrator.report.tables import TableModel, build_tables
 from trainer.tracking import default_uri
@@ -76,8 +77,12 @@ def reproduce_command(plan: Any, tracking_uri: str | None = None, overrides: tup
     return shlex.join(args)
 
 
-def describe_scale(plan: Any) -> tuple[str, bool]:
-    """(a sentence on what the numbers are, whether they compare with the paper's directly)."""
+def describe_scale(plan: Any, protocols: list[dict[str, str]] | None = None) -> tuple[str, bool]:
+    """(a sentence on what the numbers are, whether they compare with the paper's directly).
+
+    With `protocols` (what the finished student runs logged as `protocol.*`), comparability is decided by
+    them against the paper's protocol (report/protocol.py) and every deviation is listed; without, by the
+    scale alone (a plan with nothing trained yet)."""
     students = [r.spec for r in plan.runs if r.role == "student"] or [r.spec for r in plan.runs]
     if not students:
         return f"Scale '{plan.scale}'.", plan.scale == "paper"
@@ -90,12 +95,16 @@ def describe_scale(plan: Any) -> tuple[str, bool]:
     setting = (f"{dataset} ({d.img_size}×{d.img_size}, {d.num_classes} classes{subset}), {ep} epochs, "
                f"models: {', '.join(models)}")
     comparable = plan.scale == "paper" and d.dataset == "imagenet" and not d.train_subset
+    deviations = ""
+    if protocols:
+        comparable, deviations = protocol_mod.banner(protocols)
+        deviations = " " + deviations
     if comparable:
-        return f"Scale 'paper': the paper's setting — {setting}.", True
+        return f"Scale '{plan.scale}': the paper's setting — {setting}.{deviations}", True
     analog = "CPU analogs of the paper's models" if any(m.startswith("analog_") for m in models) else "models"
     return (f"Scale '{plan.scale}': {analog} on {setting}. These accuracies are NOT comparable with the "
             f"paper's ImageNet numbers; what carries over is the ORDERING of rows within a table and the sign "
-            f"of the differences between rows (see the rank column and the claims)."), False
+            f"of the differences between rows (see the rank column and the claims).{deviations}"), False
 
 
 def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
@@ -116,7 +125,9 @@ def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
     if fig4 is not None:
         claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect))
     counts = Counter(collected.get(h).status for h in hashes)
-    note, comparable = describe_scale(plan)
+    protocols = [collected.get(r.hash).protocol for r in plan.runs
+                 if r.role == "student" and collected.get(r.hash).status == "finished"]
+    note, comparable = describe_scale(plan, protocols or None)
     explicit_uri = tracking_uri if tracking_uri != default_uri() else None  # the hint names a store only if needed
     return Report(scale=plan.scale, recipe=plan.recipe, seeds=plan.seeds, uri=tracking_uri, tables=tables,
                   fig4=fig4, curves=curves, claims=claims, counts=counts,

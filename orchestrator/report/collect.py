@@ -36,6 +36,7 @@ class RunResult:
     updated_ms: int | None = None  # timestamp of the newest metric
     tags: dict[str, str] = field(default_factory=dict)
     history: list[tuple[int, float]] | None = None  # (epoch, val.top1), when asked for
+    protocol: dict[str, str] = field(default_factory=dict)  # what ran: the run's `protocol.*` params
 
     @property
     def short_id(self) -> str:
@@ -100,6 +101,7 @@ def result_of(run, planned_epochs: int | None = None) -> RunResult:
         reason=data.tags.get(tracking.FAILURE),
         updated_ms=updated,
         tags=dict(data.tags),
+        protocol={k[len("protocol."):]: v for k, v in data.params.items() if k.startswith("protocol.")},
     )
 
 
