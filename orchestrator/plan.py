@@ -393,10 +393,10 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
         dependents = [h for h, s in specs.items() if s.teacher is not None and s.teacher.run == th]
         tags = {tracking.ROLE: "teacher", tracking.TABLES: tables_tag(u[0] for h in dependents for u in usage[h]),
                 tracking.ROWS: "", tracking.SEED: str(spec.seed)}
-        recipe = _on_devices(spec.recipe, sc.launch.teacher_resources, res.scale_src, f"teachers.{paper}.recipe",
-                             "launch.teacher_resources")
+        on_devices = _on_devices(spec.recipe, sc.launch.teacher_resources, res.scale_src,
+                                 f"teachers.{paper}.recipe", "launch.teacher_resources")
         spec = spec.model_copy(update=dict(name=run_names.teacher_name(paper, spec.seed), scale=sc.scale,
-                                           recipe_name="teacher", tags=tags, recipe=recipe))
+                                           recipe_name="teacher", tags=tags, recipe=on_devices))
         planned = PlannedRun(th, spec, "teacher", [], [], spec.seed)
         tags[tracking.NOTE] = run_names.teacher_description(paper, tags[tracking.TABLES], describe(planned)[3])
         teachers.append(planned)

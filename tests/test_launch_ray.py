@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_launch_local import LESS_DATA, assert_all_finished, kdgrid, store
+from tests.test_launch_local import LESS_DATA, ROOT, assert_all_finished, kdgrid, store
 
 
 @pytest.mark.slow
@@ -20,3 +20,35 @@ def test_smoke_grid_through_ray(tmp_path):
     assert_all_finished(uri, plan, out.stdout)
     assert list((work / "ray").glob("kdgrid-smoke-*-stage1"))  # the Tune experiments, one per stage
     assert (tmp_path / "reports" / "report.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_two_device_run_is_one_ray_train_ddp_job(tmp_path):
+    """`launch.resources.gpus=2` on a machine without GPUs: the trial runs a TorchTrainer of two gloo workers;
+    the run logs world size 2 and its epochs reach Tune through TuneReportCallback."""
+    import yaml
+
+    from tests.test_protocol import _teacher_checkpoint
+    from trainer import tracking
+
+    uri, work = store(tmp_path)
+    teacher = _teacher_checkpoint(tmp_path / "teacher.pt")
+    table = tmp_path / "fig4.yaml"
+    fig4 = yaml.safe_load((ROOT / "ablations" / "figure4.yaml").read_text())
+    fig4["rows"] = [r for r in fig4["rows"] if r["curve"] == "manifold"]
+    table.write_text(yaml.safe_dump(fig4))
+    out = kdgrid("reproduce", "--scale", "smoke", "--tables", str(table), "--launcher", "ray", "--tracking-uri", uri,
+                 "--workdir", str(work), "--out", str(tmp_path / "reports"), "--set", "data.train_subset=128",
+                 "--set", "data.val_subset=64", "--set", "student.recipe.batch_size=16",
+                 "--set", "student.recipe.global_batch=32", "--set", "student.recipe.epochs=1",
+                 "--set", f"teachers.cait_s24_224={{path: {teacher}}}", "--set", "launch.resources.gpus=2",
+                 cwd=tmp_path, timeout=850)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    runs = tracking.runs_by_hash(tracking.client(uri), "smoke")
+    assert len(runs) == 1
+    run = next(iter(runs.values()))
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["protocol.world_size"], p["protocol.accumulation"], p["protocol.global_batch"]) == ("2", "1", "32")
+    assert list((work / "ray" / "train").glob("ddp-*"))  # Ray Train's run of the item

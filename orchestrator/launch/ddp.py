@@ -47,7 +47,7 @@ def run_item_ddp(payload: dict, world_size: int, *, work: str, tracking_uri: str
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, name=f"kdgrid-rank-{r}",
+    procs = [ctx.Process(target=_rank_main, name=f"kdgrid-rank-{r}", daemon=False,
                          args=(r, world_size, port, payload, kwargs, results, tuple(callbacks) if r == 0 else ()))
              for r in range(world_size)]
     for p in procs:

@@ -2,7 +2,10 @@
 
 Each worker is a fresh interpreter (multiprocessing "spawn": no forked torch or MLflow state) with one
 torch thread by default (`--threads`); there are as many as the machine's cores over threads (or its GPUs,
-one each) unless `--workers` says otherwise. A worker takes items one at a time, so the cost of importing
+one each) unless `--workers` says otherwise. A run planned on several devices (`launch.resources.gpus`, the
+world size of its DDP job) makes each worker hold that many GPUs and train each item as one DDP job of as
+many processes (launch/ddp.py); on a machine without GPUs those are CPU processes over gloo, each with
+`--threads` threads. A worker takes items one at a time, so the cost of importing
 torch is paid once per worker, not per item. An item starts once the items it depends on have ended;
 its runs whose teacher did not finish are reported blocked and not started. Workers report through a
 multiprocessing queue (the engine callback `view.QueueCallback`), feeding the live table.
@@ -24,8 +27,8 @@ from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import QueueCallback, RunView
 
 
-def default_workers(threads: int) -> tuple[int, int]:
-    """(workers, gpus): one worker per GPU where there are GPUs, else cores // threads."""
+def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
+    """(workers, gpus): one worker per `devices` GPUs where there are GPUs, else cores // (threads x devices)."""
     gpus = 0
     try:
         import torch
@@ -34,9 +37,22 @@ def default_workers(threads: int) -> tuple[int, int]:
     except Exception:
         pass
     if gpus:
-        return gpus, gpus
+        if devices > gpus:
+            raise ValueError(f"the runs are planned on {devices} GPUs each (launch.resources.gpus) but this machine "
+                             f"has {gpus}: --set launch.resources.gpus={gpus} (or 1), and accumulation makes up the "
+                             "global batch")
+        return gpus // devices, gpus
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, threads)), 0
+    return max(1, cores // max(1, threads * devices)), 0
+
+
+def devices_per_run(runs) -> int:
+    """The most devices any of these planned runs trains on (its recipe's world size)."""
+    return max([r.spec.recipe.world_size or 1 for r in runs] or [1])
+
+
+def _world_size(payload: dict) -> int:
+    return max(int(s["recipe"].get("world_size") or 1) for s in payload["specs"])
 
 
 def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dict[str, str]) -> None:
@@ -56,7 +72,14 @@ def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dic
             return
         events.put(("item_start", wid, payload["id"]))
         try:
-            results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,))
+            world = _world_size(payload)
+            if world > 1:
+                from orchestrator.launch.ddp import run_item_ddp
+
+                results = run_item_ddp(payload, world, work=work, tracking_uri=uri, threads=threads,
+                                       callbacks=(callback,))
+            else:
+                results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,))
         except KeyboardInterrupt:
             events.put(("item_end", wid, payload["id"], {h: "failed: interrupted" for h in payload["hashes"]}))
             return
@@ -73,8 +96,8 @@ def _signal_name(code: int | None) -> str:
 
 
 class _Pool:
-    def __init__(self, ctx: LaunchContext, n: int, gpus: int, events):
-        self.ctx, self.gpus, self.events = ctx, gpus, events
+    def __init__(self, ctx: LaunchContext, n: int, gpus: int, events, devices: int = 1):
+        self.ctx, self.gpus, self.events, self.devices = ctx, gpus, events, devices
         self.mp = mp.get_context("spawn")
         self.procs: dict[int, mp.Process] = {}
         self.tasks: dict[int, object] = {}
@@ -84,10 +107,13 @@ class _Pool:
     def start(self, wid: int) -> None:
         env = {"OMP_NUM_THREADS": str(self.ctx.threads), "MKL_NUM_THREADS": str(self.ctx.threads),
                "PYTHONUNBUFFERED": "1"}
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(wid % self.gpus)
+        if self.gpus:  # worker wid holds GPUs wid x devices ... (wid + 1) x devices - 1
+            first = (wid * self.devices) % self.gpus
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + k) for k in range(self.devices))
         self.tasks[wid] = self.mp.Queue()
-        p = self.mp.Process(target=_worker, name=f"kdgrid-worker-{wid}", daemon=True,
+        # Not daemonic: a daemonic process may not start processes, and a worker starts DDP ranks and its
+        # DataLoader's workers (data.num_workers > 0 at the paper scale); stop() ends every worker.
+        p = self.mp.Process(target=_worker, name=f"kdgrid-worker-{wid}", daemon=False,
                             args=(wid, self.tasks[wid], self.events, str(self.ctx.work), self.ctx.tracking_uri,
                                   self.ctx.threads, env))
         p.start()
@@ -121,13 +147,14 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     the critical path first and cohorts cut by cost over the workers free when their teacher ends."""
     if not ctx.wait:
         raise RuntimeError("the local launcher trains in this process's children: use `launch_detached`")
-    _, gpus = default_workers(ctx.threads)
+    devices = devices_per_run(r for it in items for r in it.runs)
+    _, gpus = default_workers(ctx.threads, devices)
     names = ctx.names
     item_of = {h: it.id for it in items for h in it.hashes}
     view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
                    title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)")
     events = mp.get_context("spawn").Queue()
-    pool = _Pool(ctx, min(ctx.workers, len(items)), gpus, events)
+    pool = _Pool(ctx, min(ctx.workers, len(items)), gpus, events, devices)
     planner = Planner(items, len(pool.procs), rates=ctx.rates, mode=ctx.schedule)
     running: dict[int, WorkItem] = {}
     idle = set(pool.procs)
@@ -223,4 +250,4 @@ def memory_budget(ctx: LaunchContext) -> int:
 
 
 def default_parallelism(ctx: LaunchContext) -> int:
-    return ctx.hints.get("workers") or default_workers(ctx.threads)[0]
+    return ctx.hints.get("workers") or default_workers(ctx.threads, devices_per_run(ctx.plan.runs))[0]

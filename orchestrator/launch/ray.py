@@ -12,6 +12,11 @@ GPUs), its function runs `items.run_item`, which trains the very MLflow runs the
 create, and it reports to Tune as it goes: an event when a run starts, every epoch's metrics, and the
 item's outcomes at the end (a Tune callback feeds them to the live view). Stages (teachers, then their
 students) run one Tuner each, in order; a student whose teacher failed is blocked and never started.
+
+A run planned on several devices (`launch.resources.gpus`: its world size) trains as one DDP job through
+Ray Train's `TorchTrainer` inside its trial: one Train worker per device (GPUs with NCCL where the cluster
+has them, else CPU workers with gloo), each a rank running `run_item`; Ray Train sets up the process
+group and the environment the trainer reads, and `TuneReportCallback` carries rank 0's reports to Tune.
 """
 from __future__ import annotations
 
@@ -63,12 +68,18 @@ def default_parallelism(ctx: LaunchContext) -> int:
 
 
 class _Report:
-    """Engine callback inside a trial: run starts, epochs and ends become Tune results."""
+    """Engine callback inside a trial: run starts, epochs and ends become Tune results (or, inside a Ray
+    Train worker, Train reports: every rank calls them alike, as Ray Train requires)."""
 
-    def __init__(self):
-        from ray import tune
+    def __init__(self, train: bool = False):
+        if train:
+            import ray.train
 
-        self.report = tune.report
+            self.report = ray.train.report
+        else:
+            from ray import tune
+
+            self.report = tune.report
 
     def on_start(self, run_hash, spec, start_epoch, steps) -> None:
         self.report({"kdgrid_event": json.dumps(["start", run_hash, start_epoch, steps, spec.recipe.epochs])})
@@ -85,10 +96,39 @@ class _Report:
         self.report({"kdgrid_event": json.dumps(["end", run_hash, status, reason])})
 
 
-def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int) -> None:
+def _world_size(payload: dict) -> int:
+    return max(int(s["recipe"].get("world_size") or 1) for s in payload["specs"])
+
+
+def _train_worker(config: dict) -> None:
+    """One rank of a DDP item inside Ray Train (torch.distributed is already set up by TorchTrainer)."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    results = run_item(config["payload"], work=config["work"], tracking_uri=config["uri"], threads=config["threads"],
+                       callbacks=(_Report(train=True),), rank=rank)
+    ray.train.report({"kdgrid_results": json.dumps(results), "done": True})
+
+
+def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int, gpu: bool = False) -> None:
     from ray import tune
 
     payload = payloads[config["item"]]
+    world = _world_size(payload)
+    if world > 1:  # one DDP job: Ray Train's TorchTrainer, its reports carried to this trial
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"payload": payload, "work": work, "uri": uri, "threads": threads},
+            scaling_config=ScalingConfig(num_workers=world, use_gpu=gpu, resources_per_worker={"CPU": threads}),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            run_config=RunConfig(name=f"ddp-{payload['id']}", storage_path=os.path.join(work, "ray", "train"),
+                                 callbacks=[TuneReportCallback()]))
+        trainer.fit()
+        return
     results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(_Report(),))
     tune.report({"kdgrid_results": json.dumps(results), "done": True})
 
@@ -154,8 +194,10 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                     continue
                 payloads = {p.id: p.payload() for p in parts}
                 trainable = tune.with_parameters(_trainable, payloads=payloads, work=str(ctx.work),
-                                                 uri=ctx.tracking_uri, threads=ctx.threads)
-                trainable = tune.with_resources(trainable, {"cpu": cpu, "gpu": gpu})
+                                                 uri=ctx.tracking_uri, threads=ctx.threads, gpu=bool(gpu))
+                # a DDP item's trial only drives its TorchTrainer, whose workers hold the devices
+                trainable = tune.with_resources(trainable, lambda config: {"cpu": 0, "gpu": 0} if _world_size(
+                    payloads[config["item"]]) > 1 else {"cpu": cpu, "gpu": gpu})
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"item": tune.grid_search([p.id for p in parts])},
