@@ -29,19 +29,23 @@ def test_a_two_device_run_is_one_ray_train_ddp_job(tmp_path):
     the run logs world size 2 and its epochs reach Tune through TuneReportCallback."""
     import yaml
 
-    from tests.test_protocol import _teacher_checkpoint
-    from trainer import tracking
+    import torch
+
+    from orchestrator.grid import load_scale
+    from trainer import models, tracking
 
     uri, work = store(tmp_path)
-    teacher = _teacher_checkpoint(tmp_path / "teacher.pt")
+    teacher = tmp_path / "teacher.pt"  # random weights, the smoke scale's CaiT-S24 analog
+    m = load_scale("smoke")[0].models["cait_s24_224"]
+    torch.save(models.create(m.name, num_classes=10, in_chans=1, **m.kwargs).state_dict(), teacher)
     table = tmp_path / "fig4.yaml"
     fig4 = yaml.safe_load((ROOT / "ablations" / "figure4.yaml").read_text())
     fig4["rows"] = [r for r in fig4["rows"] if r["curve"] == "manifold"]
     table.write_text(yaml.safe_dump(fig4))
     out = kdgrid("reproduce", "--scale", "smoke", "--tables", str(table), "--launcher", "ray", "--tracking-uri", uri,
-                 "--workdir", str(work), "--out", str(tmp_path / "reports"), "--set", "data.train_subset=128",
-                 "--set", "data.val_subset=64", "--set", "student.recipe.batch_size=16",
-                 "--set", "student.recipe.global_batch=32", "--set", "student.recipe.epochs=1",
+                 "--workdir", str(work), "--out", str(tmp_path / "reports"), "--set", "data.train_subset=256",
+                 "--set", "data.val_subset=64", "--set", "student.recipe.batch_size=64",
+                 "--set", "student.recipe.global_batch=128", "--set", "student.recipe.epochs=1",
                  "--set", f"teachers.cait_s24_224={{path: {teacher}}}", "--set", "launch.resources.gpus=2",
                  cwd=tmp_path, timeout=850)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
@@ -50,5 +54,5 @@ def test_a_two_device_run_is_one_ray_train_ddp_job(tmp_path):
     run = next(iter(runs.values()))
     assert run.info.status == "FINISHED"
     p = run.data.params
-    assert (p["protocol.world_size"], p["protocol.accumulation"], p["protocol.global_batch"]) == ("2", "1", "32")
+    assert (p["protocol.world_size"], p["protocol.accumulation"], p["protocol.global_batch"]) == ("2", "1", "128")
     assert list((work / "ray" / "train").glob("ddp-*"))  # Ray Train's run of the item

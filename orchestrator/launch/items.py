@@ -63,6 +63,16 @@ class WorkItem:
                 "hashes": self.hashes, "deps": self.run_deps, "scale": self.runs[0].spec.scale}
 
 
+def devices_per_run(runs) -> int:
+    """The most devices any of these planned runs trains on (its recipe's world size: one DDP job)."""
+    return max([r.spec.recipe.world_size or 1 for r in runs] or [1])
+
+
+def payload_world_size(payload: dict) -> int:
+    """The DDP world size an item's payload asks for (its specs' planned world size)."""
+    return max(int(s["recipe"].get("world_size") or 1) for s in payload["specs"])
+
+
 def _even_chunks(seq: list, parts: int) -> list[list]:
     """`seq` cut into `parts` consecutive chunks whose sizes differ by at most one."""
     parts = max(1, min(parts, len(seq)))

@@ -21,8 +21,8 @@ import queue as queue_mod
 import signal
 import time
 
-from orchestrator.launch.items import (LaunchContext, WorkItem, blocked_by, log_path, mark_abandoned, run_item,
-                                       runnable)
+from orchestrator.launch.items import (LaunchContext, WorkItem, blocked_by, devices_per_run, log_path,
+                                       mark_abandoned, payload_world_size, run_item, runnable)
 from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import QueueCallback, RunView
 
@@ -46,14 +46,6 @@ def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
     return max(1, cores // max(1, threads * devices)), 0
 
 
-def devices_per_run(runs) -> int:
-    """The most devices any of these planned runs trains on (its recipe's world size)."""
-    return max([r.spec.recipe.world_size or 1 for r in runs] or [1])
-
-
-def _world_size(payload: dict) -> int:
-    return max(int(s["recipe"].get("world_size") or 1) for s in payload["specs"])
-
 
 def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dict[str, str]) -> None:
     """A worker process: set its environment before torch loads, then train items until told to stop."""
@@ -72,7 +64,7 @@ def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dic
             return
         events.put(("item_start", wid, payload["id"]))
         try:
-            world = _world_size(payload)
+            world = payload_world_size(payload)
             if world > 1:
                 from orchestrator.launch.ddp import run_item_ddp
 

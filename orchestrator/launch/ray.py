@@ -26,8 +26,8 @@ import time
 
 from ray.tune import Callback
 
-from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, log_path, mark_abandoned, run_item,
-                                       runnable, stages)
+from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, devices_per_run, log_path,
+                                       mark_abandoned, payload_world_size, run_item, runnable, stages)
 from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import RunView
 
@@ -64,7 +64,8 @@ def default_parallelism(ctx: LaunchContext) -> int:
     import ray
 
     _init(ctx)
-    return _gpus() or max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, ctx.threads))
+    per_item = devices_per_run(ctx.plan.runs)
+    return max(1, (_gpus() or int(ray.cluster_resources().get("CPU", 1)) // max(1, ctx.threads)) // per_item)
 
 
 class _Report:
@@ -96,8 +97,10 @@ class _Report:
         self.report({"kdgrid_event": json.dumps(["end", run_hash, status, reason])})
 
 
-def _world_size(payload: dict) -> int:
-    return max(int(s["recipe"].get("world_size") or 1) for s in payload["specs"])
+# A DDP trial only waits on its TorchTrainer: it holds this much CPU (Tune needs a non-empty request), and its
+# Train workers hold that much less between them, so an item of W workers fits where W x --threads CPUs are free.
+DRIVER_CPU = 0.01
+
 
 
 def _train_worker(config: dict) -> None:
@@ -114,7 +117,7 @@ def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int, 
     from ray import tune
 
     payload = payloads[config["item"]]
-    world = _world_size(payload)
+    world = payload_world_size(payload)
     if world > 1:  # one DDP job: Ray Train's TorchTrainer, its reports carried to this trial
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
@@ -123,7 +126,8 @@ def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int, 
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config={"payload": payload, "work": work, "uri": uri, "threads": threads},
-            scaling_config=ScalingConfig(num_workers=world, use_gpu=gpu, resources_per_worker={"CPU": threads}),
+            scaling_config=ScalingConfig(num_workers=world, use_gpu=gpu,
+                                         resources_per_worker={"CPU": max(0.01, threads - DRIVER_CPU / world)}),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             run_config=RunConfig(name=f"ddp-{payload['id']}", storage_path=os.path.join(work, "ray", "train"),
                                  callbacks=[TuneReportCallback()]))
@@ -196,7 +200,7 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                 trainable = tune.with_parameters(_trainable, payloads=payloads, work=str(ctx.work),
                                                  uri=ctx.tracking_uri, threads=ctx.threads, gpu=bool(gpu))
                 # a DDP item's trial only drives its TorchTrainer, whose workers hold the devices
-                trainable = tune.with_resources(trainable, lambda config: {"cpu": 0, "gpu": 0} if _world_size(
+                trainable = tune.with_resources(trainable, lambda config: {"cpu": DRIVER_CPU} if payload_world_size(
                     payloads[config["item"]]) > 1 else {"cpu": cpu, "gpu": gpu})
                 tuner = tune.Tuner(
                     trainable,
