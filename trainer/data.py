@@ -221,7 +221,7 @@ class KeyedSamples(torch.utils.data.Dataset):
         index, key = item
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            random.seed(key), np.random.seed(key % 2**32), torch.manual_seed(key)
+            random.seed(key), np.random.seed(key % 2**32), torch.default_generator.manual_seed(key)
             try:
                 return self.dataset[index]
             finally:
