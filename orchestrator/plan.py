@@ -26,11 +26,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.grid import (BLOCK_FIELDS, MANIFOLD_FIELDS, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS,
-                               ABLATIONS, AblationRow, AblationTable, GridError, Recipe, RecipeBook, Scale,
-                               display_path, get_recipe, is_path_ref, load_recipes, load_scale, load_table)
+from orchestrator.grid import (RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS, ABLATIONS, AblationRow,
+                               AblationTable, GridError, Recipe, RecipeBook, Scale, deep_merge, display_path,
+                               get_recipe, is_path_ref, load_recipes, load_scale, load_table)
 from orchestrator import run_names
-from trainer import tracking
+from trainer import methods, tracking
 from trainer.spec import ExperimentSpec, format_validation_error
 
 
@@ -158,7 +158,10 @@ class _Resolver:
         return dict(spec, source="hub")
 
     # ---- students -------------------------------------------------------------------------------
-    def student(self, table_src: str, i: int, row: AblationRow) -> ExperimentSpec | None:
+    def student(self, table_src: str, i: int, row: AblationRow, table: AblationTable | None = None
+                ) -> ExperimentSpec | None:
+        """A row's run: the scale's student <- the table's settings at this scale <- its methods' settings
+        (each registered method resolves its own part from the row, the recipe and DeiT's hard KD)."""
         sc, rec = self.scale, self.recipe
         rp = f"rows[{i}]"
         m = sc.models.get(row.student)
@@ -166,25 +169,25 @@ class _Resolver:
             self.problems.append((table_src, f"{rp}.student", f"{row.student} has no model at scale {sc.scale!r}: "
                                                               f"map it under `models:` in {self.scale_src}"))
             return None
+        own = table.scales.get(sc.scale) if table is not None else None
         drop_path = sc.student.drop_path
+        recipe = sc.student.recipe.model_dump()
+        if own is not None:
+            recipe = deep_merge(recipe, own.recipe)
+            drop_path = own.drop_path.get(row.student, drop_path)
         distillation: dict[str, Any] = {}
-        if row.method == "hard":
-            distillation = self.book.hard.model_dump()
-        elif row.method in ("manifold", "embedding"):
-            distillation = rec.logit.model_dump()
-            if rec.student.drop_path is not None:
+        for name in methods.split_row_method(row.method):
+            method = methods.row_methods()[name]
+            distillation = deep_merge(distillation, method.resolve_row(name, row, rec, self.book.hard))
+            if method.recipe_rows and rec.student.drop_path is not None:
                 drop_path = rec.student.drop_path
-            fields = MANIFOLD_FIELDS + BLOCK_FIELDS if row.method == "manifold" else BLOCK_FIELDS
-            loss = getattr(rec, row.method).model_dump()
-            loss.update({f: getattr(row, f) for f in fields if getattr(row, f) is not None})
-            distillation[row.method] = loss
         teacher = None
         if row.method != "none":
             teacher = self._teacher(row.teacher, (table_src, f"{rp}.teacher"))
             if teacher is None:
                 return None
         raw = dict(seed=0, student=dict(name=m.name, kwargs=m.kwargs, drop_path=drop_path), teacher=teacher,
-                   data=sc.data.model_dump(), recipe=sc.student.recipe.model_dump(), distillation=distillation)
+                   data=sc.data.model_dump(), recipe=recipe, distillation=distillation)
         try:
             return ExperimentSpec.model_validate(raw)
         except ValidationError as err:
@@ -196,7 +199,7 @@ class _Resolver:
     def _where(self, path: str, table_src: str, i: int, row: AblationRow) -> tuple[str, str]:
         """The file and field a spec problem comes from: the row, the scale or the recipe."""
         rp = f"rows[{i}]"
-        for loss in ("manifold", "embedding"):
+        for loss in (m.key for m in methods.REGISTRY.values() if m.key in m.fields):  # methods with a sub-spec
             key = f"distillation.{loss}"
             if path == key:  # patch counts differ: the pairing of this teacher with this student
                 return table_src, f"{rp}.teacher"
@@ -295,7 +298,7 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     for tid, (t, src) in loaded.items():
         first_of: dict[str, int] = {}
         for i, row in enumerate(t.rows):
-            spec = res.student(src, i, row)
+            spec = res.student(src, i, row, t)
             if spec is None:
                 continue
             h = spec.content_hash()
@@ -347,7 +350,7 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 name = run_names.run_name(row0, spec.seed)
                 tags = {tracking.ROLE: "student", tracking.TABLES: tables_tag(u[0] for u in usage[h]),
                         tracking.ROWS: ",".join(u[2] for u in usage[h]), tracking.SEED: str(spec.seed)}
-                recipe_name = recipe if row0.method in ("manifold", "embedding") else row0.method  # hard / none
+                recipe_name = recipe if _uses_recipe(row0.method) else row0.method  # hard / none / vitkd ...
                 spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags))
                 planned = PlannedRun(h, spec, "student", uses, deps, spec.seed)
                 teacher, student, method, settings = describe(planned)
@@ -409,8 +412,9 @@ def run_states(plan: Plan, uri: str | None = None) -> tuple[dict[str, str], str 
     return {h: tracking.run_state(found.get(h)) for h in missing}, None
 
 
-def _blocks(b) -> str:
-    return "{" + ",".join(str(x) for x in b) + "}"
+def _uses_recipe(method: str | None) -> bool:
+    """Whether a row method's runs depend on the named recipe (manifold, embedding)."""
+    return any(methods.row_methods()[n].recipe_rows for n in methods.split_row_method(method or "none"))
 
 
 def describe(run: PlannedRun) -> tuple[str, str, str, str]:
@@ -427,22 +431,11 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
         how = {"run": f"run {(s.teacher.run or '')[:8]}", "hub": "hub", "checkpoint": "checkpoint"}[s.teacher.source]
         teacher = f"{_short(s.teacher.name)} ({how})"
     parts = []
-    if d.kd != "none":
-        parts.append(f"kd={d.kd}" + (f" τ={d.tau:g}" if d.kd == "soft" else "") + f" w={d.kd_weight:g}")
-    if d.manifold is not None:
-        mf = d.manifold
-        method = "manifold"
-        parts.append(f"terms={'+'.join(mf.terms)} α={mf.alpha:g} β={mf.beta:g} k={mf.k}")
-        parts.append(f"blocks s{_blocks(mf.student_blocks)} t{_blocks(mf.teacher_blocks)}")
-        if mf.reduction != "paper":
-            parts.append(f"reduction={mf.reduction}")
-        if mf.layers is not None:
-            parts.append(f"layers={mf.layers}")
-    elif d.embedding is not None:
-        method = "embedding"
-        parts.append(f"blocks s{_blocks(d.embedding.student_blocks)} t{_blocks(d.embedding.teacher_blocks)}")
-    else:
-        method = "hard" if d.kd == "hard" else ("soft" if d.kd == "soft" else "none")
+    used = methods.active(d)
+    for m in used:
+        parts += m.describe(m.settings(d))
+    # the method: the feature (and other) methods by name, else the logit distillation's kind
+    method = "+".join(m.key for m in used if m.key != "kd") or d.kd
     parts.append(f"drop_path={s.student.drop_path:g}")
     return teacher, _short(s.student.name), method, " ".join(parts)
 

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from trainer import data as data_mod
-from trainer import models, tracking, workdir
+from trainer import methods, models, tracking, workdir
 from trainer.throughput import EpochMeter
 from trainer.distributed import DistEnv, all_sum, broadcast_flags
-from trainer.objective import objective  # noqa: F401  (engine.objective, as before)
+from trainer.objective import objective
 from trainer.spec import ExperimentSpec
 from trainer.taps import Student, forward_taps
 
@@ -118,8 +118,7 @@ class Member:
     run: tracking.RunLog | None = None
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     count: int = 0
-    t_mf: tuple[int, ...] = ()
-    t_emb: tuple[int, ...] = ()
+    t_taps: tuple = ()  # the teacher features its methods read (trainer.methods taps)
     failed: str | None = None
 
     @property
@@ -184,26 +183,8 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
     from timm.scheduler import CosineLRScheduler
 
     run_hash = spec.content_hash()
-    rng_owner = torch.Generator().manual_seed(_rng_seed(spec.seed, 1))
-    outer = torch.get_rng_state()
-    torch.set_rng_state(rng_owner.get_state())  # model init draws from this run's own stream
-    try:
-        model = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
-        d = spec.distillation
-        if hasattr(model, "set_distilled_training"):
-            model.set_distilled_training(d.kd != "none")
-        mf_blocks = tuple(b - 1 for b in d.manifold.student_blocks) if d.manifold else ()
-        emb_blocks = tuple(b - 1 for b in d.embedding.student_blocks) if d.embedding else ()
-        projections = None
-        if d.embedding is not None:
-            info_s = models.model_info(spec.student.name, **spec.model_kwargs())
-            info_t = models.model_info(spec.teacher.name, **spec.teacher_kwargs())
-            if info_s.width != info_t.width:  # FitNets' regressor: a learned linear map per block pair
-                projections = nn.ModuleList(nn.Linear(info_s.width, info_t.width) for _ in emb_blocks)
-        core = Student(model, mf_blocks, emb_blocks, projections)
-        rng = torch.get_rng_state()
-    finally:
-        torch.set_rng_state(outer)
+    core, rng = build_student(spec)
+    model = core.model
     device = torch.device(env.device)
     core.to(device)
     student: nn.Module = core
@@ -213,7 +194,7 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
         student = torch.compile(student)
     r = spec.recipe
     lr = effective_lr(spec, env.world_size)
-    no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()}
+    no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()} | core.no_weight_decay()
     groups = param_groups_weight_decay(core, r.weight_decay, no_weight_decay_list=no_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
     scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
@@ -232,11 +213,28 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
                cuda_rng=None, steps=steps, lr=lr)
     if device.type == "cuda":
         m.cuda_rng = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 3)).get_state()
-    if d.manifold:
-        m.t_mf = tuple(b - 1 for b in d.manifold.teacher_blocks)
-    if d.embedding:
-        m.t_emb = tuple(b - 1 for b in d.embedding.teacher_blocks)
+    d = spec.distillation
+    m.t_taps = tuple(dict.fromkeys(t for meth in methods.active(d) for t in meth.teacher_taps(meth.settings(d))))
     return m
+
+
+def build_student(spec: ExperimentSpec) -> tuple[Student, torch.Tensor]:
+    """The student model inside its Student wrapper (taps and the methods' trainable modules), initialised
+    from this run's own RNG stream; returns it with that stream's state after init."""
+    rng_owner = torch.Generator().manual_seed(_rng_seed(spec.seed, 1))
+    outer = torch.get_rng_state()
+    torch.set_rng_state(rng_owner.get_state())  # model init draws from this run's own stream
+    try:
+        model = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
+        d = spec.distillation
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(any(m.uses_dist_head for m in methods.active(d)))
+        info_s = models.model_info(spec.student.name, **spec.model_kwargs())
+        info_t = models.model_info(spec.teacher.name, **spec.teacher_kwargs()) if spec.teacher else None
+        core = Student(model, d, info_s, info_t)
+        return core, torch.get_rng_state()
+    finally:
+        torch.set_rng_state(outer)
 
 
 def amp_dtype(spec: ExperimentSpec) -> torch.dtype:
@@ -365,7 +363,7 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             cb.on_start(m.hash, s, m.start_epoch, steps)
 
     teacher = load_teacher(first, wd, tracking_uri, device) if first.teacher is not None else None
-    t_blocks = tuple(sorted({b for m in members for b in m.t_mf + m.t_emb}))
+    t_blocks = tuple(sorted({b for m in members for b in m.t_taps}, key=lambda t: (isinstance(t, str), str(t).zfill(9))))
     if teacher is not None and any(m.start_epoch == 0 for m in members):
         t_eval = evaluate(teacher, val_data, device, autocast)
         for m in members:
@@ -495,10 +493,7 @@ def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks
 def _step(m: Member, x, target, t_logits, t_feats, global_step: int, autocast, device: str) -> None:
     r = m.spec.recipe
     with m.scope(device):
-        with autocast():
-            out, f_mf, f_emb = m.student(x)
-        terms = objective(m.spec, out, target, t_logits, f_mf, [t_feats[b] for b in m.t_mf], f_emb,
-                          [t_feats[b] for b in m.t_emb], m.rs_gen)
+        terms = forward_loss(m, x, target, t_logits, t_feats, autocast)
         loss = terms["loss"]
         m.optimizer.zero_grad(set_to_none=True)
         if m.scaler is not None:
@@ -520,6 +515,13 @@ def _step(m: Member, x, target, t_logits, t_feats, global_step: int, autocast, d
         v = v.detach().float()
         m.sums[k] = m.sums[k] + v if k in m.sums else v.clone()
     m.count += 1
+
+
+def forward_loss(m: Member, x, target, t_logits, t_feats, autocast) -> dict[str, torch.Tensor]:
+    """One student's forward pass and its loss terms (the objective over its methods); "loss" is their sum."""
+    with autocast():
+        out, s_feats = m.student(x, m.rs_gen)
+    return objective(m.spec, out, target, t_logits, s_feats, t_feats, m.rs_gen)
 
 
 def _check_and_report(m: Member, epoch: int, step: int, callbacks, elapsed: float) -> None:
