@@ -412,7 +412,8 @@ def load_table(ref: str | Path) -> AblationTable:
         path = table_path(str(ref))
         if path is None:
             raise GridError([(display_path(ABLATIONS / f"table{ref}.yaml"), "--tables",
-                              f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}")])
+                              f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                              f"{', '.join(EXTRA_TABLES) or 'none'}")])
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise GridError([(display_path(path), "", "expected a mapping with table, title, columns, rows")])

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.grid import (RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS, ABLATIONS, AblationRow,
+from orchestrator.grid import (EXTRA_TABLES, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS, ABLATIONS, AblationRow,
                                AblationTable, GridError, Recipe, RecipeBook, Scale, deep_merge, display_path,
                                get_recipe, is_path_ref, load_recipes, load_scale, load_table)
 from orchestrator import run_names
@@ -244,8 +244,8 @@ def _requested(tables: str | list[str] | None) -> list[str | Path]:
             t = TABLE_ALIASES.get(item.lower(), item)
             if t not in TABLE_FILES:
                 raise GridError([(display_path(ABLATIONS / f"table{item}.yaml"), "--tables",
-                                  f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)} "
-                                  "(or give a path to a table YAML)")])
+                                  f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                                  f"{', '.join(EXTRA_TABLES) or 'none'} (or give a path to a table YAML)")])
             out.append(t)
     if not out:
         raise GridError([("", "--tables", "no table requested")])
@@ -273,10 +273,11 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     recipe = book.canonical(book.default if recipe is None else recipe)
     get_recipe(book, recipe)
 
-    # The full grid: the paper's tables, with tables given by path replacing those of the same id.
+    # The full grid: the paper's tables and the other tables of ablations/ (so a run's tags never depend on
+    # --tables), with tables given by path replacing those of the same id.
     loaded: dict[str, tuple[AblationTable, str]] = {}
     errors: list[tuple[str, str, str]] = []
-    for ref in list(TABLE_IDS) + [r for r in requested if isinstance(r, Path)]:
+    for ref in list(TABLE_FILES) + [r for r in requested if isinstance(r, Path)]:
         try:
             t = load_table(ref)
         except GridError as err:
@@ -296,16 +297,16 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     res = _Resolver(sc, scale_file, book, recipe, overrides)
     base: dict[tuple[str, int], ExperimentSpec] = {}
     for tid, (t, src) in loaded.items():
-        first_of: dict[str, int] = {}
+        first_of: dict[tuple[str, str | None], int] = {}
         for i, row in enumerate(t.rows):
             spec = res.student(src, i, row, t)
             if spec is None:
                 continue
             h = spec.content_hash()
-            if h in first_of:
-                res.problems.append((src, f"rows[{i}]", f"resolves to the same run as rows[{first_of[h]}] "
+            if (h, row.head) in first_of:  # rows reading different heads of one run are that run read twice
+                res.problems.append((src, f"rows[{i}]", f"resolves to the same run as rows[{first_of[h, row.head]}] "
                                                         f"(hash {h[:8]}): each row of a table must differ"))
-            first_of.setdefault(h, i)
+            first_of.setdefault((h, row.head), i)
             base[(tid, i)] = spec
     if res.problems:
         raise GridError(res.problems)

@@ -70,3 +70,43 @@ def test_objective_sums_the_methods_it_is_given():
     kd = _kl_by_hand(out, t_logits, 3.0) / out.numel()
     assert terms["kd"].item() == pytest.approx(kd, rel=1e-5)
     assert terms["loss"].item() == pytest.approx(0.9 * ce.item() + 0.1 * kd, rel=1e-5)
+
+
+class _Batches:
+    """A validation set as the engine reads it: `epoch(seed, epoch)` yields (images, labels)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def epoch(self, seed, epoch):
+        return iter(self.batches)
+
+
+def test_a_distilled_student_is_evaluated_three_ways_with_its_predictions():
+    """DeiT's Table 5 reads one distilled run three ways: class head, distillation head, their average."""
+    from contextlib import nullcontext
+
+    from trainer import models
+    from trainer.engine import evaluate
+
+    torch.manual_seed(0)
+    model = models.create("analog_deit_tiny_distilled", patch_size=7, embed_dim=16, num_heads=2)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(5, 1, 28, 28, generator=g), torch.randint(0, 10, (5,), generator=g)) for _ in range(3)]
+    preds: dict = {}
+    out = evaluate(model, _Batches(batches), "cpu", nullcontext, preds)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    with torch.no_grad():
+        f = model.forward_features(x)
+        cls, dist = model.head(f[:, 0]), model.head_dist(f[:, 1])
+        avg = model(x)  # timm's inference output: the heads' average
+    assert preds["label"] == y.tolist()
+    for name, logits in (("cls", cls), ("dist", dist), ("top1", avg)):
+        assert preds[name] == logits.argmax(1).tolist()
+    assert out["cls_top1"] == pytest.approx(100 * (cls.argmax(1) == y).float().mean().item())
+    assert out["dist_top1"] == pytest.approx(100 * (dist.argmax(1) == y).float().mean().item())
+    assert out["top1"] == pytest.approx(100 * (avg.argmax(1) == y).float().mean().item())
+    plain = evaluate(models.create("analog_deit_tiny", patch_size=7, embed_dim=16, num_heads=2),
+                     _Batches(batches), "cpu", nullcontext)
+    assert "cls_top1" not in plain and set(plain) == {"top1", "top5", "loss"}

@@ -165,10 +165,9 @@ def row_values(row: RowModel | None, metric: str = "last") -> dict[int, float]:
     """{seed: final-epoch (or best-epoch) top-1} of a row's finished seeds."""
     if row is None:
         return {}
-    attr = "last_top1" if metric == "last" else "best_top1"
     out = {}
     for seed, r in zip(row.seeds, row.runs):
-        v = getattr(r, attr, None)
+        v = r.top1(row.head, metric)
         if r.finished and v is not None and math.isfinite(v):
             out[seed] = float(v)
     return out
