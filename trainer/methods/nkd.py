@@ -42,7 +42,7 @@ class NKDSpec(StrictModel):
 @register
 class NKD(Method):
     key = "nkd"
-    order = 5  # a logit loss, after DeiT's
+    order = 40  # after the feature losses: "vitkd+nkd" as ViTKD names the combination
     fields = {"nkd": (NKDSpec | None, None)}
     rows = {"nkd": "NKD"}
     uses_dist_head = True
