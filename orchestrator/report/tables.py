@@ -113,11 +113,13 @@ class TableModel:
 
     @property
     def label(self) -> str:
-        return "Figure 4" if self.table == "fig4" else f"Table {self.table}"
+        return "Figure 4" if self.table == "fig4" else (f"Table {self.table}" if self.table.isdigit() else self.table)
 
     @property
     def heading(self) -> str:
-        """'Table 3: <title>' (the title may carry the label already)."""
+        """'Table 3: <title>' (the title may carry the label already; other papers' tables: their title)."""
+        if not self.table.isdigit() and self.table != "fig4":
+            return self.title
         return self.title if self.title.startswith(self.label) else f"{self.label}: {self.title}"
 
     @property
