@@ -430,7 +430,8 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     teacher = "-"
     if s.teacher is not None:
         how = {"run": f"run {(s.teacher.run or '')[:8]}", "hub": "hub", "checkpoint": "checkpoint"}[s.teacher.source]
-        teacher = f"{_short(s.teacher.name)} ({how})"
+        # weights from timm's hub are named in full (the pretrained tag says which weights)
+        teacher = f"{s.teacher.name if s.teacher.source == 'hub' else _short(s.teacher.name)} ({how})"
     parts = []
     used = methods.active(d)
     for m in used:
@@ -438,7 +439,11 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     # the method: the feature (and other) methods by name, else the logit distillation's kind
     method = "+".join(m.key for m in used if m.key != "kd") or d.kd
     parts.append(f"drop_path={s.student.drop_path:g}")
-    return teacher, _short(s.student.name), method, " ".join(parts)
+    r = s.recipe
+    parts.append(f"epochs={r.epochs} warmup={r.warmup_epochs:g} lr={r.lr:g}"
+                 + (f" per {r.lr_scale_batch} images" if r.lr_scale_batch else "")
+                 + (f" clip={r.clip_grad:g}" if r.clip_grad is not None else ""))
+    return teacher, s.student.name, method, " ".join(parts)
 
 
 STATE_STYLE = {"finished": "green", "partial": "yellow", "missing": "dim"}
