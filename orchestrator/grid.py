@@ -39,8 +39,19 @@ RECIPES_FILE = EXPERIMENTS / "recipes.yaml"
 # papers' comparisons: vitkd.yaml, deit.yaml), by file name. `--tables all` (the default) is the paper's.
 TABLE_IDS: tuple[str, ...] = ("2", "3", "4", "5", "6", "7", "fig4")
 TABLE_FILES = {**{t: f"table{t}.yaml" for t in TABLE_IDS[:-1]}, "fig4": "figure4.yaml"}
+
+
+def _is_table(path: Path) -> bool:
+    """A table file has `table:` and `rows:` at its top (ablations/ may hold other YAML, e.g. searches)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "table" in data and "rows" in data
+
+
 EXTRA_TABLES: tuple[str, ...] = tuple(sorted(p.stem for p in ABLATIONS.glob("*.yaml")
-                                             if p.name not in TABLE_FILES.values()))
+                                             if p.name not in TABLE_FILES.values() and _is_table(p)))
 TABLE_FILES.update({t: f"{t}.yaml" for t in EXTRA_TABLES})
 TABLE_ALIASES = {"figure4": "fig4", "f4": "fig4", "fig4": "fig4", **{f"t{t}": t for t in TABLE_IDS[:-1]},
                  **{f"table{t}": t for t in TABLE_IDS[:-1]}}

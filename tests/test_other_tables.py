@@ -111,3 +111,12 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
     c = agreement.agreement_claim(mats)
     assert c.comparisons[0].diff == pytest.approx(75.0) and (c.comparisons[0].n_a, c.comparisons[0].n_b) == (2, 2)
     assert "| ground truth |" in "\n".join(agreement.markdown_lines(mats))
+
+
+def test_other_tables_are_found_by_their_content(tmp_path):
+    from orchestrator import grid
+
+    assert {"deit", "vitkd"} <= set(grid.EXTRA_TABLES) and grid.TABLE_FILES["vitkd"] == "vitkd.yaml"
+    (tmp_path / "search.yaml").write_text("search: {alpha: [0.5, 1]}\n")
+    (tmp_path / "t.yaml").write_text("table: x\ntitle: t\ncolumns: []\nrows: []\n")
+    assert not grid._is_table(tmp_path / "search.yaml") and grid._is_table(tmp_path / "t.yaml")
