@@ -155,3 +155,14 @@ def test_a_smoke_step_trains_vitkds_modules_with_the_student(tmp_path):
     assert all(gr is not None and gr.abs().sum() > 0 for n, gr in grads.items()), \
         [n for n, gr in grads.items() if gr is None or gr.abs().sum() == 0]
     assert any(k.startswith("vitkd.") for k in m.state(1)["model"])
+
+
+def test_footprint_counts_vitkds_generation_branch():
+    from orchestrator.plan import make_plan
+    from trainer.footprint import footprint
+
+    runs = {u.key: r.spec for r in make_plan("paper", "vitkd", 1).runs for u in r.uses}
+    base, vitkd = footprint(runs["vitkd.r1"]), footprint(runs["vitkd.r2"])
+    # 6 token maps of the teacher width (384) for generation + 1 per mimicked block, 128 images x 196 patches
+    assert vitkd.student - base.student == 4 * 128 * 196 * 384 * (6 + 2)
+    assert vitkd.teacher > 0 and base.teacher == 0
