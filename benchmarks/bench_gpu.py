@@ -163,7 +163,7 @@ class Bench:
         model = timm.create_model(c["student"], pretrained=False, num_classes=c["classes"], drop_path_rate=r.drop_path,
                                   **self._input_kw(), **c["student_kw"])
         model.set_distilled_training(True)
-        core = Student(model, self.s_blocks if taps else (), ()).to(self.dev).train()
+        core = Student(model, self.row_spec.distillation if taps else None).to(self.dev).train()
         no_decay = {f"model.{n}" for n in model.no_weight_decay()}
         groups = param_groups_weight_decay(core, r.weight_decay, no_weight_decay_list=no_decay)
         opt = torch.optim.AdamW(groups, lr=r.lr * c["batch"] / r.lr_scale_batch, fused=self.cuda)
@@ -180,7 +180,7 @@ class Bench:
 
     def plain_step(self, s):
         with self.autocast():
-            out, _, _ = s.net(self.x)
+            out, _ = s.net(self.x)
         cls = out[0] if isinstance(out, tuple) else out
         loss = torch.sum(-self.target * F.log_softmax(cls.float(), dim=-1), dim=-1).mean()
         s.opt.zero_grad(set_to_none=True)
@@ -190,9 +190,8 @@ class Bench:
     def distill_student(self, s, t_logits, t_feats):
         """The engine's _step for one student (no scheduler, no RNG swap: host-side, negligible)."""
         with self.autocast():
-            out, f_mf, f_emb = s.net(self.x)
-        terms = objective(self.row_spec, out, self.target, t_logits, f_mf, [t_feats[b] for b in self.t_blocks],
-                          f_emb, [], s.gen)
+            out, s_feats = s.net(self.x, s.gen)
+        terms = objective(self.row_spec, out, self.target, t_logits, s_feats, t_feats, s.gen)
         s.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         s.opt.step()

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = models.create(spec.teacher.name, **spec.teacher_kwargs()).eval().requires_grad_(False)
     members = [engine.build_member(spec, env, work, steps) for _ in range(args.cohort)]
     solo = members[0]
-    t_blocks = tuple(sorted(set(solo.t_mf)))
+    t_blocks = tuple(sorted(set(solo.t_taps)))
     plain = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
     plain.train()
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-3)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = d / (t + s)
     per_student = (c - t) / args.cohort
     print(f"{args.scale} scale, {spec.teacher.name} -> {spec.student.name} "
-          f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_mf)} block pairs, kd {spec.distillation.kd}), "
+          f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, kd {spec.distillation.kd}), "
           f"batch {spec.recipe.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
     rows = [
         ("teacher forward (taps, inference mode)", f"{t:.1f} ms", "", ""),

@@ -24,31 +24,63 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, create_model,
+                      field_validator, model_validator)
 
-from trainer.spec import (Block, DataSpec, EmbeddingSpec, ManifoldSpec, Positive, RecipeSpec, SpecError, Term,
-                          Weight)
+from trainer import methods
+from trainer.spec import DataSpec, EmbeddingSpec, ManifoldSpec, Positive, RecipeSpec, SpecError, Weight
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = REPO / "ablations"
 EXPERIMENTS = REPO / "experiments"
 RECIPES_FILE = EXPERIMENTS / "recipes.yaml"
 
-# The paper's tables in order, and the file each lives in.
+# The paper's tables in order, and the file each lives in; then the other tables of ablations/ (other
+# papers' comparisons: vitkd.yaml, deit.yaml), by file name. `--tables all` (the default) is the paper's.
 TABLE_IDS: tuple[str, ...] = ("2", "3", "4", "5", "6", "7", "fig4")
 TABLE_FILES = {**{t: f"table{t}.yaml" for t in TABLE_IDS[:-1]}, "fig4": "figure4.yaml"}
+
+
+def _is_table(path: Path) -> bool:
+    """A table file has `table:` and `rows:` at its top (ablations/ may hold other YAML, e.g. searches)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "table" in data and "rows" in data
+
+
+EXTRA_TABLES: tuple[str, ...] = tuple(sorted(p.stem for p in ABLATIONS.glob("*.yaml")
+                                             if p.name not in TABLE_FILES.values() and _is_table(p)))
+TABLE_FILES.update({t: f"{t}.yaml" for t in EXTRA_TABLES})
 TABLE_ALIASES = {"figure4": "fig4", "f4": "fig4", "fig4": "fig4", **{f"t{t}": t for t in TABLE_IDS[:-1]},
                  **{f"table{t}": t for t in TABLE_IDS[:-1]}}
 
-Method = Literal["none", "hard", "manifold", "embedding"]
 Curve = Literal["none", "hard", "manifold"]
+Head = Literal["cls", "dist", "avg"]
 Acc = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]
-K = Annotated[int, Strict(), Field(ge=0)]
 
-METHOD_LABEL = {"none": "None", "hard": "Hard", "manifold": "Manifold", "embedding": "Embedding"}
-MANIFOLD_FIELDS = ("terms", "alpha", "beta", "k")
+# Row methods come from the method registry (trainer/methods/): "none", a method ("hard", "manifold",
+# "vitkd", ...) or several joined by "+" ("vitkd+nkd").
+METHOD_LABEL = methods.row_labels()
 BLOCK_FIELDS = ("teacher_blocks", "student_blocks")
+METHOD_FIELDS = methods.row_field_owners()  # row field -> the row methods that take it
+
+
+def method_label(method: str) -> str:
+    """How a table prints a row method: "Hard", "ViTKD+NKD"."""
+    return "+".join(METHOD_LABEL[m] for m in methods.split_row_method(method)) or METHOD_LABEL["none"]
+
+
+def method_problem(method: str) -> str | None:
+    known = ["none", *methods.row_methods()]
+    parts = methods.split_row_method(method)
+    bad = [p for p in parts if p not in methods.row_methods()]
+    if method != "none" and (bad or not parts):
+        return f"unknown method {method!r}: one of {', '.join(known)}, or several joined by '+' (vitkd+nkd)"
+    if len(set(parts)) != len(parts):
+        return f"method {method!r} repeats a method"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,26 +197,31 @@ def _check_model(cls, name: str | None) -> str | None:
     return name
 
 
-class RowFields(StrictModel):
-    """What a row (or a table's `base`) may set. Model names are the paper's timm names."""
+class _RowBase(StrictModel):
+    """What a row (or a table's `base`) may set. Model names are the paper's timm names. The settings a
+    method varies (terms, alpha, beta, k, blocks for manifold rows; tau, kd_weight for logit rows; ...)
+    are the methods' own `row_fields`, added from the registry (`RowFields`)."""
 
     teacher: str | None = None
     student: str | None = None
-    method: Method | None = None
-    terms: tuple[Term, ...] | None = None  # manifold losses used (Table 3); default all three
-    alpha: Weight | None = None  # Eq. 9 (Table 4); default from the recipe
-    beta: Weight | None = None
-    k: K | None = None  # patches sampled by L_rs (Table 6)
-    teacher_blocks: tuple[Block, ...] | None = None  # 1-based, as printed (Table 5)
-    student_blocks: tuple[Block, ...] | None = None
+    method: str | None = None  # none, a registered row method, or several joined by "+"
     teacher_acc1: Acc | None = None  # the teacher's Acc1 column of Table 2
     curve: Curve | None = None  # Figure 4's curve this row is
+    head: Head | None = None  # which head of a distilled student the row reads (DeiT's comparison); unset: avg
     printed: dict[str, str] = Field(default_factory=dict)  # printed text where it differs, e.g. "CaiT-S24 (our)"
     note: str | None = None
 
     _known = field_validator("teacher", "student")(_check_model)
 
-    @field_validator("terms")
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method):
+        problem = method_problem(method) if method is not None else None
+        if problem:
+            raise ValueError(problem)
+        return method
+
+    @field_validator("terms", check_fields=False)
     @classmethod
     def _unique_terms(cls, terms):
         if terms is not None and len(set(terms)) != len(terms):
@@ -198,6 +235,10 @@ class RowFields(StrictModel):
         if bad:
             raise ValueError(f"no column field {bad[0]!r} (fields: {', '.join(DISPLAY_FIELDS)})")
         return printed
+
+
+RowFields = create_model("RowFields", __base__=_RowBase, __module__=__name__, __doc__=_RowBase.__doc__,
+                         **{f: (ann, None) for m in methods.REGISTRY.values() for f, ann in m.row_fields.items()})
 
 
 class AblationRow(RowFields):
@@ -219,7 +260,7 @@ class AblationRow(RowFields):
     def overrides(self) -> dict[str, Any]:
         """The settings this row sets (display-only fields left out)."""
         return {k: v for k, v in self.model_dump(exclude_none=True).items()
-                if k not in ("paper_acc1", "teacher_acc1", "printed", "note", "curve")}
+                if k not in ("paper_acc1", "teacher_acc1", "printed", "note", "curve", "head")}
 
     def display(self, field: str, fmt: str | None = None) -> str:
         """The cell as the paper prints it."""
@@ -233,7 +274,7 @@ class AblationRow(RowFields):
 
             return DISPLAY.get(v, v)
         if field == "method":
-            return METHOD_LABEL[v]
+            return method_label(v)
         if field == "terms":
             return ", ".join(f"L_{t}" for t in v)
         if field in BLOCK_FIELDS:
@@ -255,19 +296,17 @@ def row_problems(row: AblationRow) -> list[tuple[str, str]]:
     if row.student is None:
         p.append(("student", "missing: set it in the row or in the table's base"))
     if row.method is None:
-        p.append(("method", "missing: none, hard, manifold or embedding (in the row or in base)"))
+        p.append(("method", f"missing: {', '.join(['none', *methods.row_methods()])} (in the row or in base)"))
         return p
     if row.method == "none":
         if row.teacher is not None:
             p.append(("teacher", "method 'none' trains without a teacher"))
     elif row.teacher is None:
         p.append(("teacher", f"missing: method {row.method!r} needs a teacher"))
-    for f in MANIFOLD_FIELDS:
-        if getattr(row, f) is not None and row.method != "manifold":
-            p.append((f, f"only manifold rows take {f} (this row's method is {row.method!r})"))
-    for f in BLOCK_FIELDS:
-        if getattr(row, f) is not None and row.method not in ("manifold", "embedding"):
-            p.append((f, f"only manifold and embedding rows take {f} (this row's method is {row.method!r})"))
+    parts = set(methods.split_row_method(row.method))
+    for f, owners in METHOD_FIELDS.items():
+        if getattr(row, f) is not None and not parts & set(owners):
+            p.append((f, f"only {' and '.join(owners)} rows take {f} (this row's method is {row.method!r})"))
     if row.teacher_blocks is not None and row.student_blocks is not None \
             and len(row.teacher_blocks) != len(row.student_blocks):
         p.append(("teacher_blocks", f"{len(row.teacher_blocks)} blocks but student_blocks has "
@@ -285,12 +324,23 @@ class Column(StrictModel):
     format: str | None = None  # e.g. "{:.2f}"
 
 
+class TableScale(StrictModel):
+    """A table's own training settings at one scale, for another paper's recipe (ViTKD trains 300 epochs
+    at lr 1e-3 per 1024 images with gradient clipping): overrides of the scale's student recipe, and the
+    student drop_path per paper model. Scales a table does not name use the scale's own settings."""
+
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    drop_path: dict[str, Weight] = Field(default_factory=dict)
+
+
 class AblationTable(StrictModel):
     """One of the paper's tables (or Figure 4): how it is printed and what each row runs."""
 
     table: str  # "2".."7" or "fig4"
     title: str
     caption: str = ""
+    source: str = ""  # where the printed numbers come from, when not Jia et al.
+    scales: dict[str, TableScale] = Field(default_factory=dict)  # scale name -> this table's settings there
     columns: list[Column]
     base: RowFields = RowFields()
     rows: list[AblationRow] = Field(min_length=1)
@@ -325,7 +375,7 @@ class AblationTable(StrictModel):
                 raise ValueError(f"rows[{i}].curve: missing: every Figure 4 row names its curve (none, hard, manifold)")
             if not figure and row.curve is not None:
                 raise ValueError(f"rows[{i}].curve: only Figure 4's rows are curves")
-            key = yaml.safe_dump(row.overrides(), sort_keys=True)
+            key = yaml.safe_dump({**row.overrides(), "head": row.head}, sort_keys=True)
             if key in seen:
                 raise ValueError(f"rows[{i}]: duplicates rows[{seen[key]}] (same teacher, student, method and "
                                  "settings): each row of a table must differ")
@@ -339,8 +389,8 @@ class AblationTable(StrictModel):
 
     @property
     def label(self) -> str:
-        """Short label used in run names and row keys: t2 ... t7, fig4."""
-        return self.table if self.table == "fig4" else f"t{self.table}"
+        """Short label used in run names and row keys: t2 ... t7, fig4, and other tables by their id."""
+        return f"t{self.table}" if self.table.isdigit() else self.table
 
     def row_key(self, index: int) -> str:
         row = self.rows[index]
@@ -373,7 +423,8 @@ def load_table(ref: str | Path) -> AblationTable:
         path = table_path(str(ref))
         if path is None:
             raise GridError([(display_path(ABLATIONS / f"table{ref}.yaml"), "--tables",
-                              f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}")])
+                              f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                              f"{', '.join(EXTRA_TABLES) or 'none'}")])
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise GridError([(display_path(path), "", "expected a mapping with table, title, columns, rows")])

@@ -26,11 +26,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.grid import (BLOCK_FIELDS, MANIFOLD_FIELDS, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS,
-                               ABLATIONS, AblationRow, AblationTable, GridError, Recipe, RecipeBook, Scale,
-                               display_path, get_recipe, is_path_ref, load_recipes, load_scale, load_table)
+from orchestrator.grid import (EXTRA_TABLES, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS, ABLATIONS, AblationRow,
+                               AblationTable, GridError, Recipe, RecipeBook, Scale, deep_merge, display_path,
+                               get_recipe, is_path_ref, load_recipes, load_scale, load_table)
 from orchestrator import run_names
-from trainer import tracking
+from trainer import methods, tracking
 from trainer.spec import ExperimentSpec, RecipeSpec, format_validation_error
 
 
@@ -158,31 +158,33 @@ class _Resolver:
         return dict(spec, source="hub")
 
     # ---- students -------------------------------------------------------------------------------
-    def student(self, table_src: str, i: int, row: AblationRow) -> ExperimentSpec | None:
+    def student(self, table_src: str, i: int, row: AblationRow, table: AblationTable | None = None
+                ) -> ExperimentSpec | None:
+        """A row's run: the scale's student <- the table's settings at this scale <- its methods' settings
+        (each registered method resolves its own part from the row, the recipe and DeiT's hard KD)."""
         sc, rec = self.scale, self.recipe
         rp = f"rows[{i}]"
-        recipe_row = row.method in ("manifold", "embedding")
+        recipe_row = _uses_recipe(row.method)
         paper_student = rec.student.model(row.student) if recipe_row else row.student
         m = sc.models.get(paper_student)
         if m is None:
             self.problems.append((table_src, f"{rp}.student", f"{paper_student} has no model at scale {sc.scale!r}: "
                                                               f"map it under `models:` in {self.scale_src}"))
             return None
-        recipe = sc.student.recipe.model_dump()
-        if recipe_row:
-            recipe.update(rec.student.recipe.get(sc.scale, {}))
+        own = table.scales.get(sc.scale) if table is not None else None
         drop_path = sc.student.drop_path
+        recipe = sc.student.recipe.model_dump()
+        if own is not None:
+            recipe = deep_merge(recipe, own.recipe)
+            drop_path = own.drop_path.get(row.student, drop_path)
+        if recipe_row:  # the recipe's own batch at this scale (the released script's 64 per GPU)
+            recipe.update(rec.student.recipe.get(sc.scale, {}))
         distillation: dict[str, Any] = {}
-        if row.method == "hard":
-            distillation = self.book.hard.model_dump()
-        elif row.method in ("manifold", "embedding"):
-            distillation = rec.logit.model_dump()
-            if rec.student.drop_path is not None:
+        for name in methods.split_row_method(row.method):
+            method = methods.row_methods()[name]
+            distillation = deep_merge(distillation, method.resolve_row(name, row, rec, self.book.hard))
+            if method.recipe_rows and rec.student.drop_path is not None:
                 drop_path = rec.student.drop_path
-            fields = MANIFOLD_FIELDS + BLOCK_FIELDS if row.method == "manifold" else BLOCK_FIELDS
-            loss = getattr(rec, row.method).model_dump()
-            loss.update({f: getattr(row, f) for f in fields if getattr(row, f) is not None})
-            distillation[row.method] = loss
         teacher = None
         if row.method != "none":
             teacher = self._teacher(row.teacher, (table_src, f"{rp}.teacher"))
@@ -201,7 +203,7 @@ class _Resolver:
     def _where(self, path: str, table_src: str, i: int, row: AblationRow) -> tuple[str, str]:
         """The file and field a spec problem comes from: the row, the scale or the recipe."""
         rp = f"rows[{i}]"
-        for loss in ("manifold", "embedding"):
+        for loss in (m.key for m in methods.REGISTRY.values() if m.key in m.fields):  # methods with a sub-spec
             key = f"distillation.{loss}"
             if path == key:  # patch counts differ: the pairing of this teacher with this student
                 return table_src, f"{rp}.teacher"
@@ -263,8 +265,8 @@ def _requested(tables: str | list[str] | None) -> list[str | Path]:
             t = TABLE_ALIASES.get(item.lower(), item)
             if t not in TABLE_FILES:
                 raise GridError([(display_path(ABLATIONS / f"table{item}.yaml"), "--tables",
-                                  f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)} "
-                                  "(or give a path to a table YAML)")])
+                                  f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                                  f"{', '.join(EXTRA_TABLES) or 'none'} (or give a path to a table YAML)")])
             out.append(t)
     if not out:
         raise GridError([("", "--tables", "no table requested")])
@@ -292,10 +294,11 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     recipe = book.canonical(book.default if recipe is None else recipe)
     get_recipe(book, recipe)
 
-    # The full grid: the paper's tables, with tables given by path replacing those of the same id.
+    # The full grid: the paper's tables and the other tables of ablations/ (so a run's tags never depend on
+    # --tables), with tables given by path replacing those of the same id.
     loaded: dict[str, tuple[AblationTable, str]] = {}
     errors: list[tuple[str, str, str]] = []
-    for ref in list(TABLE_IDS) + [r for r in requested if isinstance(r, Path)]:
+    for ref in list(TABLE_FILES) + [r for r in requested if isinstance(r, Path)]:
         try:
             t = load_table(ref)
         except GridError as err:
@@ -315,16 +318,16 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
     res = _Resolver(sc, scale_file, book, recipe, overrides)
     base: dict[tuple[str, int], ExperimentSpec] = {}
     for tid, (t, src) in loaded.items():
-        first_of: dict[str, int] = {}
+        first_of: dict[tuple[str, str | None], int] = {}
         for i, row in enumerate(t.rows):
-            spec = res.student(src, i, row)
+            spec = res.student(src, i, row, t)
             if spec is None:
                 continue
             h = spec.content_hash()
-            if h in first_of:
-                res.problems.append((src, f"rows[{i}]", f"resolves to the same run as rows[{first_of[h]}] "
+            if (h, row.head) in first_of:  # rows reading different heads of one run are that run read twice
+                res.problems.append((src, f"rows[{i}]", f"resolves to the same run as rows[{first_of[h, row.head]}] "
                                                         f"(hash {h[:8]}): each row of a table must differ"))
-            first_of.setdefault(h, i)
+            first_of.setdefault((h, row.head), i)
             base[(tid, i)] = spec
     if res.problems:
         raise GridError(res.problems)
@@ -373,7 +376,7 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 name = run_names.run_name(row0, spec.seed)
                 tags = {tracking.ROLE: "student", tracking.TABLES: tables_tag(u[0] for u in usage[h]),
                         tracking.ROWS: ",".join(u[2] for u in usage[h]), tracking.SEED: str(spec.seed)}
-                recipe_name = recipe if row0.method in ("manifold", "embedding") else row0.method  # hard / none
+                recipe_name = recipe if _uses_recipe(row0.method) else row0.method  # hard / none / vitkd ...
                 spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags,
                                                    recipe=devices["student"] if spec.recipe == sc.student.recipe
                                                    else _on_devices(spec.recipe, sc.launch.resources, res.scale_src,
@@ -440,8 +443,9 @@ def run_states(plan: Plan, uri: str | None = None) -> tuple[dict[str, str], str 
     return {h: tracking.run_state(found.get(h)) for h in missing}, None
 
 
-def _blocks(b) -> str:
-    return "{" + ",".join(str(x) for x in b) + "}"
+def _uses_recipe(method: str | None) -> bool:
+    """Whether a row method's runs depend on the named recipe (manifold, embedding)."""
+    return any(methods.row_methods()[n].recipe_rows for n in methods.split_row_method(method or "none"))
 
 
 def describe(run: PlannedRun) -> tuple[str, str, str, str]:
@@ -456,27 +460,23 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     teacher = "-"
     if s.teacher is not None:
         how = {"run": f"run {(s.teacher.run or '')[:8]}", "hub": "hub", "checkpoint": "checkpoint"}[s.teacher.source]
-        teacher = f"{_short(s.teacher.name)} ({how})"
+        # weights from timm's hub are named in full (the pretrained tag says which weights)
+        teacher = f"{s.teacher.name if s.teacher.source == 'hub' else _short(s.teacher.name)} ({how})"
     parts = []
-    if d.kd != "none":
+    used = methods.active(d)
+    for m in used:
+        parts += m.describe(m.settings(d))
+    if d.kd != "none":  # which head the logit distillation trains
         head = "dist head" if "distilled" in s.student.name else "class head"
-        parts.append(f"kd={d.kd} on {head}" + (f" τ={d.tau:g}" if d.kd == "soft" else "") + f" w={d.kd_weight:g}")
-    if d.manifold is not None:
-        mf = d.manifold
-        method = "manifold"
-        parts.append(f"terms={'+'.join(mf.terms)} α={mf.alpha:g} β={mf.beta:g} k={mf.k}")
-        parts.append(f"blocks s{_blocks(mf.student_blocks)} t{_blocks(mf.teacher_blocks)}")
-        if mf.reduction != "paper":
-            parts.append(f"reduction={mf.reduction}")
-        if mf.layers is not None:
-            parts.append(f"layers={mf.layers}")
-    elif d.embedding is not None:
-        method = "embedding"
-        parts.append(f"blocks s{_blocks(d.embedding.student_blocks)} t{_blocks(d.embedding.teacher_blocks)}")
-    else:
-        method = "hard" if d.kd == "hard" else ("soft" if d.kd == "soft" else "none")
+        parts = [p.replace(f"kd={d.kd}", f"kd={d.kd} on {head}", 1) if p.startswith("kd=") else p for p in parts]
+    # the method: the feature (and other) methods by name, else the logit distillation's kind
+    method = "+".join(m.key for m in used if m.key != "kd") or d.kd
     parts.append(f"drop_path={s.student.drop_path:g}")
-    parts.append(f"batch {s.recipe.batch_size}/device")
+    r = s.recipe
+    parts.append(f"epochs={r.epochs} warmup={r.warmup_epochs:g} lr={r.lr:g}"
+                 + (f" per {r.lr_scale_batch} images" if r.lr_scale_batch else "")
+                 + (f" clip={r.clip_grad:g}" if r.clip_grad is not None else ""))
+    parts.append(f"batch {r.batch_size}/device")
     return teacher, s.student.name, method, " ".join(parts)
 
 

@@ -7,7 +7,7 @@ stands for, as the paper prints it, and what the run trains.
 """
 from __future__ import annotations
 
-from orchestrator.grid import METHOD_LABEL, AblationRow, AblationTable
+from orchestrator.grid import AblationRow, AblationTable, method_label
 
 
 def _model(name: str | None) -> str:
@@ -38,7 +38,7 @@ def distinguishing(row: AblationRow) -> list[str]:
 
 def run_name(row: AblationRow, seed: int) -> str:
     pair = f"{_model(row.teacher)}→{_model(row.student)}" if row.teacher else _model(row.student)
-    what = distinguishing(row) or [METHOD_LABEL[row.method].lower()]
+    what = distinguishing(row) or [method_label(row.method).lower()]
     if row.method == "embedding" and distinguishing(row):
         what = ["embedding", *what]
     return " · ".join([pair, *what] + ([f"seed {seed}"] if seed else []))

@@ -48,7 +48,9 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
     res = run_child("--cpu-tiny", "--json", str(tmp_path / "out.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
-    assert "BLOCKED_IMPORTS []" in out, out[-500:]
+    # it ran with them blocked; the one attempt allowed is trainer.spec_base's guarded pydantic import, which
+    # falls back to inert spec stand-ins so the method registry (trainer/methods/) imports without pydantic
+    assert "BLOCKED_IMPORTS []" in out or "BLOCKED_IMPORTS ['pydantic']" in out, out[-500:]
     rows = {}
     for line in out.splitlines():
         m = re.match(r"^(peak|flops|step|memory|cohort|loss|total)\s+(.+?)\s{2,}(\S.*)$", line)

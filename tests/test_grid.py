@@ -114,7 +114,9 @@ def test_scales():
     assert (r.epochs, r.batch_size, r.lr, r.lr_scale_batch) == (300, 128, 5e-4, 512)
     assert paper.student.drop_path == 0.1
     assert paper.launch.resources["gpus"] == 8
-    assert {n: t.source for n, t in paper.teachers.items()} == {REGNET: "hub", XXS: "hub", S24: "hub"}
+    assert {n: t.source for n, t in paper.teachers.items()} == {
+        REGNET: "hub", XXS: "hub", S24: "hub",  # and ViTKD's DeiT III teachers (ablations/vitkd.yaml)
+        "deit3_small_patch16_224": "hub", "deit3_base_patch16_224": "hub", "deit3_large_patch16_224": "hub"}
     assert paper.models[REGNET].name == "regnety_160.deit_in1k"  # DeiT's teacher weights, not timm's default
     assert paper.models[TINY].name == TINY
 

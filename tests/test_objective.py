@@ -20,7 +20,8 @@ def test_bf16_heads_give_float32_losses_equal_to_float32_heads():
     row.distillation.manifold = SimpleNamespace(**{**vars(row.distillation.manifold), "k": 20})
 
     def run(c, d, t):
-        return objective(row, (c, d), y, t, f_s, f_t, [], [], torch.Generator().manual_seed(1))
+        t_feats = dict(zip((0, 1, 2, 3, 20, 21, 22, 23), f_t))
+        return objective(row, (c, d), y, t, {"manifold": f_s}, t_feats, torch.Generator().manual_seed(1))
 
     low = run(cls, dist, t_logits)
     high = run(cls.float(), dist.float(), t_logits.float())

@@ -278,8 +278,8 @@ def test_unknown_model_table_and_key(write_yaml):
     path = write_yaml("t.yaml", _table({"student": "deit_tiny_patch16_225", "paper_acc1": 70.0}))
     _rejected(path, "rows[0].student", "unknown model 'deit_tiny_patch16_225'", scale="smoke", tables=str(path))
     # a timm model the scale does not map
-    path = write_yaml("t2.yaml", _table({"teacher": "deit_base_patch16_224", "paper_acc1": 70.0}))
-    _rejected(path, "rows[0].teacher", "deit_base_patch16_224 has no model at scale 'smoke'", "experiments/smoke.yaml",
+    path = write_yaml("t2.yaml", _table({"teacher": "vit_small_patch16_224", "paper_acc1": 70.0}))
+    _rejected(path, "rows[0].teacher", "vit_small_patch16_224 has no model at scale 'smoke'", "experiments/smoke.yaml",
               scale="smoke", tables=str(path))
     _rejected("ablations/table9.yaml", "--tables", "no table '9'", tables="9")
     _rejected("ablations/table9.yaml", "--tables", "no table '9'", tables="2,9")

@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from trainer import data as data_mod
-from trainer import dataset_inputs, models, tracking, workdir
+from trainer import dataset_inputs, methods, models, tracking, workdir
 from trainer.protocol import run_protocol, teacher_protocol
 from trainer.throughput import EpochMeter
 from trainer.distributed import DistEnv, all_sum, broadcast_flags, no_sync
-from trainer.objective import objective  # noqa: F401  (engine.objective, as before)
+from trainer.objective import objective
 from trainer.spec import ExperimentSpec, accumulation_steps
 from trainer.taps import Student, forward_taps
 
@@ -99,40 +99,19 @@ def _rng_seed(seed: int, salt: int) -> int:
 
 
 @dataclass
-class Member:
-    spec: ExperimentSpec
-    hash: str
-    dir: Path
-    student: nn.Module  # the Student wrapper (DDP-wrapped when distributed)
-    core: Student  # the unwrapped wrapper, for state dicts
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler | None
-    ema: Any | None
-    rs_gen: torch.Generator
-    rng: torch.Tensor  # this run's CPU RNG state, swapped in around its steps
-    cuda_rng: torch.Tensor | None
-    steps: int
-    lr: float
-    start_epoch: int = 0
-    best_top1: float = -1.0
-    history: list = field(default_factory=list)
-    run: tracking.RunLog | None = None
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    count: int = 0
-    t_mf: tuple[int, ...] = ()
-    t_emb: tuple[int, ...] = ()
-    failed: str | None = None
+class Streams:
+    """A run's own randomness: its global CPU (and CUDA) RNG states, swapped in around its steps (init,
+    drop-path, dropout), and the generator its methods draw from (L_rs's patches, ViTKD's masks)."""
 
-    @property
-    def epochs(self) -> int:
-        return self.spec.recipe.epochs
+    rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    generator: torch.Generator
 
     @contextmanager
     def scope(self, device: str, key: int | None = None):
-        """Run with this member's own global RNG streams (drop-path, dropout, init); with `key` (a micro-batch's
-        seed) they and the L_rs generator start from it, so what a micro-batch draws is the same whichever rank
-        or accumulation step trains it."""
+        """Run with these global RNG streams; with `key` (a micro-batch's seed) they and the methods'
+        generator start from it, so what a micro-batch draws is the same whichever rank or accumulation
+        step trains it."""
         outer = torch.get_rng_state()
         outer_cuda = torch.cuda.get_rng_state(device) if device.startswith("cuda") else None
         torch.set_rng_state(self.rng)
@@ -142,7 +121,7 @@ class Member:
             torch.default_generator.manual_seed(key)
             if outer_cuda is not None:
                 torch.cuda.manual_seed(key)
-            self.rs_gen.manual_seed(_rng_seed(key, 2))
+            self.generator.manual_seed(_rng_seed(key, 2))
         try:
             yield
         finally:
@@ -152,6 +131,50 @@ class Member:
                 torch.cuda.set_rng_state(outer_cuda, device)
             torch.set_rng_state(outer)
 
+    def state(self) -> dict:
+        return {"rng": self.rng, "cuda_rng": self.cuda_rng, "rs_gen": self.generator.get_state()}
+
+    def restore(self, ckpt: dict) -> None:
+        self.rng = ckpt["rng"]
+        self.cuda_rng = ckpt.get("cuda_rng")
+        self.generator.set_state(ckpt["rs_gen"])
+
+
+@dataclass
+class Member:
+    """One run of a cohort: its spec and identity, its student and optimisation state, its randomness
+    (`streams`), the teacher features its methods read, its results so far and its MLflow run."""
+
+    spec: ExperimentSpec
+    hash: str
+    dir: Path
+    student: nn.Module  # the Student wrapper (DDP-wrapped when distributed)
+    core: Student  # the unwrapped wrapper, for state dicts
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    ema: Any | None
+    streams: Streams
+    steps: int
+    lr: float
+    t_taps: tuple = ()  # the teacher features its methods read (trainer.methods taps)
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    history: list = field(default_factory=list)
+    run: tracking.RunLog | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+    failed: str | None = None
+    predictions: dict | None = None  # the last epoch's per-image validation predictions
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.recipe.epochs
+
+    def scope(self, device: str, key: int | None = None):
+        """Run with this member's own global RNG streams (drop-path, dropout, init)."""
+        return self.streams.scope(device, key)
+
     def state(self, epoch_done: int) -> dict:
         return {
             "format": 1, "hash": self.hash, "epoch": epoch_done,
@@ -159,7 +182,7 @@ class Member:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "rng": self.rng, "cuda_rng": self.cuda_rng, "rs_gen": self.rs_gen.get_state(),
+            **self.streams.state(),
             "best_top1": self.best_top1, "history": self.history,
             "run_id": self.run.run_id if self.run else None,
         }
@@ -172,9 +195,7 @@ class Member:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
-        self.rng = ckpt["rng"]
-        self.cuda_rng = ckpt.get("cuda_rng")
-        self.rs_gen.set_state(ckpt["rs_gen"])
+        self.streams.restore(ckpt)
         self.start_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt["best_top1"])
         self.history = list(ckpt["history"])
@@ -189,31 +210,14 @@ def effective_lr(spec: ExperimentSpec, world_size: int) -> float:
     return r.lr * r.global_batch_at(world_size) / r.lr_scale_batch
 
 
+
 def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Member:
     from timm.optim import param_groups_weight_decay
     from timm.scheduler import CosineLRScheduler
 
     run_hash = spec.content_hash()
-    rng_owner = torch.Generator().manual_seed(_rng_seed(spec.seed, 1))
-    outer = torch.get_rng_state()
-    torch.set_rng_state(rng_owner.get_state())  # model init draws from this run's own stream
-    try:
-        model = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
-        d = spec.distillation
-        if hasattr(model, "set_distilled_training"):
-            model.set_distilled_training(d.kd != "none")
-        mf_blocks = tuple(b - 1 for b in d.manifold.student_blocks) if d.manifold else ()
-        emb_blocks = tuple(b - 1 for b in d.embedding.student_blocks) if d.embedding else ()
-        projections = None
-        if d.embedding is not None:
-            info_s = models.model_info(spec.student.name, **spec.model_kwargs())
-            info_t = models.model_info(spec.teacher.name, **spec.teacher_kwargs())
-            if info_s.width != info_t.width:  # FitNets' regressor: a learned linear map per block pair
-                projections = nn.ModuleList(nn.Linear(info_s.width, info_t.width) for _ in emb_blocks)
-        core = Student(model, mf_blocks, emb_blocks, projections)
-        rng = torch.get_rng_state()
-    finally:
-        torch.set_rng_state(outer)
+    core, rng = build_student(spec)
+    model = core.model
     device = torch.device(env.device)
     core.to(device)
     student: nn.Module = core
@@ -223,7 +227,7 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
         student = torch.compile(student)
     r = spec.recipe
     lr = effective_lr(spec, env.world_size)
-    no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()}
+    no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()} | core.no_weight_decay()
     groups = param_groups_weight_decay(core, r.weight_decay, no_weight_decay_list=no_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
     scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
@@ -236,17 +240,34 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=r.ema_decay)
-    rs_gen = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 2))
-    m = Member(spec=spec, hash=run_hash, dir=workdir.run_dir(wd, run_hash), student=student, core=core,
-               optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, rs_gen=rs_gen, rng=rng,
-               cuda_rng=None, steps=steps, lr=lr)
+    streams = Streams(rng=rng, cuda_rng=None,
+                      generator=torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 2)))
     if device.type == "cuda":
-        m.cuda_rng = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 3)).get_state()
-    if d.manifold:
-        m.t_mf = tuple(b - 1 for b in d.manifold.teacher_blocks)
-    if d.embedding:
-        m.t_emb = tuple(b - 1 for b in d.embedding.teacher_blocks)
-    return m
+        streams.cuda_rng = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 3)).get_state()
+    d = spec.distillation
+    t_taps = tuple(dict.fromkeys(t for meth in methods.active(d) for t in meth.teacher_taps(meth.settings(d))))
+    return Member(spec=spec, hash=run_hash, dir=workdir.run_dir(wd, run_hash), student=student, core=core,
+                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, streams=streams, steps=steps,
+                  lr=lr, t_taps=t_taps)
+
+
+def build_student(spec: ExperimentSpec) -> tuple[Student, torch.Tensor]:
+    """The student model inside its Student wrapper (taps and the methods' trainable modules), initialised
+    from this run's own RNG stream; returns it with that stream's state after init."""
+    rng_owner = torch.Generator().manual_seed(_rng_seed(spec.seed, 1))
+    outer = torch.get_rng_state()
+    torch.set_rng_state(rng_owner.get_state())  # model init draws from this run's own stream
+    try:
+        model = models.create(spec.student.name, drop_path_rate=spec.student.drop_path, **spec.model_kwargs())
+        d = spec.distillation
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(any(m.uses_dist_head for m in methods.active(d)))
+        info_s = models.model_info(spec.student.name, **spec.model_kwargs())
+        info_t = models.model_info(spec.teacher.name, **spec.teacher_kwargs()) if spec.teacher else None
+        core = Student(model, d, info_s, info_t)
+        return core, torch.get_rng_state()
+    finally:
+        torch.set_rng_state(outer)
 
 
 def amp_dtype(spec: ExperimentSpec) -> torch.dtype:
@@ -328,24 +349,51 @@ def teacher_val_data(teacher: nn.Module, spec: ExperimentSpec, val_data):
     return data_mod.with_transform(val_data, tf), how
 
 
+def head_logits(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"top1": the model's output}, and for a distilled DeiT (eval mode: the average of its two heads, as
+    DeiT infers) its class head ("cls") and distillation head ("dist") on their own."""
+    if hasattr(model, "head_dist"):
+        f = model.forward_features(x)
+        cls, dist = model.head(f[:, 0]), model.head_dist(f[:, 1])
+        return {"top1": (cls + dist) / 2, "cls": cls, "dist": dist}
+    return {"top1": model(x)}
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, val, device: str, autocast) -> dict[str, float]:
-    """top-1 / top-5 / loss over the validation set (summed across ranks)."""
+def evaluate(model: nn.Module, val, device: str, autocast, predictions: dict | None = None) -> dict[str, float]:
+    """top-1 / top-5 / loss over the validation set (summed across ranks); a distilled DeiT's heads also
+    alone (`cls_top1`, `dist_top1`). `predictions`, when given, receives this rank's per-image top-1 of
+    each head and the labels, in the validation set's order."""
     model.eval()
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n
+    heads: dict[str, torch.Tensor] = {}
+    preds: dict[str, list] = {}
     for x, y in val.epoch(0, 0):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            out = model(x)
-        out = out.float()
+            outs = head_logits(model, x)
+        out = outs["top1"].float()
         top5 = out.topk(min(5, out.shape[1]), dim=1).indices
         stats[0] += (top5[:, 0] == y).sum()
         stats[1] += (top5 == y[:, None]).any(dim=1).sum()
         stats[2] += torch.nn.functional.cross_entropy(out, y, reduction="sum")
         stats[3] += y.numel()
+        for name, o in outs.items():
+            top1 = o.float().argmax(dim=1)
+            if name != "top1":
+                heads[name] = heads.get(name, torch.zeros((), dtype=torch.float64, device=device)) + (top1 == y).sum()
+            if predictions is not None:
+                preds.setdefault(name, []).append(top1.cpu())
+        if predictions is not None:
+            preds.setdefault("label", []).append(y.cpu())
     all_sum(stats)
+    for v in heads.values():
+        all_sum(v)
     c1, c5, loss, n = stats.tolist()
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
+    if predictions is not None:
+        predictions.update({k: torch.cat(v).tolist() for k, v in preds.items()})
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n,
+            **{f"{k}_top1": 100.0 * v.item() / n for k, v in heads.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,26 +415,8 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype(first))) if use_amp else nullcontext
     client = tracking.client(tracking_uri) if env.main else None
 
-    # Which runs to train: not finished in MLflow, not locked by another process (rank 0 decides).
     results: dict[str, str] = {}
-    todo, locks = [], {}
-    for s in dict((s.content_hash(), s) for s in specs).values():
-        h = s.content_hash()
-        ok = True
-        if env.main:
-            run = tracking.runs_by_hash(client, s.scale, [h]).get(h)
-            if run is not None and run.info.status == "FINISHED" and not force:
-                results[h], ok = "skipped: finished in MLflow", False
-            else:
-                lock = workdir.RunLock(workdir.run_dir(wd, h))
-                try:
-                    lock.acquire()
-                    locks[h] = lock
-                except workdir.LockHeld as err:
-                    results[h], ok = f"locked: {err}", False
-        todo.append((s, ok))
-    flags = broadcast_flags([ok for _, ok in todo], device)
-    todo = [s for (s, _), ok in zip(todo, flags) if ok]
+    todo, locks = _claim(specs, env, client, wd, force, results)
     if not todo:
         return results
 
@@ -397,68 +427,24 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
     if steps == 0:
         raise ValueError(f"the training set has fewer images than one global batch of "
                          f"{first.recipe.global_batch_at(env.world_size)}")
-    mixup = data_mod.mixup_fn(first.data)
-
-    members: list[Member] = []
-    for s in todo:
-        m = build_member(s, env, wd, steps)
-        ckpt_path = m.dir / "checkpoint.pt"
-        if ckpt_path.exists() and not force:
-            ckpt = workdir.load(ckpt_path)
-            m.restore(ckpt)
-            run_id = ckpt.get("run_id")
-        else:
-            run_id = None
-        if env.main:
-            m.dir.mkdir(parents=True, exist_ok=True)
-            (m.dir / "spec.yaml").write_text(s.to_yaml())
-            m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
-            _log_start(m, env, run_protocol(
-                s, world_size=env.world_size, accumulation=accumulation,
-                precision="bf16 autocast" if use_amp else "fp32", train_images=dataset_inputs.count(train_data),
-                val_images=dataset_inputs.count(val_data)))
-            _log_datasets(m, train_data, val_data)
-            m.run.start_system_metrics(torch.device(device).index or 0 if device.startswith("cuda") else None)
-            _backfill(m)
-        members.append(m)
-        for cb in callbacks:
-            cb.on_start(m.hash, s, m.start_epoch, steps)
-
+    proto = dict(world_size=env.world_size, accumulation=accumulation,
+                 precision="bf16 autocast" if use_amp else "fp32", train_images=dataset_inputs.count(train_data),
+                 val_images=dataset_inputs.count(val_data))
+    members = [_open_member(s, env, wd, steps, client, force, train_data, val_data, callbacks, proto)
+               for s in todo]
     teacher = load_teacher(first, wd, tracking_uri, device) if first.teacher is not None else None
-    t_blocks = tuple(sorted({b for m in members for b in m.t_mf + m.t_emb}))
-    if teacher is not None and any(m.start_epoch == 0 for m in members):
-        t_val, how = teacher_val_data(teacher, first, val_data)
-        t_eval = evaluate(teacher, t_val, device, autocast)
-        for m in members:
-            if env.main and m.start_epoch == 0:
-                m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
-                m.run.log_params({"protocol": teacher_protocol({**teacher.kdgrid_weights, "eval_transform": how})})
+    t_blocks = tuple(sorted({b for m in members for b in m.t_taps}, key=lambda t: (isinstance(t, str), str(t).zfill(9))))
+    if teacher is not None:
+        _evaluate_teacher(teacher, first, members, val_data, env, autocast)
 
     # Cost accounting: this process's CPU seconds, split evenly among the runs that shared them.
     setup_share = (time.process_time() - cpu0) / len(members)
     if env.main:
         for m in members:
             m.run.log_metrics({"cost.setup_cpu_s": setup_share}, step=m.start_epoch)
-    last_epoch = max(m.epochs for m in members)
     try:
-        for epoch in range(min(m.start_epoch for m in members), last_epoch):
-            active = [m for m in members if m.start_epoch <= epoch < m.epochs and not m.failed]
-            if not active:
-                continue
-            cpu_epoch = time.process_time()
-            meter = EpochMeter(device, env.world_size)
-            _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter,
-                         accumulation)
-            meter.stop()
-            share = (time.process_time() - cpu_epoch) / len(active)
-            for m in active:
-                if m.failed:
-                    continue
-                metrics = _end_epoch(m, epoch, val_data, env, autocast, share)
-                if env.main:  # measurements of this process, not results: logged, not checkpointed
-                    m.run.log_metrics(meter.metrics(m.hash, len(active)), step=epoch + 1)
-                for cb in callbacks:
-                    cb.on_epoch(m.hash, epoch, metrics)
+        _run_epochs(members, train_data, val_data, teacher, t_blocks, data_mod.mixup_fn(first.data), env, autocast,
+                    callbacks, accumulation)
         for m in members:
             if m.failed:
                 results[m.hash] = f"failed: {m.failed}"
@@ -485,6 +471,94 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
             for cb in callbacks:
                 cb.on_end(m.hash, "failed", m.failed)
     return results
+
+
+def _claim(specs, env: DistEnv, client, wd: Path, force: bool, results: dict[str, str]):
+    """Which runs to train: not finished in MLflow, not locked by another process (rank 0 decides).
+    Returns (specs to train, the locks taken); the others' outcomes go into `results`."""
+    todo, locks = [], {}
+    for s in dict((s.content_hash(), s) for s in specs).values():
+        h = s.content_hash()
+        ok = True
+        if env.main:
+            run = tracking.runs_by_hash(client, s.scale, [h]).get(h)
+            if run is not None and run.info.status == "FINISHED" and not force:
+                results[h], ok = "skipped: finished in MLflow", False
+            else:
+                lock = workdir.RunLock(workdir.run_dir(wd, h))
+                try:
+                    lock.acquire()
+                    locks[h] = lock
+                except workdir.LockHeld as err:
+                    results[h], ok = f"locked: {err}", False
+        todo.append((s, ok))
+    flags = broadcast_flags([ok for _, ok in todo], env.device)
+    return [s for (s, _), ok in zip(todo, flags) if ok], locks
+
+
+def _open_member(s: ExperimentSpec, env: DistEnv, wd: Path, steps: int, client, force: bool, train_data, val_data,
+                 callbacks, proto: dict[str, Any]) -> Member:
+    """A member built, resumed from its checkpoint when there is one, and its MLflow run opened."""
+    m = build_member(s, env, wd, steps)
+    ckpt_path = m.dir / "checkpoint.pt"
+    run_id = None
+    if ckpt_path.exists() and not force:
+        ckpt = workdir.load(ckpt_path)
+        m.restore(ckpt)
+        run_id = ckpt.get("run_id")
+    if env.main:
+        m.dir.mkdir(parents=True, exist_ok=True)
+        (m.dir / "spec.yaml").write_text(s.to_yaml())
+        m.run = tracking.RunLog.open(client, s, m.hash, run_id, new=force)
+        _log_start(m, env, run_protocol(s, **proto))
+        _log_datasets(m, train_data, val_data)
+        m.run.start_system_metrics(torch.device(env.device).index or 0 if env.device.startswith("cuda") else None)
+        _backfill(m)
+    for cb in callbacks:
+        cb.on_start(m.hash, s, m.start_epoch, steps)
+    return m
+
+
+def _evaluate_teacher(teacher: nn.Module, spec: ExperimentSpec, members: list[Member], val_data, env: DistEnv,
+                      autocast) -> None:
+    """The frozen teacher's accuracy (with its own eval transform), and its per-image predictions, on the runs
+    that start now."""
+    starting = [m for m in members if m.start_epoch == 0]
+    if not starting:
+        return
+    predictions: dict | None = {} if env.world_size == 1 else None
+    t_val, how = teacher_val_data(teacher, spec, val_data)
+    t_eval = evaluate(teacher, t_val, env.device, autocast, predictions)
+    if not env.main:
+        return
+    for m in starting:
+        m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
+        m.run.log_params({"protocol": teacher_protocol({**teacher.kdgrid_weights, "eval_transform": how})})
+        if predictions:
+            log_predictions(m, "teacher.json", predictions)
+
+
+def _run_epochs(members: list[Member], train_data, val_data, teacher, t_blocks, mixup, env: DistEnv, autocast,
+                callbacks, accumulation: int = 1) -> None:
+    """Every member from its own start epoch to its own last one; a failed member leaves the cohort."""
+    for epoch in range(min(m.start_epoch for m in members), max(m.epochs for m in members)):
+        active = [m for m in members if m.start_epoch <= epoch < m.epochs and not m.failed]
+        if not active:
+            continue
+        cpu_epoch = time.process_time()
+        meter = EpochMeter(env.device, env.world_size)
+        _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter,
+                     accumulation)
+        meter.stop()
+        share = (time.process_time() - cpu_epoch) / len(active)
+        for m in active:
+            if m.failed:
+                continue
+            metrics = _end_epoch(m, epoch, val_data, env, autocast, share)
+            if env.main:  # measurements of this process, not results: logged, not checkpointed
+                m.run.log_metrics(meter.metrics(m.hash, len(active)), step=epoch + 1)
+            for cb in callbacks:
+                cb.on_epoch(m.hash, epoch, metrics)
 
 
 def _log_start(m: Member, env: DistEnv, proto: dict[str, Any]) -> None:
@@ -569,16 +643,20 @@ def _micro_step(m: Member, x, target, t_logits, t_feats, key: int, sync: bool, a
     """Forward, loss and backward of one micro-batch; gradients add up over the accumulation steps (DDP
     all-reduces them only on the last, `sync`), each micro-batch's loss weighted 1 / accumulation."""
     with m.scope(device, key), (nullcontext() if sync else no_sync(m.student)):
-        with autocast():
-            out, f_mf, f_emb = m.student(x)
-        terms = objective(m.spec, out, target, t_logits, f_mf, [t_feats[b] for b in m.t_mf], f_emb,
-                          [t_feats[b] for b in m.t_emb], m.rs_gen)
+        terms = forward_loss(m, x, target, t_logits, t_feats, autocast)
         loss = terms["loss"] / accumulation
         (m.scaler.scale(loss) if m.scaler is not None else loss).backward()
     for k, v in terms.items():
         v = v.detach().float()
         m.sums[k] = m.sums[k] + v if k in m.sums else v.clone()
     m.count += 1
+
+
+def forward_loss(m: Member, x, target, t_logits, t_feats, autocast) -> dict[str, torch.Tensor]:
+    """One student's forward pass and its loss terms (the objective over its methods); "loss" is their sum."""
+    with autocast():
+        out, s_feats = m.student(x, m.streams.generator)
+    return objective(m.spec, out, target, t_logits, s_feats, t_feats, m.streams.generator)
 
 
 def _optimizer_step(m: Member, global_step: int) -> None:
@@ -635,7 +713,9 @@ def _fail(m: Member, reason: str, tb: str | None) -> None:
 def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast, train_cpu_s: float) -> dict[str, float]:
     t_eval, cpu_eval = time.perf_counter(), time.process_time()
     metrics = {f"train.{k}": v.item() for k, v in _mean_terms(m).items()}
-    val = evaluate(m.core.model, val_data, env.device, autocast)
+    last = epoch + 1 == m.epochs and env.world_size == 1  # a rank's predictions are a shard: single process only
+    m.predictions = {} if last else None
+    val = evaluate(m.core.model, val_data, env.device, autocast, m.predictions)
     metrics.update({f"val.{k}": v for k, v in val.items()})
     if m.ema is not None:
         metrics.update({f"val_ema.{k}": v for k, v in evaluate(m.ema.module, val_data, env.device, autocast).items()})
@@ -652,13 +732,28 @@ def _end_epoch(m: Member, epoch: int, val_data, env: DistEnv, autocast, train_cp
     return metrics
 
 
+def log_predictions(m: Member, name: str, predictions: dict) -> None:
+    """Per-image validation top-1 ({"label": [...], "top1": [...], "cls": [...], ...}) as the artifact
+    predictions/<name>: what the report's agreement matrix compares."""
+    path = m.dir / name
+    path.write_text(json.dumps(predictions, separators=(",", ":")))
+    m.run.log_artifact(path, "predictions")
+
+
 def _finish(m: Member) -> None:
     final = {"model": m.core.model.state_dict()}
     if m.ema is not None:
         final["ema"] = m.ema.module.state_dict()
     workdir.save_atomic(final, m.dir / "final.pt")
     last = m.history[-1]["val.top1"] if m.history else float("nan")
-    m.run.log_metrics({"best_top1": m.best_top1, "last_top1": last}, step=m.epochs)
+    finals = {"best_top1": m.best_top1, "last_top1": last}
+    for head in ("cls", "dist"):  # a distilled DeiT's heads alone (DeiT's Table 5)
+        values = [e[f"val.{head}_top1"] for e in m.history if f"val.{head}_top1" in e]
+        if values:
+            finals.update({f"last_{head}_top1": values[-1], f"best_{head}_top1": max(values)})
+    m.run.log_metrics(finals, step=m.epochs)
+    if m.predictions:
+        log_predictions(m, "predictions.json", m.predictions)
     m.run.log_artifact(m.dir / "final.pt", "checkpoints")
     m.run.log_artifact(m.dir / "checkpoint.pt", "checkpoints")
     (m.dir / "history.json").write_text(json.dumps(m.history, indent=1))

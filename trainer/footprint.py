@@ -3,7 +3,8 @@
 An estimate, not a measurement, erring high: parameters with AdamW's state (weights, gradients, two
 moments: 16 bytes a parameter, +4 with EMA), the activations a training step keeps for backward, and the
 manifold loss's relation maps; for a teacher, its weights and one block's activations (inference mode
-keeps nothing for backward) plus the features it hands to the students. Activations per token and block
+keeps nothing for backward) plus the features it hands to the students. Each method adds its own loss's
+memory (`Method.footprint`: the manifold loss's relation maps, ...). Activations per token and block
 follow the tensors a pre-norm transformer block saves (norm inputs, q/k/v, attention output and
 projection, the 4x MLP hidden before and after GELU: ~16 widths) plus the attention probabilities.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainer import methods
 from trainer.models import model_info
 from trainer.spec import ExperimentSpec
 
@@ -52,10 +54,10 @@ def footprint(spec: ExperimentSpec) -> Footprint:
     else:
         student += s.depth * _block_activations(s, b, _heads(s_kwargs, s.width))
     d = spec.distillation
-    if d.manifold is not None and s.num_patches:
-        n, p, k = b, s.num_patches, d.manifold.k
-        maps = p * n * n + n * p * p + k * k  # ci, cp and rs maps, each kept for student, teacher, gap
-        student += 3 * FLOAT * maps * len(d.manifold.student_blocks)
+    if s.kind != "cnn" and spec.teacher is not None:
+        t_info = model_info(spec.teacher.name, **spec.teacher_kwargs())
+        for m in methods.active(d):
+            student += m.footprint(m.settings(d), s, t_info, b)
     teacher = 0
     if spec.teacher is not None:
         t_kwargs = spec.teacher_kwargs()
@@ -65,11 +67,7 @@ def footprint(spec: ExperimentSpec) -> Footprint:
             teacher += FLOAT * b * spec.data.in_chans * spec.data.img_size ** 2 * 16
         else:
             teacher += _block_activations(t, b, _heads(t_kwargs, t.width))
-            taps = set()
-            for loss in (d.manifold, d.embedding):
-                if loss is not None:
-                    taps |= set(loss.teacher_blocks)
-            teacher += FLOAT * b * t.num_patches * t.width * len(taps)
+            teacher += FLOAT * b * t.num_patches * t.width * len(methods.teacher_tap_union(d))
     return Footprint(student=student, teacher=teacher)
 
 

@@ -337,16 +337,21 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
 
 # --- logit and feature losses -------------------------------------------------------------------------
 
-def kd_loss(student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau: float = 1.0) -> Tensor:
+def kd_loss(student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau: float = 1.0,
+            reduction: str = "batch") -> Tensor:
     """DeiT's distillation term on the student's distillation head.
 
     "soft": tau^2 KL(teacher || student) of the tempered distributions (Eq. 5; tau^2 keeps the gradient
-    scale independent of tau), averaged over the batch. "hard": cross-entropy against the teacher's
-    decision y_t = argmax (Eq. 6).
+    scale independent of tau), summed and divided by the batch size (`reduction="batch"`) or, as DeiT's
+    released code does, by the number of logits (`"elements"`: batch x classes). "hard": cross-entropy
+    against the teacher's decision y_t = argmax (Eq. 6).
     """
     if kind == "soft":
-        return F.kl_div(F.log_softmax(student_kd_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
-                        reduction="batchmean", log_target=True) * (tau * tau)
+        if reduction not in ("batch", "elements"):
+            raise ValueError(f"kd_loss reduction must be 'batch' or 'elements', got {reduction!r}")
+        kl = F.kl_div(F.log_softmax(student_kd_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
+                      reduction="batchmean" if reduction == "batch" else "sum", log_target=True) * (tau * tau)
+        return kl if reduction == "batch" else kl / student_kd_logits.numel()
     if kind == "hard":
         return F.cross_entropy(student_kd_logits, teacher_logits.argmax(dim=1))
     raise ValueError(f"kd_loss kind must be 'soft' or 'hard', got {kind!r}")

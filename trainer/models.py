@@ -96,12 +96,19 @@ ANALOGS = (
 DISPLAY = {
     "deit_tiny_patch16_224": "DeiT-Tiny", "deit_tiny_distilled_patch16_224": "DeiT-Tiny",
     "deit_small_patch16_224": "DeiT-Small", "deit_small_distilled_patch16_224": "DeiT-Small",
+    "deit_base_patch16_224": "DeiT-Base", "deit_base_distilled_patch16_224": "DeiT-Base",
     "cait_xxs24_224": "CaiT-XXS24", "cait_s24_224": "CaiT-S24", "regnety_160": "RegNetY-16GF",
+    # ViTKD's teachers (DeiT III, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k)
+    "deit3_small_patch16_224": "DeiT III-Small", "deit3_base_patch16_224": "DeiT III-Base",
+    "deit3_large_patch16_224": "DeiT III-Large",
 }
 SHORT = {
     "deit_tiny_patch16_224": "deit_tiny", "deit_tiny_distilled_patch16_224": "deit_tiny",
     "deit_small_patch16_224": "deit_small", "deit_small_distilled_patch16_224": "deit_small",
+    "deit_base_patch16_224": "deit_base", "deit_base_distilled_patch16_224": "deit_base",
     "cait_xxs24_224": "cait_xxs24", "cait_s24_224": "cait_s24", "regnety_160": "regnety_160",
+    "deit3_small_patch16_224": "deit3_small", "deit3_base_patch16_224": "deit3_base",
+    "deit3_large_patch16_224": "deit3_large",
 }
 
 

@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-# A loss weight: a finite, non-negative number (strings such as "0.2" are rejected, not coerced).
-Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
-Positive = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
-Block = Annotated[int, Strict(), Field(ge=1)]
-
-NOT_HASHED = {"hash": False}  # json_schema_extra marker: execution detail, not part of the run's identity
+from trainer import methods
+from trainer.methods import embedding, manifold
+from trainer.spec_base import NOT_HASHED, Block, Positive, StrictModel, Weight  # noqa: F401 (re-exported)
 
 
 class SpecError(ValueError):
@@ -33,11 +30,6 @@ class SpecError(ValueError):
         where = f"{source}: " if source else ""
         lines = [f"{where}{path or '<root>'}: {reason}" for path, reason in problems]
         super().__init__("invalid spec\n  " + "\n  ".join(lines))
-
-
-class StrictModel(BaseModel):
-    # Frozen: a validated spec is normalised once (in its after-validators) and then never changes.
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSpec(StrictModel):
@@ -179,114 +171,38 @@ def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None =
     return acc
 
 
-Term = Literal["ci", "cp", "rs"]
+class _Distillation(StrictModel):
+    """Logit distillation (DeiT: none / soft / hard, Eq. 5-6) plus any feature or logit losses.
 
-
-class TermScale(StrictModel):
-    """Per-term scale under the released code: w_sample (ci), w_patch (cp), and rs's factor on beta."""
-
-    ci: Weight = 1.0
-    cp: Weight = 1.0
-    rs: Weight = 1.0
-
-
-class ManifoldSpec(StrictModel):
-    """Fine-grained manifold loss (Eq. 9): L_ci + alpha L_cp + beta L_rs over block pairs.
-
-    Effective weights are (term_scale.ci, term_scale.cp * alpha, term_scale.rs * beta), times `weight`:
-    the paper's recipe has term_scale 1 (Eq. 9); the released code's recipe has term_scale
-    (0.1, 4, 1), which gives its w_sample=0.1, w_patch=4, w_rand=0.2 at the paper's alpha=1, beta=0.2,
-    and keeps Table 4's rows meaningful as relative changes of alpha and beta.
+    Its fields are those of the registered methods (trainer/methods/): DeiT's flat kd/tau/kd_weight, and
+    one optional sub-spec per other method (manifold, embedding, ...). An unset method is None and is
+    left out of the content hash, so adding a method keeps every earlier run's hash.
     """
-
-    terms: tuple[Term, ...] = ("ci", "cp", "rs")
-    alpha: Weight = 1.0
-    beta: Weight = 0.2
-    k: int = Field(192, ge=0)
-    student_blocks: tuple[Block, ...] = (1, 2, 3, 4, 9, 10, 11, 12)
-    teacher_blocks: tuple[Block, ...] = (1, 2, 3, 4, 21, 22, 23, 24)
-    reduction: Literal["paper", "released"] = "paper"
-    # How Eq. 13 combines the block pairs: "sum" (the paper's text) or "mean" (the released code). Unset
-    # follows the reduction (paper -> sum, released -> mean), which keeps earlier runs' content hashes.
-    layers: Literal["sum", "mean"] | None = None
-    term_scale: TermScale = TermScale()
-    weight: Weight = 1.0
-    exact: bool = False  # add the exact patch-level loss (Eq. 8) computed through Gram matrices
-    exact_weight: Weight = 1.0
-
-    @property
-    def layer_reduce(self) -> str:
-        """How the block pairs' losses combine (Eq. 13): the explicit `layers`, else the reduction's."""
-        return self.layers or ("sum" if self.reduction == "paper" else "mean")
-
-    @field_validator("terms")
-    @classmethod
-    def _unique_terms(cls, terms: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(terms)) != len(terms):
-            raise ValueError(f"repeated term in {list(terms)}")
-        return tuple(t for t in ("ci", "cp", "rs") if t in terms)  # canonical order
-
-    @model_validator(mode="after")
-    def _canonical(self) -> "ManifoldSpec":
-        if len(self.student_blocks) != len(self.teacher_blocks):
-            raise ValueError(
-                f"student_blocks has {len(self.student_blocks)} blocks but teacher_blocks has "
-                f"{len(self.teacher_blocks)}: blocks are paired in order"
-            )
-        if not self.terms and not self.exact:
-            raise ValueError("no manifold term selected: list terms (ci, cp, rs) or set exact: true")
-        # Settings that cannot change the loss are normalised away, so equal losses hash equally:
-        # k=0 means no random-sampled term (Table 6's k=0 row is Table 3's L_ci + L_cp row).
-        terms = self.terms
-        if self.k == 0 or self.beta == 0:
-            terms = tuple(t for t in terms if t != "rs")
-        fix: dict[str, Any] = {"terms": terms}
-        if "rs" not in terms:
-            fix.update(k=0, beta=0.0)
-        if "cp" not in terms:
-            fix["alpha"] = 0.0
-        if not self.exact:
-            fix["exact_weight"] = 0.0
-        self.__dict__.update(fix)
-        return self
-
-
-class EmbeddingSpec(StrictModel):
-    """Direct embedding transfer (Table 7's baseline): MSE between paired block outputs."""
-
-    student_blocks: tuple[Block, ...] = (1, 2, 3, 4, 9, 10, 11, 12)
-    teacher_blocks: tuple[Block, ...] = (1, 2, 3, 4, 21, 22, 23, 24)
-    weight: Weight = 1.0
-
-    @model_validator(mode="after")
-    def _paired(self) -> "EmbeddingSpec":
-        if len(self.student_blocks) != len(self.teacher_blocks):
-            raise ValueError("student_blocks and teacher_blocks must have the same length (paired in order)")
-        return self
-
-
-class DistillationSpec(StrictModel):
-    """Logit distillation (DeiT: none / soft / hard, Eq. 5-6) plus optional feature losses."""
-
-    kd: Literal["none", "soft", "hard"] = "none"
-    tau: Positive = 1.0
-    kd_weight: Annotated[float, Strict(), Field(ge=0, le=1)] = 0.5  # DeiT's alpha: (1-a) CE + a KD
-    manifold: ManifoldSpec | None = None
-    embedding: EmbeddingSpec | None = None
 
     @property
     def uses_teacher(self) -> bool:
-        return self.kd != "none" or self.manifold is not None or self.embedding is not None
+        return bool(methods.active(self))
+
+    @property
+    def methods(self) -> list:
+        """The registered methods this spec uses, in the objective's order."""
+        return methods.active(self)
 
     @model_validator(mode="after")
-    def _canonical(self) -> "DistillationSpec":
+    def _canonical(self) -> "_Distillation":
         fix: dict[str, Any] = {}
-        if self.kd == "none":
-            fix.update(tau=1.0, kd_weight=0.0)
-        if self.kd != "soft":
-            fix["tau"] = 1.0
+        for m in methods.REGISTRY.values():
+            fix.update(m.canonical(self))
         self.__dict__.update(fix)
         return self
+
+
+DistillationSpec = create_model(
+    "DistillationSpec", __base__=_Distillation, __module__=__name__, __doc__=_Distillation.__doc__,
+    **{name: field for m in sorted(methods.REGISTRY.values(), key=lambda m: m.order)
+       for name, field in m.fields.items()})
+ManifoldSpec, TermScale, EmbeddingSpec = manifold.ManifoldSpec, manifold.TermScale, embedding.EmbeddingSpec
+Term = manifold.Term
 
 
 class ExperimentSpec(StrictModel):
@@ -362,8 +278,6 @@ def cross_field_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
     problems: list[tuple[str, str]] = []
     s = model_info(spec.student.name, **spec.model_kwargs())
-    if s.kind == "cnn" and spec.teacher is not None and spec.distillation.manifold is not None:
-        problems.append(("student.name", f"{s.name} is a CNN: it has no patch tokens for a feature loss"))
     if s.img_size is not None and s.img_size != spec.data.img_size:
         problems.append(("data.img_size", f"{spec.data.img_size} but {s.name} is built for {s.img_size}px input"))
     if spec.teacher is None:
@@ -372,27 +286,8 @@ def cross_field_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if t.img_size is not None and t.img_size != spec.data.img_size:
         problems.append(("teacher.name", f"{t.name} is built for {t.img_size}px input, data has {spec.data.img_size}"))
     d = spec.distillation
-    for key, loss in (("manifold", d.manifold), ("embedding", d.embedding)):
-        if loss is None:
-            continue
-        here = f"distillation.{key}"
-        if t.kind == "cnn":
-            problems.append((f"teacher.name", f"{t.name} is a CNN: it has no patch tokens for the {key} loss "
-                                              f"(use kd: hard/soft only, or a transformer teacher)"))
-            continue
-        if s.kind == "cnn":
-            continue
-        for side, info, blocks in (("student", s, loss.student_blocks), ("teacher", t, loss.teacher_blocks)):
-            for i, b in enumerate(blocks):
-                if b > info.depth:
-                    problems.append((f"{here}.{side}_blocks[{i}]",
-                                     f"block {b} is beyond {info.name}'s depth {info.depth} (indices are 1-based)"))
-        if s.num_patches != t.num_patches:
-            problems.append((here, f"student {s.name} has {s.num_patches} patches but teacher {t.name} has "
-                                   f"{t.num_patches}: the {key} loss pairs patches one to one"))
-        if key == "manifold" and s.num_patches and loss.k > spec.recipe.batch_size * s.num_patches:
-            problems.append((f"{here}.k", f"k={loss.k} is larger than the batch's {spec.recipe.batch_size} x "
-                                          f"{s.num_patches} = {spec.recipe.batch_size * s.num_patches} patches"))
+    for m in methods.active(d):
+        problems += m.problems(m.settings(d), s, t, spec)
     return problems
 
 

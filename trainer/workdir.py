@@ -48,11 +48,16 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _owner(self) -> dict | None:
+    def owner(self) -> dict | None:
+        """Who holds the lock (host, pid, since), None when nobody or the file is unreadable."""
         try:
             return json.loads(self.path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    def held(self) -> bool:
+        """A live owner holds this lock (its process runs, or its heartbeat is recent)."""
+        return self.path.exists() and not self._stale(self.owner())
 
     def _stale(self, owner: dict | None) -> bool:
         if owner is None:
@@ -77,7 +82,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._owner()
+                owner = self.owner()
                 if not self._stale(owner):
                     raise LockHeld(f"{self.path.parent.name} is being trained by {owner.get('host')}:"
                                    f"{owner.get('pid')} (lock {self.path})") from None
@@ -99,6 +104,6 @@ class RunLock:
 
     def release(self) -> None:
         self._stop.set()
-        owner = self._owner()
+        owner = self.owner()
         if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)

@@ -274,7 +274,7 @@ def mark_abandoned(ctx: LaunchContext, hashes: Iterable[str], reason: str) -> No
         c = tracking.client(ctx.tracking_uri)
         for h, run in tracking.runs_by_hash(c, ctx.plan.scale, hashes).items():
             lock = workdir.RunLock(workdir.run_dir(ctx.work, h))
-            if run.info.status == "RUNNING" and lock._stale(lock._owner()):
+            if run.info.status == "RUNNING" and not lock.held():
                 tracking.RunLog(c, run.info.run_id).finish("FAILED", reason)
     except Exception as err:  # the launcher's summary reports the failure all the same
         print(f"could not mark runs failed in MLflow: {err}", file=sys.stderr)
@@ -337,7 +337,7 @@ def wait_for_locks(work: str | Path, hashes: list[str], timeout_s: float) -> Non
         held = []
         for h in hashes:
             lock = workdir.RunLock(workdir.run_dir(work, h))
-            if lock.path.exists() and not lock._stale(lock._owner()):
+            if lock.held():
                 held.append(h)
         if not held:
             return

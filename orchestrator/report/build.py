@@ -36,6 +36,7 @@ class Report:
     png: bytes | None = None  # Figure 4, once drawn
     test: str = "welch"  # how claims are decided (claims.basis)
     level: float = claims_mod.stats.LEVEL
+    agreements: list = field(default_factory=list)  # DeiT's teacher-agreement matrices (report/agreement.py)
 
     @property
     def total(self) -> int:
@@ -124,6 +125,13 @@ def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
     claims = claims_mod.check_all(tables, test=test, level=level, effect=effect)
     if fig4 is not None:
         claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect))
+    agreements = []
+    deit = next((t for t in tables if t.table == "deit"), None)
+    if deit is not None and not collected.error:
+        from orchestrator.report import agreement
+
+        agreements = agreement.build(deit, tracking_uri)
+        claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect))
     counts = Counter(collected.get(h).status for h in hashes)
     protocols = [collected.get(r.hash).protocol for r in plan.runs
                  if r.role == "student" and collected.get(r.hash).status == "finished"]
@@ -132,4 +140,4 @@ def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
     return Report(scale=plan.scale, recipe=plan.recipe, seeds=plan.seeds, uri=tracking_uri, tables=tables,
                   fig4=fig4, curves=curves, claims=claims, counts=counts,
                   command=reproduce_command(plan, explicit_uri, tuple(overrides)), scale_note=note,
-                  comparable=comparable, error=collected.error, test=test, level=level)
+                  comparable=comparable, error=collected.error, test=test, level=level, agreements=agreements)

@@ -1,7 +1,8 @@
 """Pure: the claims Section 4.2-4.3 draws from its tables, checked against this grid's table models.
 
 Each claim is a list of pairwise comparisons between rows of one table (rows are named by the Acc1 the
-paper prints for them, which is unique within each table). Each comparison is decided by a stated test
+paper prints for them, which is unique within each of Jia et al.'s tables, or, in the other papers' tables
+(vitkd, deit), by their printed student and method cells). Each comparison is decided by a stated test
 over seeds on the final-epoch top-1 (orchestrator/report/stats.py): Welch's t-test by default, or a
 paired t-test over common seeds; the difference's confidence interval at 95% supports the claim when it
 lies on the claimed side of 0, contradicts it on the other side, and leaves it unresolved when it
@@ -23,11 +24,21 @@ UNRESOLVED = "unresolved"
 UNTESTED = "unresolved (fewer than two seeds in a row: no test)"
 INCOMPLETE = "incomplete (rows missing)"
 
+Pick = tuple[tuple[str, str], ...]  # a row by its printed cells: (("student", "DeiT-Tiny"), ("method", "ViTKD"))
+
+
 @dataclass(frozen=True)
 class Pair:
-    a: float  # the paper's Acc1 of row A
-    b: float  # ... of row B
+    a: float | Pick  # the paper's Acc1 of row A, or its printed cells
+    b: float | Pick  # ... of row B
     relation: str = "beats"  # beats | close
+
+
+def _pick(student: str, method: str) -> Pick:
+    return (("student", student), ("method", method))
+
+
+_SIZES = ("DeiT-Tiny", "DeiT-Small", "DeiT-Base")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,22 @@ CLAIMS: tuple[ClaimDef, ...] = (
              (Pair(75.06, 74.62), Pair(74.95, 74.62), Pair(74.81, 74.62))),
     ClaimDef("T7", "7", "Manifold distillation beats direct embedding transfer in the same blocks",
              (Pair(74.46, 74.31), Pair(81.48, 81.41))),
+    # ViTKD (Yang et al., 2022): its abstract's two claims
+    ClaimDef("ViTKD", "vitkd", "ViTKD improves the student over its baseline (DeiT-T/S/B)",
+             tuple(Pair(_pick(s, "ViTKD"), _pick(s, "Baseline")) for s in _SIZES)),
+    ClaimDef("ViTKD+NKD", "vitkd", "ViTKD and logit distillation (NKD) are complementary: ViTKD + NKD beats ViTKD alone",
+             tuple(Pair(_pick(s, "ViTKD+NKD"), _pick(s, "ViTKD")) for s in _SIZES)),
+    # DeiT (Touvron et al., 2021), Section 5.2 on its Table 5
+    ClaimDef("DeiT-hard", "deit", "Hard distillation beats soft (usual) distillation, on the class token",
+             tuple(Pair(_pick(s, "DeiT – hard distillation"), _pick(s, "DeiT – usual distillation"))
+                   for s in _SIZES)),
+    ClaimDef("DeiT-token", "deit", "The distillation token beats the class token: the distilled student's "
+             "distillation head beats its class head",
+             tuple(Pair(_pick(s, "DeiT⚗ – distil. embedding"), _pick(s, "DeiT⚗ – class embedding")) for s in _SIZES)),
+    ClaimDef("DeiT-fused", "deit", "The fused heads are best: class + distillation beats the class head and the "
+             "distillation head alone (in the paper, not at Ti: 74.5 vs 74.6)",
+             tuple(Pair(_pick(s, "DeiT⚗ – class+distillation"), _pick(s, other)) for s in _SIZES
+                   for other in ("DeiT⚗ – class embedding", "DeiT⚗ – distil. embedding"))),
 )
 
 
@@ -165,10 +192,9 @@ def row_values(row: RowModel | None, metric: str = "last") -> dict[int, float]:
     """{seed: final-epoch (or best-epoch) top-1} of a row's finished seeds."""
     if row is None:
         return {}
-    attr = "last_top1" if metric == "last" else "best_top1"
     out = {}
     for seed, r in zip(row.seeds, row.runs):
-        v = getattr(r, attr, None)
+        v = r.top1(row.head, metric)
         if r.finished and v is not None and math.isfinite(v):
             out[seed] = float(v)
     return out
@@ -236,6 +262,24 @@ def find_by_paper(table: TableModel, acc1: float) -> RowModel | None:
     return None
 
 
+def find_row(table: TableModel, ref: float | Pick) -> RowModel | None:
+    """A row by the paper's Acc1, or by its printed cells (equal up to case and spaces)."""
+    if isinstance(ref, (int, float)):
+        return find_by_paper(table, ref)
+    for r in table.rows:
+        if all(_same(r.cells.get(f, ""), text) for f, text in ref):
+            return r
+    return None
+
+
+def _same(a: str, b: str) -> bool:
+    return "".join(a.lower().split()) == "".join(b.lower().split())
+
+
+def _ref_text(ref: float | Pick) -> str:
+    return f"[{ref}]" if isinstance(ref, (int, float)) else "[" + " · ".join(t for _, t in ref) + "]"
+
+
 def row_label(table: TableModel, row: RowModel) -> str:
     """The printed cells that tell this row apart from the others of its table."""
     varying = [f for _, f in table.columns if len({r.cells.get(f, "") for r in table.rows}) > 1]
@@ -245,15 +289,25 @@ def row_label(table: TableModel, row: RowModel) -> str:
 
 def check(claim: ClaimDef, table: TableModel, metric: str = "last", *, test: str = "welch",
           level: float = stats.LEVEL, effect: float | None = None) -> ClaimResult:
-    comps = []
+    comps, absent = [], []
     for p in claim.pairs:
-        ra, rb = find_by_paper(table, p.a), find_by_paper(table, p.b)
-        la = row_label(table, ra) if ra else f"[{p.a}]"
-        lb = row_label(table, rb) if rb else f"[{p.b}]"
+        ra, rb = find_row(table, p.a), find_row(table, p.b)
+        if ra is None and rb is None and not isinstance(p.a, (int, float)):
+            absent.append(f"{_ref_text(p.a)} vs {_ref_text(p.b)}")  # a table cut to fewer rows (--tables PATH)
+            continue
+        la = row_label(table, ra) if ra else _ref_text(p.a)
+        lb = row_label(table, rb) if rb else _ref_text(p.b)
         rows = tuple((table.table, r.index) for r in (ra, rb) if r is not None)
-        comps.append(compare(row_values(ra, metric), row_values(rb, metric), p.relation, round(p.a - p.b, 2),
+        if isinstance(p.a, (int, float)):
+            paper = round(p.a - p.b, 2)
+        else:
+            paper = round(ra.paper_acc1 - rb.paper_acc1, 2) if ra and rb and ra.paper_acc1 is not None \
+                and rb.paper_acc1 is not None else None
+        comps.append(compare(row_values(ra, metric), row_values(rb, metric), p.relation, paper,
                              test=test, level=level, effect=effect, labels=(la, lb), rows=rows))
-    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, effect=effect)
+    note = f"not in this grid's table, so not compared: {'; '.join(absent)}" if absent else ""
+    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, note=note,
+                       effect=effect)
 
 
 def check_all(tables: list[TableModel], metric: str = "last", *, test: str = "welch", level: float = stats.LEVEL,

@@ -37,6 +37,14 @@ class RunResult:
     tags: dict[str, str] = field(default_factory=dict)
     history: list[tuple[int, float]] | None = None  # (epoch, val.top1), when asked for
     protocol: dict[str, str] = field(default_factory=dict)  # what ran: the run's `protocol.*` params
+    heads: dict[str, float] = field(default_factory=dict)  # a distilled DeiT's heads: last_cls_top1, best_dist_top1 ...
+
+    def top1(self, head: str | None = None, metric: str = "last") -> float | None:
+        """The final-epoch ("last") or best-epoch top-1 of the model's output, or of one head of a distilled
+        DeiT alone (head "cls" or "dist"; "avg" and None are the output, the heads' average)."""
+        if head in (None, "avg"):
+            return self.last_top1 if metric == "last" else self.best_top1
+        return self.heads.get(f"{metric}_{head}_top1")
 
     @property
     def short_id(self) -> str:
@@ -102,6 +110,7 @@ def result_of(run, planned_epochs: int | None = None) -> RunResult:
         updated_ms=updated,
         tags=dict(data.tags),
         protocol={k[len("protocol."):]: v for k, v in data.params.items() if k.startswith("protocol.")},
+        heads={k: v for k, v in metrics.items() if k.endswith(("_cls_top1", "_dist_top1"))},
     )
 
 

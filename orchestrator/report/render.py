@@ -131,6 +131,10 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
         if figure_path:
             out += [f"![Figure 4]({figure_path})", ""]
         out += [f"- {line}" for line in curve_lines(report)] + [""]
+    if report.agreements:
+        from orchestrator.report.agreement import markdown_lines
+
+        out += ["## Agreement with the teacher (DeiT)", ""] + markdown_lines(report.agreements)
     if report.claims:
         out += ["## Claims", "", claim_basis(report), ""]
         for c in report.claims:
@@ -141,7 +145,7 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
 
 
 def _where(c: ClaimResult) -> str:
-    return "Figure 4" if c.table == "fig4" else f"Table {c.table}"
+    return "Figure 4" if c.table == "fig4" else (f"Table {c.table}" if c.table.isdigit() else f"table {c.table}")
 
 
 # ---- LaTeX ---------------------------------------------------------------------------------------
@@ -255,6 +259,14 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 {% else %}<p><em>No epoch of Figure 4's runs is in MLflow yet.</em></p>{% endif %}
 <ul>{% for line in curves %}<li>{{ line }}</li>{% endfor %}</ul>
 {% endif %}
+{% for a in r.agreements %}
+<h2 id="agreement-{{ loop.index }}">Agreement with the teacher (DeiT): {{ a.student }}</h2>
+<p class="meta">Fraction of validation images whose top-1 differs, mean over seeds {{ a.per_seed | list | sort | join(", ") }}.</p>
+<table><thead><tr><th></th>{% for n in a.names %}<th>{{ n }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in a.rows() %}<tr>{% for c in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% if a.notes %}<div class="notes">{% for n in a.notes %}{{ n }}<br>{% endfor %}</div>{% endif %}
+{% endfor %}
 {% if r.claims %}
 <h2 id="claims">Claims</h2>
 <p class="meta">{{ basis }}</p>

@@ -62,6 +62,7 @@ class RowModel:
     teacher_grid: Stat | None = None
     teacher_note: str | None = None
     curve: str | None = None  # Figure 4: none | hard | manifold
+    head: str | None = None  # the head of a distilled student this row reads (DeiT's Table 5): cls | dist | avg
     rank_grid: int | None = None  # within rows of the same student (1 = highest)
     rank_paper: int | None = None
 
@@ -112,11 +113,13 @@ class TableModel:
 
     @property
     def label(self) -> str:
-        return "Figure 4" if self.table == "fig4" else f"Table {self.table}"
+        return "Figure 4" if self.table == "fig4" else (f"Table {self.table}" if self.table.isdigit() else self.table)
 
     @property
     def heading(self) -> str:
-        """'Table 3: <title>' (the title may carry the label already)."""
+        """'Table 3: <title>' (the title may carry the label already; other papers' tables: their title)."""
+        if not self.table.isdigit() and self.table != "fig4":
+            return self.title
         return self.title if self.title.startswith(self.label) else f"{self.label}: {self.title}"
 
     @property
@@ -195,6 +198,7 @@ def build_table(table: Any, row_runs: Callable[[int], Sequence[Any]], results: C
     for i, row in enumerate(_attr(table, "rows", [])):
         planned = sorted(row_runs(i), key=lambda p: p.seed)
         runs = [results(p.hash) for p in planned]
+        head = _attr(row, "head")
         notes, short = [], []
         for p, r in zip(planned, runs):
             if not r.finished:
@@ -204,9 +208,9 @@ def build_table(table: Any, row_runs: Callable[[int], Sequence[Any]], results: C
         paper = _attr(row, "paper_acc1")
         m = RowModel(index=i, key=str(_attr(row, "key", i)), cells=_cells(row, shown),
                      paper_acc1=float(paper) if paper is not None else None, seeds=[p.seed for p in planned],
-                     runs=runs, notes=notes, short_notes=short, curve=_attr(row, "curve"),
-                     last=stat([r.last_top1 for r in runs if r.finished]),
-                     best=stat([r.best_top1 for r in runs if r.finished]))
+                     runs=runs, notes=notes, short_notes=short, curve=_attr(row, "curve"), head=head,
+                     last=stat([r.top1(head, "last") for r in runs if r.finished]),
+                     best=stat([r.top1(head, "best") for r in runs if r.finished]))
         if teacher_field is not None:
             t = _attr(row, teacher_field)
             m.teacher_paper = float(t) if t is not None else None
