@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     def distill_step(ms, step):
         t_logits, t_feats = teacher_forward()
         for m in ms:
-            engine._step(m, x, y, t_logits, t_feats, step, nullcontext, "cpu")
+            engine.train_step(m, x, y, t_logits, t_feats, step, step, nullcontext, "cpu")
 
     timings = {"teacher": [], "student": [], "distill": [], "cohort": []}
     for r in range(args.rounds + 2):

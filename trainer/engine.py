@@ -638,6 +638,12 @@ def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks
                     _check_and_report(m, epoch, step, callbacks, time.perf_counter() - t0)
 
 
+def train_step(m: Member, x, target, t_logits, t_feats, key: int, global_step: int, autocast, device: str) -> None:
+    """One whole optimizer step on one batch (no accumulation): what benchmarks time."""
+    _micro_step(m, x, target, t_logits, t_feats, key, True, 1, autocast, device)
+    _optimizer_step(m, global_step)
+
+
 def _micro_step(m: Member, x, target, t_logits, t_feats, key: int, sync: bool, accumulation: int, autocast,
                 device: str) -> None:
     """Forward, loss and backward of one micro-batch; gradients add up over the accumulation steps (DDP
