@@ -103,7 +103,7 @@ def build(table: TableModel, tracking_uri: str, read: Callable[[str, str], dict 
     read = read or _reader(tracking_uri)
     out = []
     for dist_row in table.rows:
-        if not claims_mod._same(dist_row.cells.get("method", ""), DISTILLED_METHOD):
+        if not claims_mod.same_text(dist_row.cells.get("method", ""), DISTILLED_METHOD):
             continue
         student = dist_row.cells.get("student", "")
         none_row = claims_mod.find_row(table, (("student", student), ("method", NONE_METHOD)))

@@ -267,12 +267,13 @@ def find_row(table: TableModel, ref: float | Pick) -> RowModel | None:
     if isinstance(ref, (int, float)):
         return find_by_paper(table, ref)
     for r in table.rows:
-        if all(_same(r.cells.get(f, ""), text) for f, text in ref):
+        if all(same_text(r.cells.get(f, ""), text) for f, text in ref):
             return r
     return None
 
 
-def _same(a: str, b: str) -> bool:
+def same_text(a: str, b: str) -> bool:
+    """Equal up to case and spaces (how claims match printed cells)."""
     return "".join(a.lower().split()) == "".join(b.lower().split())
 
 
