@@ -267,7 +267,14 @@ def plot(setup: Setup, runs: list[SearchRun], dpi: int = 110) -> bytes:
         if paper is not None and pv is not None:
             ax.scatter([x_of(pv)], [paper.top1], marker="*", s=180, c="#d62728", label="paper's choice", zorder=3)
         if p.log:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if cats is None:  # the whole searched range, whatever was sampled
+            pad = (p.high / p.low) ** 0.04 if p.log else None
+            ax.set_xlim(*((p.low / pad, p.high * pad) if p.log else (p.low - 0.04 * (p.high - p.low),
+                                                                      p.high + 0.04 * (p.high - p.low))))
         if cats is not None:
             ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=7)
         ax.set_xlabel(k.split(".")[-1] if cats is None or not isinstance(p.options[0], dict) else "block set")
