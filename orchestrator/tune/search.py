@@ -22,8 +22,9 @@
 - **Resume.** The Tune experiment lives in `<workdir>/ray/search-<name>-<scale>-<recipe>-<id>` (id: a hash
   of the search file, the trials and the overrides). A killed driver is resumed with `Tuner.restore`:
   finished and stopped trials stay as they were, unfinished ones restart and their kdgrid runs resume
-  from their last epoch's checkpoint. A trial whose run is already finished (by content hash) replays its
-  epochs from MLflow to Tune instead of training again.
+  from their last epoch's checkpoint. A trial whose run is already finished (by content hash), or was
+  stopped by ASHA under the killed driver after Tune last saved its state, replays its epochs from MLflow
+  to Tune instead of training again.
 """
 from __future__ import annotations
 
@@ -264,6 +265,11 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
     payload = {"id": f"trial-{h[:12]}", "specs": [spec.model_dump(mode="json")], "hashes": [h], "deps": {h: deps},
                "scale": spec.scale}
     rep = _Report(h, spec.recipe.epochs, uri, spec.scale)
+    stopped = _stopped_epoch(uri, spec.scale, h)
+    if stopped:  # the scheduler stopped it under a driver that was killed before Tune saved that: it stays stopped
+        print(f"=== run {h}: stopped by the scheduler at epoch {stopped} before; replayed, not trained", flush=True)
+        rep.replay(stopped)
+        return
     outcome = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(rep,))[h]
     if kind(outcome) == "running elsewhere":  # another trial sampled the same spec: wait for it
         wait_for_locks(work, [h], 24 * 3600)
@@ -273,6 +279,13 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
     if rep.last is not None:
         rep.send(spec.recipe.epochs, rep.last["val.top1"], rep.last.get("cost.cpu_s", 0.0), False)
     rep.replay(spec.recipe.epochs)  # whatever was not reported: a run finished before this trial
+
+
+def _stopped_epoch(uri: str, scale: str, h: str) -> int:
+    run = tracking.runs_by_hash(tracking.client(uri), scale, [h]).get(h)
+    if run is None or run.info.status == "FINISHED" or run.data.tags.get(STOPPED_BY) != "ASHA":
+        return 0
+    return int(run.data.tags.get(STOPPED_EPOCH, 0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -386,6 +399,9 @@ def run_search(setup: Setup, uri: str, work: Path, opts: Options, console) -> Pa
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune saves the search's state every 2 s (its default adapts, up to minutes): a killed driver loses
+    # little, and a trial that ended meanwhile replays from MLflow on restore instead of training again
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from orchestrator.launch.items import REPO_ROOT
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
