@@ -181,3 +181,40 @@ def test_the_shipped_search_files_load():
     assert s.paper["distillation.manifold.alpha"] == 1.0 and s.paper["distillation.manifold.beta"] == 0.2
     assert s.paper["distillation.manifold.k"] == 192
     assert load_search(root / "search-alpha-beta.yaml").space["distillation.manifold.beta"].log
+
+
+def test_report_ranks_the_paper_among_finished_trials_and_groups_seeds(write_yaml):
+    """The report's arithmetic on runs as MLflow would give them: stopped trials are listed, not ranked;
+    the paper's choice is placed by its seed-0 run; the top configuration and the paper's choice are
+    compared over their seeds with Welch's interval."""
+    from orchestrator.tune.report import SearchRun, groups, markdown, paper_rank, plot, ranked_trials
+    from orchestrator.tune.search import run_spec
+
+    setup = _prepare(write_yaml, {"distillation.manifold.alpha": "loguniform(0.1, 10)"},
+                     paper={"distillation.manifold.alpha": 1.0})
+
+    def run(alpha, seed, role, status, top1, epochs=2):
+        cfg = {"distillation.manifold.alpha": alpha}
+        h = run_spec(setup.base.spec, cfg, seed, key=setup.key, role=role, parent=None).content_hash()
+        return SearchRun(h, f"id-{h[:6]}", "", cfg, seed, role, status, "ASHA" if status == "stopped" else None,
+                         epochs, top1)
+
+    runs = [run(0.3, 0, "trial", "finished", 70.0), run(3.0, 0, "trial", "finished", 74.0),
+            run(0.5, 0, "trial", "finished", 72.0), run(6.0, 0, "trial", "stopped", 80.0, epochs=1),
+            run(0.2, 0, "trial", "failed", None),
+            run(1.0, 0, "paper", "finished", 72.0), run(1.0, 1, "paper", "finished", 71.0),
+            run(1.0, 2, "paper", "finished", 70.0),
+            run(3.0, 1, "rerun", "finished", 75.0), run(3.0, 2, "rerun", "finished", 76.0)]
+    assert [r.top1 for r in ranked_trials(runs)] == [74.0, 72.0, 70.0]  # the stopped 80.0 is not ranked
+    rank = paper_rank(setup, runs)
+    assert (rank["rank"], rank["of"], rank["above"], rank["tied"], rank["below"]) == (2, 4, 1, 1, 1)
+    assert rank["percentile"] == 50.0  # (1 below + half of 1 tied) / 3 others
+    top, paper = groups(setup, runs, top=1, seeds=3)
+    assert top.values == {0: 74.0, 1: 75.0, 2: 76.0} and paper.values == {0: 72.0, 1: 71.0, 2: 70.0}
+    assert top.mean == 75.0 and paper.mean == 71.0 and paper.std == 1.0
+    # Welch, equal stds of 1 over 3 seeds: se = sqrt(2/3), df = 4, t(0.975, 4) = 2.776 -> 4 ± 2.267
+    md = markdown(setup, runs, top=1, seeds=3)
+    assert "ranks **2 of 4**" in md and "stopped by ASHA at epoch 1" in md
+    assert "| #1 | α=3 | 3 | 75.00 ± 1.00 | 74.00, 75.00, 76.00 | +4.00 [+1.73, +6.27] (better) |" in md
+    assert "**5 trial(s)**: 3 finished, 1 stopped early by the scheduler, 1 failed." in md
+    assert plot(setup, runs)[:4] == b"\x89PNG"

@@ -154,17 +154,22 @@ def groups(setup: Setup, runs: list[SearchRun], top: int, seeds: int) -> list[Gr
     return out
 
 
-def paper_rank(setup: Setup, runs: list[SearchRun]) -> tuple[int, int, float] | None:
-    """(rank, of how many, percentile) of the paper's choice at seed 0 among the finished trials."""
+def paper_rank(setup: Setup, runs: list[SearchRun]) -> dict[str, Any] | None:
+    """Where the paper's choice (seed 0, trained beside the trials) falls among the finished trials:
+    its rank (1 + trials strictly above it), how many trials are above, tied and below, and its
+    percentile (below + half the ties, over the other trials)."""
     trials = ranked_trials(runs)
     h0 = run_spec(setup.base.spec, dict(setup.search.paper), 0, key=setup.key, role="paper", parent=None).content_hash()
     paper = next((r for r in runs if r.hash == h0 and r.status == "finished" and r.top1 is not None), None)
     if paper is None:
         return None
-    others = [r for r in trials if r.hash != h0]
-    better = sum(1 for r in others if r.top1 > paper.top1)
-    n = len(others) + 1
-    return better + 1, n, 100.0 * (n - better - 1) / max(1, n - 1) if n > 1 else 100.0
+    others = [r.top1 for r in trials if r.hash != h0]
+    above = sum(v > paper.top1 for v in others)
+    tied = sum(v == paper.top1 for v in others)
+    below = len(others) - above - tied
+    pct = 100.0 * (below + 0.5 * tied) / len(others) if others else 100.0
+    return {"rank": above + 1, "of": len(others) + 1, "above": above, "tied": tied, "below": below,
+            "percentile": pct, "top1": paper.top1}
 
 
 def _fmt(v: float | None, std: float | None = None) -> str:
@@ -203,9 +208,10 @@ def markdown(setup: Setup, runs: list[SearchRun], top: int, seeds: int, budget_n
     lines += ["## The paper's choice among the trials", ""]
     pl = config_label(dict(s.paper))
     if rank:
-        r, n, pct = rank
-        lines.append(f"The paper's choice ({pl}), seed 0, ranks **{r} of {n}** among the finished trials by final "
-                     f"top-1 (percentile {pct:.0f}: it beats {pct:.0f}% of the other finished trials).")
+        lines.append(f"The paper's choice ({pl}, seed 0, trained beside the trials: {rank['top1']:.2f}) ranks "
+                     f"**{rank['rank']} of {rank['of']}** among the finished trials by final top-1: "
+                     f"{rank['above']} above it, {rank['tied']} tied, {rank['below']} below "
+                     f"(percentile {rank['percentile']:.0f}).")
     else:
         lines.append(f"The paper's choice ({pl}) has no finished seed-0 run yet.")
     lines += ["", f"## Top configurations over {seeds} seed(s)", "",
