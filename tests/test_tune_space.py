@@ -76,6 +76,14 @@ def test_unknown_or_unsearchable_fields_are_named(write_yaml, key, words):
     assert words in problems[f"space.{key}"], problems
 
 
+def test_a_key_with_two_problems_reports_both(write_yaml):
+    with pytest.raises(GridError) as err:
+        _load(write_yaml, {"distillation.manifold.alfa": "loguniform(0, 1)", "recipe.lr": "uniform(2, 1)"})
+    reasons = [(path, reason) for _, path, reason in err.value.entries]
+    assert [p for p, _ in reasons] == ["space.distillation.manifold.alfa"] * 2 + ["space.recipe.lr"]
+    assert "above 0" in reasons[0][1] and "unknown field" in reasons[1][1] and "empty range" in reasons[2][1]
+
+
 def test_group_choices_check_their_fields_and_overlaps(write_yaml):
     bad = {"distillation.manifold": {"choice": [{"student_blocks": [1], "teacher_blok": [1]}]}}
     with pytest.raises(GridError) as err:

@@ -282,6 +282,25 @@ def check_values(search: SearchSpec, base: ExperimentSpec) -> list[tuple[str, st
     return problems
 
 
+def _space_problems(raw: Any) -> list[tuple[str, str]]:
+    """Each key of a raw `space:` mapping checked as a field and as a distribution (both reported)."""
+    if not isinstance(raw, dict):
+        return []
+    problems = []
+    for key, value in raw.items():
+        key = str(key)
+        try:
+            p = parse_param(key, value)
+        except ValueError as err:
+            p = None
+            problems.append((f"space.{key}", str(err).removeprefix(f"{key}: ")))
+        maps = p is not None and p.dist == "choice" and all(isinstance(o, dict) for o in p.options)
+        why = field_problem(key, maps)
+        if why and not (p is None and "group of fields" in why):  # a group with a broken choice: said above
+            problems.append((f"space.{key}", why))
+    return problems
+
+
 def load_search(path: str | Path) -> SearchSpec:
     """Read and check a search file (fields only; `check_values` needs the base row's spec)."""
     path = Path(path)
@@ -292,6 +311,9 @@ def load_search(path: str | Path) -> SearchSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise GridError([(src, "", f"not valid YAML: {err}")]) from None
+    early = _space_problems(data.get("space") if isinstance(data, dict) else None)
+    if early:  # every key's problems at once: its field and its distribution
+        raise GridError([(src, w, r) for w, r in early])
     try:
         search = SearchSpec.model_validate(data)
     except ValidationError as err:
