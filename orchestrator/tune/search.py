@@ -270,7 +270,14 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
         print(f"=== run {h}: stopped by the scheduler at epoch {stopped} before; replayed, not trained", flush=True)
         rep.replay(stopped)
         return
-    outcome = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(rep,))[h]
+    try:
+        outcome = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(rep,))[h]
+    except SystemExit:  # Tune's stop: the engine closed the run KILLED with "SystemExit: 0" as its reason
+        c = tracking.client(uri)
+        run = tracking.runs_by_hash(c, spec.scale, [h]).get(h)
+        if run is not None and run.data.tags.get(STOPPED_BY):  # the driver recorded the stop: not a failure
+            mark_stopped(c, run.info.run_id, run.data.tags[STOPPED_BY], int(run.data.tags.get(STOPPED_EPOCH, 0)))
+        raise
     if kind(outcome) == "running elsewhere":  # another trial sampled the same spec: wait for it
         wait_for_locks(work, [h], 24 * 3600)
         outcome = "skipped: trained by another trial"
