@@ -8,7 +8,7 @@
   the search, through the ordinary launcher (orchestrator.launch.execute), and every trial loads it.
 - **Searcher.** Tune's BasicVariantGenerator (random sampling, seeded by the file's `random_state`): the
   pinned environment has neither optuna nor hyperopt, and the random searcher is what Tune ships itself;
-  it also restores exactly (its state is the number of samples drawn).
+  Tune saves and restores it with the experiment.
 - **Scheduler.** Tune's ASHAScheduler over `val_top1`, with `epoch` as its time (kdgrid's own epoch count,
   so a trial resumed from a kdgrid checkpoint keeps its place). The engine reports each epoch to Tune from
   `Callback.on_epoch`; the last epoch is reported only after the run has finished (checkpoint, final
