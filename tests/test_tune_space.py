@@ -224,5 +224,5 @@ def test_report_ranks_the_paper_among_finished_trials_and_groups_seeds(write_yam
     md = markdown(setup, runs, top=1, seeds=3)
     assert "ranks **2 of 4**" in md and "stopped by ASHA at epoch 1" in md
     assert "| #1 | α=3 | 3 | 75.00 ± 1.00 | 74.00, 75.00, 76.00 | +4.00 [+1.73, +6.27] (better) |" in md
-    assert "**5 trial(s)**: 3 finished, 1 stopped early by the scheduler, 1 failed." in md
+    assert "**5 trial(s)**: 3 finished, 1 stopped early by the scheduler (ASHA), 1 failed." in md
     assert plot(setup, runs)[:4] == b"\x89PNG"

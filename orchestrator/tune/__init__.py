@@ -24,10 +24,11 @@ def cmd_tune(args) -> int:
     opts = Options(trials=args.trials, workers=args.workers, threads=args.threads,
                    budget_cpu_hours=args.budget_cpu_hours, budget_gpu_hours=args.budget_gpu_hours,
                    time_budget_s=args.time_budget_s, ray_address=args.ray_address)
+    experiment = experiment_dir(setup, work, args.trials)
     if not args.report_only:
         run_search(setup, uri, work, opts, console)
         if args.rerun_top > 0 and args.seeds > 0:
-            report.rerun(setup, uri, work, args.rerun_top, args.seeds, args.workers, console)
+            report.rerun(setup, uri, work, args.rerun_top, args.seeds, args.workers, console, experiment)
     budget = [f"{args.trials} trials"]
     if args.budget_cpu_hours is not None:
         budget.append(f"{args.budget_cpu_hours:g} CPU-hours")
@@ -37,7 +38,7 @@ def cmd_tune(args) -> int:
         budget.append(f"{args.time_budget_s:g} s wall")
     out = args.out or str(Path("reports") / f"search-{setup.search.search}-{setup.plan.scale}")
     paths = report.write(setup, uri, out, args.rerun_top, args.seeds,
-                         "Budget: " + ", ".join(budget) + f"; Tune experiment `{experiment_dir(setup, work, args.trials).name}`.")
+                         "Budget: " + ", ".join(budget) + f"; Tune experiment `{experiment.name}`.", experiment)
     print(paths["md"].read_text())
     console.print("search report written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
     return 0

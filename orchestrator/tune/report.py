@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tune.search import (CONFIG, SEARCH_ROLE, STOPPED_BY, STOPPED_EPOCH, Setup, config_label, label,
+from orchestrator.tune.search import (CONFIG, SEARCH, SEARCH_ROLE, STOPPED_BY, STOPPED_EPOCH, Setup, config_label, label,
                                       run_spec, search_runs)
 from trainer import tracking
 
@@ -47,10 +47,38 @@ class SearchRun:
         return self.status
 
 
-def collect(c, scale: str, key: str) -> list[SearchRun]:
+def tune_trials(experiment: Path | None) -> dict[str, dict[str, Any]]:
+    """{run hash: sampled fields} of every trial in the Tune experiment (from its trials' result.json)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted(Path(experiment).glob("*/result.json")) if experiment else ():
+        for line in f.read_text().splitlines():
+            try:
+                d = json.loads(line)
+            except ValueError:  # a line cut by a killed driver
+                continue
+            if d.get("run"):
+                out[d["run"]] = d.get("config") or {}
+    return out
+
+
+def collect(c, setup: Setup, experiment: Path | None = None, seeds: int = 0) -> list[SearchRun]:
+    """The search's runs: those tagged with its key, and (by content hash) every trial of its Tune
+    experiment and the paper's choice for seeds 0..seeds-1, wherever they were trained first (a trial
+    that resolved to a run of the grid or of another search replayed it: it is still this search's trial)."""
+    trials = tune_trials(experiment)
+    paper = dict(setup.search.paper)
+    paper_hashes = {run_spec(setup.base.spec, paper, s, key=setup.key, role="paper", parent=None).content_hash()
+                    for s in range(seeds)}
+    found = {run.data.tags.get(tracking.HASH): run for run in search_runs(c, setup.plan.scale, setup.key)}
+    extra = (set(trials) | paper_hashes) - set(found)
+    if extra:
+        found.update(tracking.runs_by_hash(c, setup.plan.scale, extra))
     out = []
-    for run in search_runs(c, scale, key):
+    for h, run in found.items():
         tags = run.data.tags
+        role, config = tags.get(SEARCH_ROLE, "trial"), json.loads(tags.get(CONFIG, "{}"))
+        if tags.get(SEARCH) != setup.key:
+            role, config = ("trial", trials[h]) if h in trials else ("paper", paper)
         hist = sorted((m.step, m.value) for m in tracking.retry(c.get_metric_history, run.info.run_id, "val.top1"))
         status = {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running"}.get(run.info.status, "killed")
         if tags.get(STOPPED_BY) and status != "finished":
@@ -58,9 +86,8 @@ def collect(c, scale: str, key: str) -> list[SearchRun]:
         epochs = int(tags.get(STOPPED_EPOCH, hist[-1][0] if hist else 0)) if status == "stopped" else (
             hist[-1][0] if hist else 0)
         top1 = dict(hist).get(epochs, hist[-1][1] if hist else None)
-        out.append(SearchRun(tags.get(tracking.HASH, ""), run.info.run_id, run.info.run_name or "",
-                             json.loads(tags.get(CONFIG, "{}")), int(tags.get(tracking.SEED, 0)),
-                             tags.get(SEARCH_ROLE, "trial"), status, tags.get(STOPPED_BY), epochs, top1, hist))
+        out.append(SearchRun(h or "", run.info.run_id, run.info.run_name or "", config,
+                             int(tags.get(tracking.SEED, 0)), role, status, tags.get(STOPPED_BY), epochs, top1, hist))
     return out
 
 
@@ -98,13 +125,14 @@ def rerun_plan(setup: Setup, runs: list[SearchRun], top: int, seeds: int, parent
     return dataclasses.replace(setup.plan, runs=list(setup.teachers) + list(planned.values()), seeds=seeds)
 
 
-def rerun(setup: Setup, uri: str, work: Path, top: int, seeds: int, workers: int | None, console) -> None:
+def rerun(setup: Setup, uri: str, work: Path, top: int, seeds: int, workers: int | None, console,
+          experiment: Path | None = None) -> None:
     from orchestrator.launch import execute, summarize
     from orchestrator.tune.search import ensure_parent
 
     c = tracking.client(uri)
     parent = ensure_parent(c, setup)
-    plan = rerun_plan(setup, collect(c, setup.plan.scale, setup.key), top, seeds, parent)
+    plan = rerun_plan(setup, collect(c, setup, experiment, seeds), top, seeds, parent)
     console.print(f"re-running the top {top} configuration(s) and the paper's choice over {seeds} seed(s)",
                   highlight=False)
     outcomes, ctx, items = execute(plan, launcher="local", work=work, tracking_uri=uri, workers=workers,
@@ -200,8 +228,10 @@ def markdown(setup: Setup, runs: list[SearchRun], top: int, seeds: int, budget_n
              f"Ray Tune: random search (BasicVariantGenerator, seed {s.random_state}); ASHA over per-epoch val "
              f"top-1 (grace {s.grace_period} epoch(s), reduction factor {s.reduction_factor:g}). "
              + budget_note, "",
-             f"**{len(trials)} trial(s)**: {len(finished)} finished, {len(stopped)} stopped early by the scheduler, "
-             f"{len(failed)} failed.", ""]
+             f"**{len(trials)} trial(s)**: {len(finished)} finished, "
+             f"{sum(r.stopped_by == 'ASHA' for r in stopped)} stopped early by the scheduler (ASHA), "
+             + (f"{sum(r.stopped_by != 'ASHA' for r in stopped)} stopped by the budget, "
+                if any(r.stopped_by != 'ASHA' for r in stopped) else "") + f"{len(failed)} failed.", ""]
     rank = paper_rank(setup, runs)
     gs = groups(setup, runs, top, seeds)
     paper = gs[-1]
@@ -306,12 +336,13 @@ def trials_csv(setup: Setup, runs: list[SearchRun]) -> str:
     return buf.getvalue()
 
 
-def write(setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_note: str = "") -> dict[str, Path]:
+def write(setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_note: str = "",
+          experiment: Path | None = None) -> dict[str, Path]:
     """report.md, search.png and trials.csv in `out`, also logged under `report/` of the search's run."""
     from orchestrator.tune.search import ensure_parent
 
     c = tracking.client(uri)
-    runs = collect(c, setup.plan.scale, setup.key)
+    runs = collect(c, setup, experiment, seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "png": out / "search.png", "csv": out / "trials.csv"}
@@ -324,5 +355,5 @@ def write(setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_
     return paths
 
 
-__all__ = ["collect", "ranked_trials", "rerun", "rerun_plan", "groups", "paper_rank", "markdown", "plot", "write",
+__all__ = ["collect", "tune_trials", "ranked_trials", "rerun", "rerun_plan", "groups", "paper_rank", "markdown", "plot", "write",
            "SearchRun"]
