@@ -189,6 +189,10 @@ def test_the_shipped_search_files_load():
     assert s.paper["distillation.manifold.alpha"] == 1.0 and s.paper["distillation.manifold.beta"] == 0.2
     assert s.paper["distillation.manifold.k"] == 192
     assert load_search(root / "search-alpha-beta.yaml").space["distillation.manifold.beta"].log
+    from orchestrator.tune.search import prepare
+
+    for name in ("search-manifold.yaml", "search-alpha-beta.yaml"):  # every bound and block set fits the spec
+        assert prepare(root / name, "smoke").base.spec.distillation.manifold.k == 192
 
 
 def test_report_ranks_the_paper_among_finished_trials_and_groups_seeds(write_yaml):
