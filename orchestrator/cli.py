@@ -106,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "`reproduce --resolve`)")
     p.add_argument("--out", default=None, help="write the report (and figure) into this folder")
 
+    p = sub.add_parser("tune", help="search spec fields with Ray Tune (random search, ASHA), re-run the best over seeds, "
+                                    "report where the paper's choice lands")
+    p.add_argument("search", help="search file, e.g. ablations/search-manifold.yaml")
+    p.add_argument("--scale", default="mini", help="paper | mini | smoke, or a path to a scale YAML (default: mini)")
+    p.add_argument("--recipe", default=None, help="recipe of the base row (default: `default:` in experiments/recipes.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scale setting (repeatable), e.g. --set student.recipe.epochs=6")
+    _common(p)
+    p.add_argument("--trials", type=int, default=16, help="trials to sample (Tune's num_samples; default: 16)")
+    p.add_argument("--workers", type=int, default=None, help="trials at a time (default: CPUs / --threads, or GPUs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (and Ray CPUs) per trial (default: 1)")
+    p.add_argument("--budget-cpu-hours", type=float, default=None,
+                   help="stop the search once its runs have spent this many CPU-hours (the engine's cost.cpu_s)")
+    p.add_argument("--budget-gpu-hours", type=float, default=None, help="the same for GPU wall-hours of its epochs")
+    p.add_argument("--time-budget-s", type=float, default=None, help="Tune's wall-clock limit on the search")
+    p.add_argument("--rerun-top", type=int, default=3, help="re-run the best N configurations over --seeds (default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for the re-runs and the paper's choice (default: 3)")
+    p.add_argument("--out", default=None, help="report folder (default: reports/search-<name>-<scale>)")
+    p.add_argument("--report-only", action="store_true", help="write the report from MLflow; train nothing")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster's address (default: start one here)")
+
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store")
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
@@ -146,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from orchestrator.report import cmd_report
             return cmd_report(args)
+        if args.command == "tune":
+            from orchestrator.tune import cmd_tune
+            return cmd_tune(args)
         if args.command == "ui":
             from orchestrator.report import cmd_ui
             return cmd_ui(args)
