@@ -33,6 +33,12 @@ from orchestrator.launch.view import RunView
 
 
 def _init(ctx: LaunchContext) -> None:
+    init_ray(ctx.ray_address, ctx.tracking_uri)
+
+
+def init_ray(address: str | None, tracking_uri: str) -> None:
+    """Start (or join, at `address`) Ray for kdgrid: quiet, no dashboard, 127.0.0.1 only; the grid and
+    `kdgrid tune` share it."""
     import ray
 
     if ray.is_initialized():
@@ -40,11 +46,11 @@ def _init(ctx: LaunchContext) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     quiet = dict(logging_level="warning", log_to_driver=False)
-    if ctx.ray_address:
+    if address:
         # kdgrid's packages travel with the job, so the cluster trains the very code that planned the grid
-        ray.init(address=ctx.ray_address, runtime_env={
+        ray.init(address=address, runtime_env={
             "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
-            "env_vars": {"MLFLOW_TRACKING_URI": ctx.tracking_uri}}, **quiet)
+            "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}, **quiet)
         return
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)

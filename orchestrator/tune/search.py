@@ -404,22 +404,12 @@ def run_search(setup: Setup, uri: str, work: Path, opts: Options, console) -> Pa
     settle(c, setup.plan.scale, setup.key)
     train_teachers(setup, uri, work, parent, console)
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune saves the search's state every 2 s (its default adapts, up to minutes): a killed driver loses
     # little, and a trial that ended meanwhile replays from MLflow on restore instead of training again
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    from orchestrator.launch.items import REPO_ROOT
+    from orchestrator.launch.ray import init_ray
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quiet = dict(logging_level="warning", log_to_driver=False)
-    if opts.ray_address:
-        ray.init(address=opts.ray_address, runtime_env={
-            "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
-            "env_vars": {"MLFLOW_TRACKING_URI": uri}}, **quiet)
-    else:
-        ray.init(address="local", include_dashboard=False, num_cpus=cores, **quiet)
+    init_ray(opts.ray_address, uri)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
