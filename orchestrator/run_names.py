@@ -41,6 +41,10 @@ def run_name(row: AblationRow, seed: int) -> str:
     what = distinguishing(row) or [method_label(row.method).lower()]
     if row.method == "embedding" and distinguishing(row):
         what = ["embedding", *what]
+    if row.method in ("hard", "soft") and row.student and "distilled" not in row.student:
+        # DeiT's table: logit KD on the class token of a student without a distillation token, beside the
+        # distilled student (shown with the same model name, as the paper's tables do)
+        what = [*what, "class token"]
     return " · ".join([pair, *what] + ([f"seed {seed}"] if seed else []))
 
 

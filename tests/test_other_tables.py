@@ -120,3 +120,15 @@ def test_other_tables_are_found_by_their_content(tmp_path):
     (tmp_path / "search.yaml").write_text("search: {alpha: [0.5, 1]}\n")
     (tmp_path / "t.yaml").write_text("table: x\ntitle: t\ncolumns: []\nrows: []\n")
     assert not grid._is_table(tmp_path / "search.yaml") and grid._is_table(tmp_path / "t.yaml")
+
+
+@pytest.mark.parametrize("tables", ["deit", "vitkd", "deit,vitkd,2"])
+def test_every_student_run_has_its_own_name_in_mlflow(tables):
+    """Hard KD on the class token and the distilled student share teacher, student size and method: their
+    MLflow run names must still differ (the second stands for Table 2's row too)."""
+    plan = make_plan("mini", tables, 1, None)
+    names = [r.spec.name for r in plan.runs if r.role == "student"]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    if "deit" in tables:
+        assert "RegNetY-16GF→DeiT-Tiny · hard · class token" in names
+        assert "RegNetY-16GF→DeiT-Tiny · hard" in names
