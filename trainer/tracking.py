@@ -220,8 +220,17 @@ class RunLog:
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", ctx)]) for ds, ctx in datasets]
-        if inputs:
-            retry(self.c.log_inputs, self.run_id, datasets=inputs)
+        if not inputs:
+            return
+        for attempt in range(5):
+            try:
+                return retry(self.c.log_inputs, self.run_id, datasets=inputs)
+            except Exception as err:
+                # MLflow checks whether the experiment has the dataset, then inserts it: two runs that start
+                # together race, and the loser gets UNIQUE(experiment, name, digest). Again, it finds the row.
+                if "unique constraint failed: datasets" not in str(err).lower() or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def start_system_metrics(self, gpu: int | None = None) -> None:
         """MLflow's own system metrics (CPU, memory, disk, network through psutil; GPU through pynvml) every
