@@ -175,8 +175,10 @@ def test_chromium_shows_the_nested_grid(served_grid, tmp_path):
         links = b.js("[...document.querySelectorAll('[role=gridcell] a')].map(a => a.innerText)")
         for n in names:  # every child's full name is on the page (the cells may truncate what they show)
             assert n in links, (n, links)
+        header = "document.querySelector('.ag-header').innerText"
         for col in ("last_top1", "best_top1", "kdgrid.seed", "Dataset", "Source"):  # kdgrid's columns
-            assert col in b.js("document.querySelector('.ag-header').innerText"), col
+            # tag columns appear once the UI has loaded the runs' tag keys (after the metric columns)
+            assert b.wait_for(f"{header}.includes({col!r})", 30), (col, b.js(header))
         data = b.screenshot(tmp_path / "ui.png")
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (1600, 1000)
     assert len(data) > 60_000, len(data)  # a rendered table, not a blank page
