@@ -91,6 +91,21 @@ def test_cost_schedule_keeps_the_workers_busy(cut_plan):
     assert cost_ratio <= 1.05 < plan_ratio, spans
 
 
+def test_a_lone_cohort_gets_every_worker(cut_plan):
+    """A --resolve round can be one cohort (one teacher's students at a new seed): the local pool must not
+    be capped at one worker per item, or the cost schedule can never cut it (the pool was, until a
+    7-run round trained on one of two cores)."""
+    from orchestrator.launch.local import pool_size
+
+    items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=False)
+    cohort = max((it for it in items if it.role == "student"), key=lambda it: len(it.runs))
+    assert len(cohort.runs) >= 4
+    assert pool_size(2, [cohort], "cost") == 2 and pool_size(2, [cohort], "plan") == 1
+    whole = Planner([cohort], 1).estimate(cohort.runs, cohort.id)
+    end, log = simulate([cohort], "cost", workers=pool_size(2, [cohort], "cost"))
+    assert {w for _, w, _ in log} == {0, 1} and end < whole
+
+
 def test_a_cut_teacher_item_frees_its_students_part_by_part(cut_plan):
     items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=False)
     teachers = next(it for it in items if it.role == "teacher")

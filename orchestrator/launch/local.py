@@ -47,6 +47,14 @@ def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
 
 
 
+def pool_size(workers: int, items: list[WorkItem], schedule: str) -> int:
+    """Worker processes to start: as many as can be busy at once. Plan order trains whole items, one per
+    worker; the cost schedule may cut a cohort into as many parts as it has runs, so a lone cohort (one
+    teacher's new seeds in a `--resolve` round) can still use every worker if the planner finds it pays."""
+    most = len(items) if schedule == "plan" else sum(len(it.runs) for it in items)
+    return max(1, min(workers, most))
+
+
 def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dict[str, str]) -> None:
     """A worker process: set its environment before torch loads, then train items until told to stop."""
     os.environ.update(env)
@@ -146,7 +154,7 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
                    title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)")
     events = mp.get_context("spawn").Queue()
-    pool = _Pool(ctx, min(ctx.workers, len(items)), gpus, events, devices)
+    pool = _Pool(ctx, pool_size(ctx.workers, items, ctx.schedule), gpus, events, devices)
     planner = Planner(items, len(pool.procs), rates=ctx.rates, mode=ctx.schedule)
     running: dict[int, WorkItem] = {}
     idle = set(pool.procs)
