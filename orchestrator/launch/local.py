@@ -46,7 +46,6 @@ def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
     return max(1, cores // max(1, threads * devices)), 0
 
 
-
 def pool_size(workers: int, items: list[WorkItem], schedule: str) -> int:
     """Worker processes to start: as many as can be busy at once. Plan order trains whole items, one per
     worker; the cost schedule may cut a cohort into as many parts as it has runs, so a lone cohort (one
