@@ -66,3 +66,45 @@ def test_report_sets_the_recipes_side_by_side_and_names_the_test(tmp_path):
     out = kdgrid("report", "--scale", "smoke", "--recipe", "all", "--format", "html", "--tracking-uri", uri,
                  cwd=tmp_path)
     assert out.returncode == 2 and "Markdown only" in out.stderr
+
+
+def test_tables_by_recipe_line_up_rows_and_mark_the_shared_runs():
+    """Table 2 under two recipes, with made-up results keyed by content hash: a hard row is the same runs
+    under both (same numbers, "same runs"), a manifold row is trained per recipe (its own numbers), and a
+    row with no finished seed says so."""
+    from collections import Counter
+
+    from orchestrator.plan import make_plan
+    from orchestrator.report.build import Report
+    from orchestrator.report.collect import RunResult
+    from orchestrator.report.recipes import rows_by_recipe
+    from orchestrator.report.tables import build_tables
+
+    reports = {}
+    for k, name in enumerate(("paper-mean", "released")):
+        plan = make_plan("smoke", "2", 2, recipe=name)
+        manifold = {r.hash for r in plan.runs if r.spec.distillation.manifold is not None}
+
+        def result(h, manifold=manifold, k=k):
+            if h.startswith(("0", "1", "2", "3")) and h not in manifold:
+                return RunResult(hash=h)  # left unfinished, whatever the recipe
+            v = 70.0 + int(h[:4], 16) % 97 / 10 + (5.0 * k if h in manifold else 0.0)
+            return RunResult(hash=h, status="finished", run_id=h.ljust(32, "0"), last_top1=v, best_top1=v)
+
+        reports[name] = Report(scale="smoke", recipe=name, seeds=2, uri="sqlite://", tables=build_tables(plan, result),
+                               fig4=None, curves={}, claims=[], counts=Counter(), command="", scale_note="",
+                               comparable=False)
+    lines = rows_by_recipe(reports)
+    assert "| row | `paper-mean` | `released` | paper | runs |" in lines
+    body = [line for line in lines if line.startswith("| ") and "row |" not in line]
+    assert len(body) == len(reports["paper-mean"].tables[0].rows) == 10
+    for line, a, b in zip(body, reports["paper-mean"].tables[0].rows, reports["released"].tables[0].rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[-2] == f"{a.paper_acc1:.2f}"
+        if a.cells["method"].lower().startswith("hard"):
+            assert cells[-1] == "same runs" and cells[1] == cells[2] and a.run_ids == b.run_ids
+        else:
+            assert cells[-1] == "per recipe" and a.run_ids != b.run_ids
+        for cell, row in zip(cells[1:3], (a, b)):
+            assert cell == (row.last.fmt() if row.last else "missing") + ("" if row.complete or not row.last else " *")
+    assert any(c == "missing" or c.endswith(" *") for line in body for c in line.split(" | "))  # an unfinished row

@@ -1,7 +1,8 @@
 """`kdgrid report --recipe all` (or `--recipe paper-mean,released,paper-sum`): the recipes side by side.
 
-One Markdown document: the claims of every recipe in one table (verdict, seeds used and needed), the key
-rows of Figure 4 per recipe, then each recipe's full report as a section. Runs shared by the recipes
+One Markdown document: the claims of every recipe in one table (verdict, seeds used and needed), every
+table's rows with one column per recipe (final top-1 over seeds, the paper's Acc1 beside it), then each
+recipe's full report as a section. Runs shared by the recipes
 (no distillation, hard distillation, the teachers) have the same content hash under each, so they are
 the same MLflow runs: trained once, shown in every section.
 """
@@ -35,6 +36,41 @@ def _fig4_rows(report: Report) -> list[str]:
     return [r.last.fmt() if r.last else r.short_status for r in report.fig4.rows]
 
 
+def _row_label(table, row) -> str:
+    cells = [row.cells.get(f, "") for _, f in table.columns]
+    return " · ".join(c for c in cells if c) or row.key
+
+
+def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
+    """Each table of the first report, one row per table row and one column per recipe.
+
+    Tables and rows line up by position: every recipe plans the same table files. A cell is the row's
+    final-epoch top-1 (mean ± std over its finished seeds; `*` when some seeds have not finished). A row
+    whose runs are the same MLflow runs under every recipe (no distillation, hard distillation: the
+    recipe does not enter their content hash) is marked "same runs", so a reader sees which
+    differences are the recipe's and which rows are shared.
+    """
+    from orchestrator.report.render import acc_cell, md_escape
+
+    names = list(reports)
+    out = []
+    for i, table in enumerate(reports[names[0]].tables):
+        per = [reports[n].tables[i] if i < len(reports[n].tables) else None for n in names]
+        out += [f"### {table.heading}", "",
+                "| row | " + " | ".join(f"`{n}`" for n in names) + " | paper | runs |",
+                "|---|" + "---|" * (len(names) + 2)]
+        for j, row in enumerate(table.rows):
+            rows = [t.rows[j] if t is not None and j < len(t.rows) else None for t in per]
+            cells = [acc_cell(r)[0] if r is not None else "" for r in rows]
+            ids = {tuple(r.run_ids) for r in rows if r is not None}
+            shared = "same runs" if len(ids) == 1 and next(iter(ids)) else "per recipe"
+            paper = f"{row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
+            out.append("| " + " | ".join(md_escape(c) for c in [_row_label(table, row), *cells, paper, shared])
+                       + " |")
+        out.append("")
+    return out
+
+
 def markdown(reports: dict[str, Report], figures: dict[str, str] | None = None) -> str:
     from orchestrator.report import render
 
@@ -58,6 +94,8 @@ def markdown(reports: dict[str, Report], figures: dict[str, str] | None = None) 
             out.append(f"| `{n}` | " + " | ".join(_fig4_rows(reports[n])) + " |")
         paper = [f"{r.paper_acc1:g}" if r.paper_acc1 is not None else "" for r in first.fig4.rows]
         out += ["| paper (ImageNet) | " + " | ".join(paper) + " |", ""]
+    if first.tables:
+        out += ["## Tables by recipe (final-epoch top-1, mean ± std over seeds)", ""] + rows_by_recipe(reports)
     for n in names:
         body = render.markdown(reports[n], (figures or {}).get(n))
         out += [f"## Recipe `{n}`", ""]

@@ -24,7 +24,8 @@ class Grid:
     notes: list[str]  # per-seed states of rows that are not complete
 
 
-def _acc_cell(r: RowModel) -> tuple[str, str]:
+def acc_cell(r: RowModel) -> tuple[str, str]:
+    """The final- and best-epoch cells of a row: mean ± std, `*` while some seeds are unfinished, else its state."""
     if r.last is None:
         return r.short_status, ""
     mark = "" if r.complete else " *"
@@ -46,7 +47,7 @@ def grid(t: TableModel) -> Grid:
             grid_t = r.teacher_grid.fmt(1) if r.teacher_grid else (r.teacher_note or "missing")
             paper_t = f"{r.teacher_paper:.1f}" if r.teacher_paper is not None else ""
             cells[teacher_at:teacher_at] = [paper_t, grid_t]
-        last, best = _acc_cell(r)
+        last, best = acc_cell(r)
         delta = f"{r.delta:+.2f}" if r.delta is not None else ""
         rank = f"{r.rank_grid} / {r.rank_paper}" if r.rank_grid is not None else ""
         paper = f"{r.paper_acc1:.2f}" if r.paper_acc1 is not None else ""
@@ -100,7 +101,7 @@ def _claim_lines(c: ClaimResult) -> list[str]:
 
 
 # ---- Markdown ------------------------------------------------------------------------------------
-def _md_escape(s: str) -> str:
+def md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
@@ -119,9 +120,9 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
         out += [f"## {t.heading}", ""]
         if t.caption:
             out += [f"*{t.caption}*", ""]
-        out.append("| " + " | ".join(_md_escape(h) for h in g.headers) + " |")
+        out.append("| " + " | ".join(md_escape(h) for h in g.headers) + " |")
         out.append("|" + "|".join("---" for _ in g.headers) + "|")
-        out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in g.rows]
+        out += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in g.rows]
         out.append("")
         out += [n + "  " for n in g.notes]
         if g.notes:
