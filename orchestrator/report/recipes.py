@@ -41,14 +41,27 @@ def _row_label(table, row) -> str:
     return " · ".join(c for c in cells if c) or row.key
 
 
+def _sharing(names: list[str], rows: list) -> str:
+    """'same runs' when every recipe reads the same MLflow runs, 'per recipe' when none shares, else which do."""
+    groups: dict[tuple, list[str]] = {}
+    for n, r in zip(names, rows):
+        if r is not None and r.run_ids:
+            groups.setdefault(tuple(r.run_ids), []).append(n)
+    if len(groups) == 1 and len(next(iter(groups.values()))) == len(names):
+        return "same runs"
+    shared = [" = ".join(f"`{n}`" for n in g) for g in groups.values() if len(g) > 1]
+    return "; ".join(shared) + " same runs" if shared else "per recipe"
+
+
 def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
     """Each table of the first report, one row per table row and one column per recipe.
 
     Tables and rows line up by position: every recipe plans the same table files. A cell is the row's
     final-epoch top-1 (mean ± std over its finished seeds; `*` when some seeds have not finished). A row
     whose runs are the same MLflow runs under every recipe (no distillation, hard distillation: the
-    recipe does not enter their content hash) is marked "same runs", so a reader sees which
-    differences are the recipe's and which rows are shared.
+    recipe does not enter their content hash) is marked "same runs", one shared by some recipes names them
+    (Table 7's embedding rows: `paper-sum` = `paper-mean`, which differ in the manifold loss only), so a
+    reader sees which differences are the recipe's and which rows are shared.
     """
     from orchestrator.report.render import acc_cell, md_escape
 
@@ -62,8 +75,7 @@ def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
         for j, row in enumerate(table.rows):
             rows = [t.rows[j] if t is not None and j < len(t.rows) else None for t in per]
             cells = [acc_cell(r)[0] if r is not None else "" for r in rows]
-            ids = {tuple(r.run_ids) for r in rows if r is not None}
-            shared = "same runs" if len(ids) == 1 and next(iter(ids)) else "per recipe"
+            shared = _sharing(names, rows)
             paper = f"{row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
             out.append("| " + " | ".join(md_escape(c) for c in [_row_label(table, row), *cells, paper, shared])
                        + " |")
