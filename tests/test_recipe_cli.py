@@ -110,14 +110,14 @@ def test_tables_by_recipe_line_up_rows_and_mark_the_shared_runs():
     assert any(c == "missing" or c.endswith(" *") for line in body for c in line.split(" | "))  # an unfinished row
 
 
-def test_sharing_names_the_recipes_that_read_the_same_runs():
+def test_shared_label_names_the_recipes_that_read_the_same_runs():
     from types import SimpleNamespace
 
-    from orchestrator.report.recipes import _sharing
+    from orchestrator.report.recipes import shared_label
 
     names = ["paper-sum", "paper-mean", "released"]
     row = lambda *ids: SimpleNamespace(run_ids=list(ids))  # noqa: E731
-    assert _sharing(names, [row("a", "b")] * 3) == "same runs"
-    assert _sharing(names, [row("a"), row("b"), row("c")]) == "per recipe"
-    assert _sharing(names, [row("a"), row("a"), row("c")]) == "`paper-sum` = `paper-mean` same runs"
-    assert _sharing(names, [row(), row(), row()]) == "per recipe"  # nothing planned has run: nothing to share
+    assert shared_label(names, [row("a", "b")] * 3) == "same runs"
+    assert shared_label(names, [row("a"), row("b"), row("c")]) == "per recipe"
+    assert shared_label(names, [row("a"), row("a"), row("c")]) == "`paper-sum` = `paper-mean` same runs"
+    assert shared_label(names, [row(), row(), row()]) == "per recipe"  # nothing planned has run: nothing to share

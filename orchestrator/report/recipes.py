@@ -41,7 +41,7 @@ def _row_label(table, row) -> str:
     return " · ".join(c for c in cells if c) or row.key
 
 
-def _sharing(names: list[str], rows: list) -> str:
+def shared_label(names: list[str], rows: list) -> str:
     """'same runs' when every recipe reads the same MLflow runs, 'per recipe' when none shares, else which do."""
     groups: dict[tuple, list[str]] = {}
     for n, r in zip(names, rows):
@@ -75,7 +75,7 @@ def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
         for j, row in enumerate(table.rows):
             rows = [t.rows[j] if t is not None and j < len(t.rows) else None for t in per]
             cells = [acc_cell(r)[0] if r is not None else "" for r in rows]
-            shared = _sharing(names, rows)
+            shared = shared_label(names, rows)
             paper = f"{row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
             out.append("| " + " | ".join(md_escape(c) for c in [_row_label(table, row), *cells, paper, shared])
                        + " |")
