@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.report.build import Report
-from orchestrator.report.claims import INCOMPLETE
+from orchestrator.report.claims import INCOMPLETE, row_label
 
 
 def _cell(report: Report, claim_id: str) -> str:
@@ -36,11 +36,6 @@ def _fig4_rows(report: Report) -> list[str]:
     return [r.last.fmt() if r.last else r.short_status for r in report.fig4.rows]
 
 
-def _row_label(table, row) -> str:
-    cells = [row.cells.get(f, "") for _, f in table.columns]
-    return " · ".join(c for c in cells if c) or row.key
-
-
 def shared_label(names: list[str], rows: list) -> str:
     """'same runs' when every recipe reads the same MLflow runs, 'per recipe' when none shares, else which do."""
     groups: dict[tuple, list[str]] = {}
@@ -56,7 +51,8 @@ def shared_label(names: list[str], rows: list) -> str:
 def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
     """Each table of the first report, one row per table row and one column per recipe.
 
-    Tables and rows line up by position: every recipe plans the same table files. A cell is the row's
+    Tables and rows line up by position: every recipe plans the same table files; a row is named as the
+    claims name it (`claims.row_label`: the printed cells that vary within its table). A cell is the row's
     final-epoch top-1 (mean ± std over its finished seeds; `*` when some seeds have not finished). A row
     whose runs are the same MLflow runs under every recipe (no distillation, hard distillation: the
     recipe does not enter their content hash) is marked "same runs", one shared by some recipes names them
@@ -77,7 +73,7 @@ def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
             cells = [acc_cell(r)[0] if r is not None else "" for r in rows]
             shared = shared_label(names, rows)
             paper = f"{row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
-            out.append("| " + " | ".join(md_escape(c) for c in [_row_label(table, row), *cells, paper, shared])
+            out.append("| " + " | ".join(md_escape(c) for c in [row_label(table, row), *cells, paper, shared])
                        + " |")
         out.append("")
     return out
