@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator import resolve
 from orchestrator.plan import make_plan
 from orchestrator.report import agreement, claims
 from orchestrator.report.collect import RunResult
@@ -110,6 +111,13 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
     assert a.mean(agreement.TEACHER, agreement.NONE) == pytest.approx(0.85)
     c = agreement.agreement_claim(mats)
     assert c.comparisons[0].diff == pytest.approx(75.0) and (c.comparisons[0].n_a, c.comparisons[0].n_b) == (2, 2)
+    # --resolve adds seeds to the rows the agreement is read from: the fused row and the no-distillation row
+    fused, none = (next(r.index for r in model.rows if r.cells["student"] == "DeiT-Tiny" and r.cells["method"] == m)
+                   for m in ("DeiT⚗ – class+distillation", "DeiT – no distillation"))
+    assert c.comparisons[0].rows == (("deit", fused), ("deit", none))
+    keys = resolve.row_keys(plan)
+    assert [keys[r] for r in c.comparisons[0].rows] == [plan.row_runs("deit", fused)[0].hash,
+                                                        plan.row_runs("deit", none)[0].hash]
     assert "| ground truth |" in "\n".join(agreement.markdown_lines(mats))
 
 

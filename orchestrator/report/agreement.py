@@ -48,6 +48,7 @@ class Agreement:
     names: list[str]
     per_seed: dict[int, dict[tuple[str, str], float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    row_refs: tuple[claims_mod.RowRef, ...] = ()  # the distilled and no-distillation rows: where --resolve adds seeds
 
     def mean(self, a: str, b: str) -> float | None:
         vals = [m[a, b] for m in self.per_seed.values() if (a, b) in m]
@@ -108,7 +109,8 @@ def build(table: TableModel, tracking_uri: str, read: Callable[[str, str], dict 
         student = dist_row.cells.get("student", "")
         none_row = claims_mod.find_row(table, (("student", student), ("method", NONE_METHOD)))
         none_by_seed = {s: r for s, r in zip(none_row.seeds, none_row.runs)} if none_row else {}
-        a = Agreement(student=student, names=list(COLUMNS))
+        refs = tuple((table.table, r.index) for r in (dist_row, none_row) if r is not None)
+        a = Agreement(student=student, names=list(COLUMNS), row_refs=refs)
         for seed, run in zip(dist_row.seeds, dist_row.runs):
             if not run.finished or not run.run_id:
                 continue
@@ -140,7 +142,8 @@ def agreement_claim(agreements: list[Agreement], *, test: str = "welch", level: 
         none = {s: 100 * (1 - m[TEACHER, NONE]) for s, m in a.per_seed.items() if (TEACHER, NONE) in m}
         comps.append(claims_mod.compare(dist, none, "beats", round(100 * (0.133 - 0.102), 2), test=test, level=level,
                                         effect=effect, labels=(f"{a.student} DeiT⚗ agreement %",
-                                                               f"{a.student} no distillation agreement %")))
+                                                               f"{a.student} no distillation agreement %"),
+                                        rows=a.row_refs))
     if not comps:
         return claims_mod.ClaimResult("DeiT-agree", "deit", text, claims_mod.INCOMPLETE)
     return claims_mod.ClaimResult("DeiT-agree", "deit", text, claims_mod.verdict([c.outcome for c in comps]), comps,
