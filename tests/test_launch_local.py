@@ -182,6 +182,44 @@ def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
     assert launch.returncode == 0 and "nothing to launch" in launch.stdout
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_to_the_launcher_alone_stops_its_workers(tmp_path):
+    """`kill PID` of `kdgrid reproduce` (not its process group) ends the worker training a run too, as
+    Ctrl-C does; the run keeps its checkpoint and its lock is released, so the next launch resumes it."""
+    uri, work = store(tmp_path)
+    args = ["reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
+            "--workers", "1", "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
+    with open(tmp_path / "first.log", "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            victim = _killable_moment(work, time.monotonic() + 300)
+            lock = workdir.RunLock(work / victim)
+            worker = lock.owner()["pid"]
+            assert worker != p.pid and _alive(worker)
+            p.send_signal(signal.SIGTERM)  # the launcher only
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "the worker outlived its launcher"
+    assert p.returncode != 0 and "interrupted" in (tmp_path / "first.log").read_text()
+    assert not lock.held() and (work / victim / "checkpoint.pt").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_run_held_by_another_launch_is_running_elsewhere(tmp_path):

@@ -19,7 +19,9 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
+from contextlib import contextmanager
 
 from orchestrator.launch.items import (LaunchContext, WorkItem, blocked_by, devices_per_run, log_path,
                                        mark_abandoned, payload_world_size, run_item, runnable)
@@ -92,6 +94,25 @@ def _signal_name(code: int | None) -> str:
         except ValueError:
             pass
     return f"exited with code {code}"
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a batch system's time-out, a CI runner) stops the grid as Ctrl-C does: the workers
+    are interrupted and joined. Python's default would end this process alone and leave its workers
+    training as orphans, holding their runs' locks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Pool:
@@ -181,7 +202,7 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
 
     pruned: set[str] = set()
     try:
-        with view:
+        with _sigterm_as_interrupt(), view:
             while running or any(planner.left[g] for g in planner.order if g not in planner.ended):
                 if dirty:
                     settle()
