@@ -4,8 +4,9 @@ those, until every claim is resolved, the power estimate says none left can reso
 
 Each round: decide the claims (the report's test, orchestrator/report/claims.py); for each unresolved
 claim, the seeds per row that would resolve a difference of the paper's size (or `--effect`) at the
-measured spread; cheapest claims first, raise their open rows to that many seeds (at least one more)
-while the estimated cost (the rows' mean CPU-seconds per seed, from the `cost.*` metrics the engine
+measured spread (none for a claim whose interval already excludes that difference: it is smaller, and
+seeds would only narrow the interval around it); cheapest claims first, raise their open rows to that many
+seeds (at least one more) while the estimated cost (the rows' mean CPU-seconds per seed, from the `cost.*` metrics the engine
 logs) fits the budget left; plan those row x seed pairs (content hashes: a row shared by several tables
 is one run, new seeds of students share their teachers and train as cohorts), launch them, and measure
 what they cost. `next_step` is the decision, pure; `resolve` the loop around it.
@@ -35,6 +36,7 @@ class ClaimNeed:
     resolved: bool
     rows: tuple[str, ...]  # row keys of its open comparisons (seed-0 hashes)
     seeds_needed: int | None  # per row; None: more than the power calculation's limit
+    excluded: bool = False  # an interval already rules out the size sought: seeds would not resolve it
 
 
 @dataclass
@@ -61,7 +63,10 @@ def next_step(needs: Iterable[ClaimNeed], seeds_now: dict[str, int], cost_per_se
     step = Step()
     open_needs = [n for n in needs if not n.resolved]
     for n in open_needs:
-        if n.seeds_needed is None:
+        if n.excluded:
+            step.skipped[n.id] = ("its interval already excludes a difference of the size sought: it is smaller, "
+                                  "so more seeds would not resolve it (--effect sets a smaller size)")
+        elif n.seeds_needed is None:
             step.skipped[n.id] = "a difference of this size needs more seeds than the power calculation allows"
         elif not n.rows:
             step.skipped[n.id] = "no row to add seeds to"
@@ -95,7 +100,7 @@ def needs_of(report: Any, plan: Any) -> list[ClaimNeed]:
 
     keys = row_keys(plan)
     return [ClaimNeed(c.id, c.resolved, tuple(dict.fromkeys(keys[r] for r in c.open_rows if r in keys)),
-                      c.seeds_needed) for c in report.claims if c.verdict != INCOMPLETE]
+                      c.seeds_needed, c.effect_excluded) for c in report.claims if c.verdict != INCOMPLETE]
 
 
 def run_costs(uri: str, scale: str, hashes: Iterable[str], cache: dict[str, float] | None = None) -> dict[str, float]:

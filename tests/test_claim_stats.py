@@ -117,9 +117,29 @@ def test_a_claim_that_resolves_only_after_the_estimated_seeds_are_added():
 def test_an_effect_override_changes_the_estimate_not_the_verdict():
     values = {i: sample(m, 0.5, 3) for i, m in enumerate([75.06, 74.62, 74.54, 74.63])}
     paper = C.check_all([_t3(values)])[0]
-    big = C.check_all([_t3(values)], effect=2.0)[0]
+    big = C.check_all([_t3(values)], effect=1.0)[0]
     assert big.verdict == paper.verdict == C.UNRESOLVED
-    assert big.seeds_needed == S.seeds_needed(2.0, 0.5, 0.5) < paper.seeds_needed
+    assert big.seeds_needed == S.seeds_needed(1.0, 0.5, 0.5) < paper.seeds_needed
+    # 2 points lies above every interval: ruled out already, so no seeds are asked for it
+    assert all(c.high < 2.0 for c in paper.comparisons)
+    ruled_out = C.check_all([_t3(values)], effect=2.0)[0]
+    assert ruled_out.effect_excluded and ruled_out.seeds_needed is None and not paper.effect_excluded
+
+
+def test_an_interval_that_excludes_the_papers_difference_asks_for_no_more_seeds():
+    """ViTKD's mini DeiT-Tiny rows at 6 seeds: baseline and +ViTKD both ~70.7 with a spread of 0.75. The
+    interval of the difference contains 0 (unresolved) but lies below the paper's +1.64: the power
+    estimate alone would still ask for seeds, yet the paper's difference is already ruled out."""
+    a, b = dict(enumerate(sample(70.63, 0.75, 6))), dict(enumerate(sample(70.77, 0.75, 6)))
+    c = C.compare(a, b, "beats", 1.64)
+    assert c.outcome == "unresolved" and c.low < 0 < c.high < 1.64 and c.excludes_effect
+    assert S.seeds_needed(1.64, 0.75, 0.75) <= 6  # what the power calculation alone would have said
+    assert "excludes a +1.64 difference" in c.describe() and "needs" not in c.describe()
+    wide = C.compare(dict(enumerate(sample(70.63, 1.0, 3))), dict(enumerate(sample(70.77, 1.0, 3))), "beats", 1.64)
+    assert wide.outcome == "unresolved" and wide.high > 1.64 and not wide.excludes_effect and wide.seeds_needed
+    claim = C.ClaimResult("ViTKD", "vitkd", "t", C.UNRESOLVED, [c, wide])
+    assert claim.effect_excluded and claim.seeds_needed is None and "excludes" in claim.seeds_line()
+    assert not C.compare(a, b, "beats", 1.64, effect=0.1).excludes_effect  # a smaller size (--effect): open
 
 
 def test_basis_names_the_test_and_level():

@@ -53,6 +53,9 @@ def test_at_least_one_more_seed_and_the_limits():
     step = R.next_step([need("X", "a", 12), need("Y", "b", None)], SEEDS, COST, None, max_seeds=10)
     assert not step.targets and "over --max-seeds 10" in step.skipped["X"] and "Y" in step.skipped
     assert not R.next_step([need("X", "a", 5, resolved=True)], SEEDS, COST, None, 10).skipped
+    # an interval that already excludes the size sought: no seeds, whatever the estimate says
+    step = R.next_step([R.ClaimNeed("X", False, ("a",), 4, excluded=True), need("Y", "b", 4)], SEEDS, COST, None, 10)
+    assert step.chosen == ["Y"] and step.targets == {"b": 4} and "excludes" in step.skipped["X"]
 
 
 # ---- the loop at the smoke scale --------------------------------------------------------------------
@@ -82,37 +85,49 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
               "--workdir", str(tmp_path / "work"), "--workers", "2"]
     _kdgrid("reproduce", *common, "--out", str(tmp_path / "grid"), cwd=tmp_path)  # the grid's missing run
 
-    # Before: every claim decided with 2 seeds; the budget pays for the cheapest unresolved claim's seeds
-    # (a difference of 100 points needs 2 seeds: one more per row), not for a second one.
+    # Before: every claim decided with 2 seeds. The difference to resolve (--effect) is set below the
+    # upper ends of one claim's open intervals, so that no interval of that claim rules it out yet (that
+    # stops --resolve for a claim: tested in test_claim_stats) and few seeds would resolve it; the budget
+    # pays for the cheapest unresolved claim's seeds, not for a second one's.
     plan = make_plan("smoke", "6,fig4", 2)
-    report = build_report(plan, uri, effect=100)
+    paper = build_report(plan, uri)
+    tops = [min(c.high for c in claim.comparisons if c.outcome == "unresolved") for claim in paper.claims
+            if claim.verdict == "unresolved" and all(c.relation == "beats" for c in claim.comparisons)]
+    assert tops and max(tops) > 0, [c.verdict for c in paper.claims]
+    effect = round(0.8 * max(tops), 4)
+    report = build_report(plan, uri, effect=effect)
     needs = R.needs_of(report, plan)
-    assert any(not n.resolved for n in needs), [c.verdict for c in report.claims]
+    assert any(not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5 for n in needs)
     seeds, cost = R.row_state(plan, R.run_costs(uri, "smoke", [r.hash for r in plan.students]))
-    costs = sorted(R.claim_cost(n, seeds, cost)[1] for n in needs if not n.resolved)
+    costs = sorted(R.claim_cost(n, seeds, cost)[1] for n in needs
+                   if not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5)
     budget_h = costs[0] * 1.2 / 3600
+    expected = R.next_step(needs, seeds, cost, budget_h * 3600, max_seeds=5)
+    assert expected.chosen and {n.id for n in needs if not n.resolved} - set(expected.chosen)  # one left out
     before = set(tracking.runs_by_hash(tracking.client(uri), "smoke"))  # every run in the store
 
-    p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", "100",
+    p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", str(effect),
                 "--budget-cpu-hours", f"{budget_h:.8f}", "--max-seeds", "5", cwd=tmp_path)
     out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
     print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
     assert out["reason"] in (R.OUT_OF_BUDGET, R.CANNOT), p.stdout[-2000:]
     assert len(out["rounds"]) == 1
     chosen = out["rounds"][0]["chosen"]
-    assert chosen and all(out["verdicts_before"][c] == "unresolved" for c in chosen)
+    assert chosen == expected.chosen and all(out["verdicts_before"][c] == "unresolved" for c in chosen)
 
-    # What MLflow holds now: seed 2 of exactly the chosen claims' open rows, nothing else.
+    # What MLflow holds now: the seeds the decision asked for on exactly the chosen claims' open rows.
     keys = R.row_keys(plan)
     chosen_rows = {keys[r] for c in report.claims if c.id in chosen for r in c.open_rows}
     other_rows = set(keys.values()) - chosen_rows
     assert other_rows, "a claim that uses every row shows nothing"
+    assert set(expected.targets) == chosen_rows
     found = tracking.runs_by_hash(tracking.client(uri), "smoke")
     new = {h: run for h, run in found.items() if h not in before}
-    wide = make_plan("smoke", "6,fig4", 3)
-    third = {wide.row_hashes[k][2]: plan.row_hashes[k][0] for k in wide.row_hashes}  # seed-2 hash -> row key
-    assert set(new) == {h for h, key in third.items() if key in chosen_rows}
-    assert all(run.info.status == "FINISHED" and run.data.tags[tracking.SEED] == "2" for run in new.values())
+    wide = make_plan("smoke", "6,fig4", max(expected.targets.values()))
+    added = {wide.row_hashes[k][s] for k in wide.row_hashes if plan.row_hashes[k][0] in chosen_rows
+             for s in range(2, expected.targets[plan.row_hashes[k][0]])}
+    assert set(new) == added
+    assert all(run.info.status == "FINISHED" and int(run.data.tags[tracking.SEED]) >= 2 for run in new.values())
     assert not any(run.data.tags.get(tracking.ROLE) == "teacher" for run in new.values())  # teachers reused
     # the default recipe (no --recipe given) trained the manifold rows
     manifold = [run for run in new.values() if "manifold" in (run.info.run_name or "")]
@@ -123,8 +138,9 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     md = (tmp_path / "resolved" / "report.md").read_text()
     assert "Welch's t-test" in md and "95% CI" in md
     for c in chosen:
-        assert out["seeds_after"][c] == 3
+        assert out["seeds_after"][c] == min(expected.targets[keys[r]] for r in
+                                            next(x for x in report.claims if x.id == c).open_rows)
     # `kdgrid report --added-seeds` finds them again from MLflow alone
     r = _kdgrid("report", "--scale", "smoke", "--tables", "6,fig4", "--seeds", "2", "--tracking-uri", uri,
                 "--added-seeds", cwd=tmp_path)
-    assert "3 seeds per row (fewest)" in r.stdout
+    assert f"{out['seeds_after'][chosen[0]]} seeds per row (fewest)" in r.stdout

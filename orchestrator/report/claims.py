@@ -115,6 +115,17 @@ class Comparison:
     effect: float | None = None  # the difference the estimate is for (the paper's, unless overridden)
     rows: tuple[RowRef, ...] = ()  # the rows compared, for adding seeds
 
+    @property
+    def excludes_effect(self) -> bool:
+        """Unresolved, but the interval already rules out a difference of the size sought: the difference is
+        smaller than the paper's, so seeds added to detect the paper's size would only narrow the interval
+        around a smaller one (a futility stop; `--effect` asks about a smaller size)."""
+        if self.outcome != "unresolved" or self.relation == "close" or not self.effect:
+            return False
+        if self.low is None or self.high is None:
+            return False
+        return self.high < self.effect if self.effect > 0 else self.low > self.effect
+
     def describe(self) -> str:
         rel = "≈≥" if self.relation == "close" else ">"
         paper = f"paper {self.paper_diff:+.2f}" if self.paper_diff is not None else "no paper number"
@@ -127,6 +138,8 @@ class Comparison:
         out = f"{self.a} {rel} {self.b}: {self.diff:+.2f}, {ci}, {n} ({paper}) → {self.outcome}"
         if self.outcome == "unresolved":
             size = f"{self.effect:+.2f}" if self.effect is not None else "?"
+            if self.excludes_effect:
+                return out + f"; the interval excludes a {size} difference: this one is smaller"
             out += (f"; a {size} difference needs {self.seeds_needed} seeds per row" if self.seeds_needed
                     else f"; a {size} difference needs more than {stats.MAX_SEEDS} seeds per row")
         return out
@@ -166,10 +179,15 @@ class ClaimResult:
             if c.outcome == "untested":
                 needs.append(2)
             elif c.outcome == "unresolved":
-                if c.seeds_needed is None:
+                if c.seeds_needed is None or c.excludes_effect:
                     return None
                 needs.append(c.seeds_needed)
         return max(needs) if needs else None
+
+    @property
+    def effect_excluded(self) -> bool:
+        """Unresolved, and some open comparison's interval already rules out the size sought."""
+        return not self.resolved and any(c.excludes_effect for c in self.comparisons)
 
     @property
     def open_rows(self) -> list[RowRef]:
@@ -182,8 +200,11 @@ class ClaimResult:
         if self.resolved or self.verdict == INCOMPLETE:
             return used
         need = self.seeds_needed
+        size = "the paper's size" if self.effect is None else f"{self.effect:g} points"
+        if self.effect_excluded:
+            return (f"{used}; an interval already excludes a difference of {size}, so more seeds would narrow it "
+                    f"around a smaller one (`--effect` asks about a smaller size)")
         if need is not None:
-            size = "the paper's size" if self.effect is None else f"{self.effect:g} points"
             return f"{used}; would need {need} per row to resolve a difference of {size}"
         return f"{used}; would need more than {stats.MAX_SEEDS} per row (or a spread to estimate from)"
 
@@ -239,7 +260,8 @@ def basis(test: str = "welch", level: float = stats.LEVEL, margin: float = stats
             f"interval's lower end against −{margin:g} points). A claim is supported when every comparison "
             f"supports it, contradicted when one contradicts it, else unresolved. For an unresolved comparison, the "
             f"seeds per row needed to resolve a difference of the paper's size with {stats.POWER:.0%} power at the "
-            f"measured spread (noncentral t).")
+            f"measured spread (noncentral t), unless its interval already excludes that difference (then the "
+            f"difference is smaller than the paper's, and seeds are not added for it).")
 
 
 def verdict(outcomes: list[str]) -> str:

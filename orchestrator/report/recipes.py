@@ -23,7 +23,9 @@ def _cell(report: Report, claim_id: str) -> str:
         return c.verdict
     text = f"{c.verdict} ({c.seeds_used} seeds"
     need = c.seeds_needed
-    if not c.resolved and need is not None:
+    if c.effect_excluded:
+        text += "; smaller than the paper's"
+    elif not c.resolved and need is not None:
         text += f"; needs {need}"
     elif not c.resolved and c.verdict.startswith("unresolved"):
         text += "; needs > limit"
