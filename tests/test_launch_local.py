@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,16 @@ def _killable_moment(work: Path, deadline: float) -> str:
     raise AssertionError("no run reached a checkpoint with its next epoch under way")
 
 
+@contextmanager
+def _started(args: list[str], cwd: Path):
+    """`kdgrid ARGS` started in its own session (so a test can signal the launcher alone or its whole
+    group), output to first.log."""
+    with open(cwd / "first.log", "w") as log:
+        yield subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
@@ -148,10 +159,7 @@ def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
     grid = ["--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work), "--workers", "2",
             "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
     args = ["reproduce", *grid, "--out", str(tmp_path / "reports")]
-    with open(tmp_path / "first.log", "w") as log:
-        p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with _started(args, tmp_path) as p:
         try:
             victim = _killable_moment(work, time.monotonic() + 300)
         finally:
@@ -198,10 +206,7 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers(tmp_path):
     uri, work = store(tmp_path)
     args = ["reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
             "--workers", "1", "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
-    with open(tmp_path / "first.log", "w") as log:
-        p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with _started(args, tmp_path) as p:
         try:
             victim = _killable_moment(work, time.monotonic() + 300)
             lock = workdir.RunLock(work / victim)
