@@ -111,7 +111,8 @@ class Comparison:
     level: float = stats.LEVEL
     p: float | None = None
     outcome: str = "missing"  # supports | contradicts | unresolved | untested | missing
-    seeds_needed: int | None = None  # unresolved: seeds per row to resolve `effect` (None: over stats.MAX_SEEDS)
+    seeds_needed: int | None = None  # unresolved: seeds per row to resolve `effect` (None: over stats.MAX_SEEDS,
+    # or the interval excludes `effect`)
     effect: float | None = None  # the difference the estimate is for (the paper's, unless overridden)
     rows: tuple[RowRef, ...] = ()  # the rows compared, for adding seeds
 
@@ -179,7 +180,7 @@ class ClaimResult:
             if c.outcome == "untested":
                 needs.append(2)
             elif c.outcome == "unresolved":
-                if c.seeds_needed is None or c.excludes_effect:
+                if c.seeds_needed is None:
                     return None
                 needs.append(c.seeds_needed)
         return max(needs) if needs else None
@@ -238,6 +239,8 @@ def compare(a: dict[int, float], b: dict[int, float], relation: str = "beats", p
     c.n_a, c.n_b = d.n_a, d.n_b
     if c.outcome == "unresolved":
         c.effect = effect if effect is not None else (paper_diff if paper_diff is not None else c.diff)
+        if c.excludes_effect:
+            return c  # no seed estimate: seeds would narrow the interval around a smaller difference
         sa, sb = stats._std(list(a.values())), stats._std(list(b.values()))
         sd = None
         if test == "paired":
