@@ -9,6 +9,7 @@
 - bench_startup: the start-up version check vs the same versions through importlib.metadata;
 - bench_tracking: 8 processes writing to one SQLite store and through `mlflow server`: lost metrics.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,9 +24,14 @@ def main(argv: list[str]) -> int:
     tracking = ["--epochs", "10"] if quick else []
     no_naive = ["--no-naive"] if "--no-naive" in argv else []
     gpu = [] if torch.cuda.is_available() and not quick else ["--cpu-tiny"]
-    for name, bench, args in (("loss", bench_loss, quick + no_naive), ("step", bench_step, quick),
-                              ("gpu", bench_gpu, gpu), ("grid", bench_grid, []), ("startup", bench_startup, []),
-                              ("tracking", bench_tracking, tracking)):
+    for name, bench, args in (
+        ("loss", bench_loss, quick + no_naive),
+        ("step", bench_step, quick),
+        ("gpu", bench_gpu, gpu),
+        ("grid", bench_grid, []),
+        ("startup", bench_startup, []),
+        ("tracking", bench_tracking, tracking),
+    ):
         print(f"\n===== benchmarks.bench_{name} {' '.join(args)}", flush=True)
         bench.main(args)
     return 0

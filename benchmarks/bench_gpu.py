@@ -24,6 +24,7 @@ hits all alike (median of the rounds):
 Imports torch, timm and kdgrid's pure modules only (trainer.models, .taps, .losses, .objective): the GPU
 machine has no mlflow, pydantic or ray (tests/test_bench_gpu.py checks both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import models  # noqa: F401  (registers the CPU analogs with timm)
-from trainer.losses import manifold_exact, manifold_loss
+from trainer.losses import manifold_loss
 from trainer.objective import objective
 from trainer.taps import Student, forward_taps
 
@@ -49,22 +50,50 @@ def paper_mean_row() -> SimpleNamespace:
     """What the engine's objective reads of Table 2's CaiT-S24 -> DeiT-Tiny manifold run under the
     `paper-mean` recipe at the paper scale (a test checks it against kdgrid's own plan)."""
     blocks = SimpleNamespace(student=(1, 2, 3, 4, 9, 10, 11, 12), teacher=(1, 2, 3, 4, 21, 22, 23, 24))
-    manifold = SimpleNamespace(terms=("ci", "cp", "rs"), alpha=1.0, beta=0.2, k=192, reduction="released",
-                               layer_reduce="sum", term_scale=SimpleNamespace(ci=1.0, cp=1.0, rs=1.0), weight=1.0,
-                               exact=False, exact_weight=0.0, student_blocks=blocks.student,
-                               teacher_blocks=blocks.teacher)
+    manifold = SimpleNamespace(
+        terms=("ci", "cp", "rs"),
+        alpha=1.0,
+        beta=0.2,
+        k=192,
+        reduction="released",
+        layer_reduce="sum",
+        term_scale=SimpleNamespace(ci=1.0, cp=1.0, rs=1.0),
+        weight=1.0,
+        exact=False,
+        exact_weight=0.0,
+        student_blocks=blocks.student,
+        teacher_blocks=blocks.teacher,
+    )
     return SimpleNamespace(
         distillation=SimpleNamespace(kd="hard", tau=1.0, kd_weight=0.5, manifold=manifold, embedding=None),
         data=SimpleNamespace(augment=SimpleNamespace(smoothing=0.1)),
-        recipe=SimpleNamespace(lr=5e-4, lr_scale_batch=512, weight_decay=0.05, drop_path=0.1))
+        recipe=SimpleNamespace(lr=5e-4, lr_scale_batch=512, weight_decay=0.05, drop_path=0.1),
+    )
 
 
 # The paper's models, and tiny analogs with the same depths (so the same blocks are tapped) for the CPU.
-FULL = dict(student="deit_tiny_distilled_patch16_224", teacher="cait_s24_224", student_kw={}, teacher_kw={},
-            batch=128, img=224, chans=3, classes=1000, loss_shape=(128, 196, 192, 384))
-TINY = dict(student="analog_deit_tiny_distilled", teacher="analog_cait_s24",
-            student_kw=dict(embed_dim=24, num_heads=3), teacher_kw=dict(embed_dim=32, num_heads=4),
-            batch=4, img=28, chans=1, classes=10, loss_shape=(4, 49, 24, 32))  # k 192 <= n p = 196
+FULL = dict(
+    student="deit_tiny_distilled_patch16_224",
+    teacher="cait_s24_224",
+    student_kw={},
+    teacher_kw={},
+    batch=128,
+    img=224,
+    chans=3,
+    classes=1000,
+    loss_shape=(128, 196, 192, 384),
+)
+TINY = dict(
+    student="analog_deit_tiny_distilled",
+    teacher="analog_cait_s24",
+    student_kw=dict(embed_dim=24, num_heads=3),
+    teacher_kw=dict(embed_dim=32, num_heads=4),
+    batch=4,
+    img=28,
+    chans=1,
+    classes=10,
+    loss_shape=(4, 49, 24, 32),
+)  # k 192 <= n p = 196
 
 
 def flop_str(flops: float) -> str:
@@ -145,8 +174,14 @@ class Bench:
         lam = 0.7  # a Mixup-like soft target, as DeiT's recipe feeds the loss at the paper scale
         self.target = (lam * F.one_hot(y, c["classes"]) + (1 - lam) * F.one_hot(y.roll(1), c["classes"])).float()
         self.target = (self.target * 0.9 + 0.1 / c["classes"]).to(self.dev)
-        self.teacher = timm.create_model(c["teacher"], pretrained=False, num_classes=c["classes"],
-                                         **self._input_kw(), **c["teacher_kw"]).to(self.dev).eval().requires_grad_(False)
+        self.teacher = (
+            timm.create_model(
+                c["teacher"], pretrained=False, num_classes=c["classes"], **self._input_kw(), **c["teacher_kw"]
+            )
+            .to(self.dev)
+            .eval()
+            .requires_grad_(False)
+        )
         # bf16 autocast as the engine runs on CUDA; on the CPU too, so that the tiny mode checks the dtypes
         self.autocast = lambda: torch.autocast(self.dev.type, dtype=torch.bfloat16)
 
@@ -160,8 +195,14 @@ class Bench:
         from timm.optim import param_groups_weight_decay
 
         c, r = self.cfg, self.row_spec.recipe
-        model = timm.create_model(c["student"], pretrained=False, num_classes=c["classes"], drop_path_rate=r.drop_path,
-                                  **self._input_kw(), **c["student_kw"])
+        model = timm.create_model(
+            c["student"],
+            pretrained=False,
+            num_classes=c["classes"],
+            drop_path_rate=r.drop_path,
+            **self._input_kw(),
+            **c["student_kw"],
+        )
         model.set_distilled_training(True)
         core = Student(model, self.row_spec.distillation if taps else None).to(self.dev).train()
         no_decay = {f"model.{n}" for n in model.no_weight_decay()}
@@ -209,9 +250,11 @@ class Bench:
         threads = "" if self.cuda else f", {torch.get_num_threads()} thread(s)"
         self.data.update(device=name, torch=torch.__version__, timm=timm.__version__)
         print(f"bench_gpu | {name}{threads} | torch {torch.__version__} | timm {timm.__version__}")
-        print(f"{c['student']} <- {c['teacher']}, {c['img']} px, batch {c['batch']}, "
-              f"bf16 autocast, paper-mean manifold row (hard KD + ci+cp+0.2 rs, "
-              f"released reduction, 8 block pairs, k 192), median of <= {a.rounds} interleaved rounds")
+        print(
+            f"{c['student']} <- {c['teacher']}, {c['img']} px, batch {c['batch']}, "
+            f"bf16 autocast, paper-mean manifold row (hard KD + ci+cp+0.2 rs, "
+            f"released reduction, 8 block pairs, k 192), median of <= {a.rounds} interleaved rounds"
+        )
 
     def section_peak(self):
         n = 8192 if self.cuda else 256
@@ -219,8 +262,13 @@ class Bench:
         a, b = (torch.randn(n, n, device=self.dev, dtype=dt) for _ in range(2))
         t = self.rounds({"mm": lambda: a @ b}, max_rounds=10)["mm"]
         self.peak = 2 * n**3 / t
-        self.row("peak", f"bf16 matmul {n}x{n}x{n}, measured", f"{self.peak / 1e12:.1f} TFLOP/s",
-                 "peak_tflops", self.peak / 1e12)
+        self.row(
+            "peak",
+            f"bf16 matmul {n}x{n}x{n}, measured",
+            f"{self.peak / 1e12:.1f} TFLOP/s",
+            "peak_tflops",
+            self.peak / 1e12,
+        )
 
     def count_flops(self, fn) -> float | None:
         from torch.utils.flop_counter import FlopCounterMode
@@ -244,32 +292,62 @@ class Bench:
         formula_t = 2 * c["batch"] * table1_macs(len(self.teacher.blocks), t_tokens, self.teacher.embed_dim)
         formula_s = 3 * 2 * c["batch"] * table1_macs(len(solo.net.model.blocks), s_tokens, solo.net.model.embed_dim)
         f_teacher, f_student = f_teacher or formula_t, f_student or formula_s
-        self.row("flops", "teacher forward: counted | Table 1 formula (self-attn blocks)",
-                 f"{flop_str(f_teacher)} | {flop_str(formula_t)}", "teacher_tflop", f_teacher / 1e12)
-        self.row("flops", "student fwd+bwd: counted | 3x Table 1 formula",
-                 f"{flop_str(f_student)} | {flop_str(formula_s)}", "student_tflop", f_student / 1e12)
+        self.row(
+            "flops",
+            "teacher forward: counted | Table 1 formula (self-attn blocks)",
+            f"{flop_str(f_teacher)} | {flop_str(formula_t)}",
+            "teacher_tflop",
+            f_teacher / 1e12,
+        )
+        self.row(
+            "flops",
+            "student fwd+bwd: counted | 3x Table 1 formula",
+            f"{flop_str(f_student)} | {flop_str(formula_s)}",
+            "student_tflop",
+            f_student / 1e12,
+        )
 
-        mem = {"teacher": self.peak_mem(self.teacher_forward), "student": self.peak_mem(lambda: self.plain_step(plain)),
-               "distill": self.peak_mem(lambda: self.distill_step([solo]))}
-        t = self.rounds({"teacher": self.teacher_forward, "student": lambda: self.plain_step(plain),
-                         "distill": lambda: self.distill_step([solo])})
+        mem = {
+            "teacher": self.peak_mem(self.teacher_forward),
+            "student": self.peak_mem(lambda: self.plain_step(plain)),
+            "distill": self.peak_mem(lambda: self.distill_step([solo])),
+        }
+        t = self.rounds(
+            {
+                "teacher": self.teacher_forward,
+                "student": lambda: self.plain_step(plain),
+                "distill": lambda: self.distill_step([solo]),
+            }
+        )
         self.times = t
         n = self.last_rounds
         ratio = t["distill"] / (t["teacher"] + t["student"])
-        for k, what, flops in (("teacher", "teacher forward (taps, inference mode)", f_teacher),
-                               ("student", "student fwd + bwd + AdamW (no taps, no teacher)", f_student),
-                               ("distill", "distillation step (teacher + student + losses)", f_teacher + f_student)):
+        for k, what, flops in (
+            ("teacher", "teacher forward (taps, inference mode)", f_teacher),
+            ("student", "student fwd + bwd + AdamW (no taps, no teacher)", f_student),
+            ("distill", "distillation step (teacher + student + losses)", f_teacher + f_student),
+        ):
             share = flops / t[k] / self.peak
-            self.row("step", f"{what}: ms | share of bf16 peak",
-                     f"{t[k] * 1e3:.2f} ms | {share:.1%}", f"{k}_ms", t[k] * 1e3)
+            self.row(
+                "step", f"{what}: ms | share of bf16 peak", f"{t[k] * 1e3:.2f} ms | {share:.1%}", f"{k}_ms", t[k] * 1e3
+            )
             self.data[f"{k}_peak_share"] = share
         self.row("step", "distill / (teacher + student)", f"{ratio:.3f}", "ratio", ratio)
-        self.row("step", "images/s (distillation step)", f"{c['batch'] / t['distill']:.0f}", "images_per_s",
-                 c["batch"] / t["distill"])
+        self.row(
+            "step",
+            "images/s (distillation step)",
+            f"{c['batch'] / t['distill']:.0f}",
+            "images_per_s",
+            c["batch"] / t["distill"],
+        )
         for k, v in mem.items():
-            self.row("memory", f"peak {k} (allocated above the start)",
-                     "n/a (cpu)" if v is None else f"{v / 2**30:.2f} GiB", f"{k}_peak_gib",
-                     None if v is None else v / 2**30)
+            self.row(
+                "memory",
+                f"peak {k} (allocated above the start)",
+                "n/a (cpu)" if v is None else f"{v / 2**30:.2f} GiB",
+                f"{k}_peak_gib",
+                None if v is None else v / 2**30,
+            )
         self.row("step", "timed rounds", str(n))
         if self.cuda:  # the engine's step is meant to run without waiting on the GPU
             with warnings.catch_warnings(record=True) as caught:
@@ -285,13 +363,21 @@ class Bench:
                 print(f"         sync: {s}")
         terms = self.distill_student(solo, *self.teacher_forward())
         dtypes = sorted({str(v.dtype).replace("torch.", "") for v in terms.values()})
-        self.row("step", f"dtype of the {len(terms)} loss terms ({', '.join(terms)})", " ".join(dtypes), "loss_dtypes",
-                 " ".join(dtypes))
+        self.row(
+            "step",
+            f"dtype of the {len(terms)} loss terms ({', '.join(terms)})",
+            " ".join(dtypes),
+            "loss_dtypes",
+            " ".join(dtypes),
+        )
         fused = [getattr(m, "fused_attn", None) for m in solo.net.modules() if hasattr(m, "fused_attn")]
         t_fused = [getattr(m, "fused_attn", None) for m in self.teacher.modules() if hasattr(m, "fused_attn")]
-        self.row("step", "fused attention (SDPA): student | teacher modules",
-                 f"{sum(map(bool, fused))}/{len(fused)} | {sum(map(bool, t_fused))}/{len(t_fused)} "
-                 f"(+{len(self.teacher.blocks)} talking-heads)")
+        self.row(
+            "step",
+            "fused attention (SDPA): student | teacher modules",
+            f"{sum(map(bool, fused))}/{len(fused)} | {sum(map(bool, t_fused))}/{len(t_fused)} "
+            f"(+{len(self.teacher.blocks)} talking-heads)",
+        )
 
     def section_cohort(self):
         sizes = [int(s) for s in self.args.cohorts.split(",")]
@@ -300,11 +386,21 @@ class Bench:
         t = self.rounds(fns, max_rounds=max(3, self.args.rounds // 2))
         for k in sizes:
             rel = t[k] / k / t[1]
-            self.row("cohort", f"{k} student(s): ms per step | per-student cost / solo",
-                     f"{t[k] * 1e3:.2f} ms | {rel:.3f}", f"cohort{k}_per_student", rel)
+            self.row(
+                "cohort",
+                f"{k} student(s): ms per step | per-student cost / solo",
+                f"{t[k] * 1e3:.2f} ms | {rel:.3f}",
+                f"cohort{k}_per_student",
+                rel,
+            )
         floor = (self.times["teacher"] / max(sizes) + (t[1] - self.times["teacher"])) / t[1]
-        self.row("cohort", f"expected at {max(sizes)}: teacher / {max(sizes)} + solo student part, / solo", f"{floor:.3f}",
-                 "cohort_floor", floor)
+        self.row(
+            "cohort",
+            f"expected at {max(sizes)}: teacher / {max(sizes)} + solo student part, / solo",
+            f"{floor:.3f}",
+            "cohort_floor",
+            floor,
+        )
         del members
 
     def section_compile(self):
@@ -314,24 +410,52 @@ class Bench:
         compiled.net = torch.compile(compiled.net)
         t0 = time.perf_counter()
         self.timed(lambda: self.teacher_forward(fwd))
-        self.row("compile", "compile time: teacher forward", f"{time.perf_counter() - t0:.1f} s",
-                 "compile_teacher_s", time.perf_counter() - t0)
+        self.row(
+            "compile",
+            "compile time: teacher forward",
+            f"{time.perf_counter() - t0:.1f} s",
+            "compile_teacher_s",
+            time.perf_counter() - t0,
+        )
         t0 = time.perf_counter()
         self.timed(lambda: self.distill_step([compiled], fwd))
-        self.row("compile", "compile time: student (fwd + bwd)", f"{time.perf_counter() - t0:.1f} s",
-                 "compile_student_s", time.perf_counter() - t0)
-        t = self.rounds({"teacher": self.teacher_forward, "teacher_c": lambda: self.teacher_forward(fwd),
-                         "distill": lambda: self.distill_step([self.solo]),
-                         "distill_tc": lambda: self.distill_step([self.solo], fwd),
-                         "distill_c": lambda: self.distill_step([compiled], fwd)})
-        self.row("compile", "teacher forward: eager | compiled",
-                 f"{t['teacher'] * 1e3:.2f} | {t['teacher_c'] * 1e3:.2f} ms", "teacher_compiled_ms",
-                 t["teacher_c"] * 1e3)
-        self.row("compile", "distill step: eager | compiled teacher | both compiled",
-                 f"{t['distill'] * 1e3:.2f} | {t['distill_tc'] * 1e3:.2f} | {t['distill_c'] * 1e3:.2f} ms",
-                 "distill_compiled_ms", t["distill_c"] * 1e3)
-        self.row("compile", "speed-up of the step, both compiled", f"{t['distill'] / t['distill_c']:.2f}x",
-                 "compile_speedup", t["distill"] / t["distill_c"])
+        self.row(
+            "compile",
+            "compile time: student (fwd + bwd)",
+            f"{time.perf_counter() - t0:.1f} s",
+            "compile_student_s",
+            time.perf_counter() - t0,
+        )
+        t = self.rounds(
+            {
+                "teacher": self.teacher_forward,
+                "teacher_c": lambda: self.teacher_forward(fwd),
+                "distill": lambda: self.distill_step([self.solo]),
+                "distill_tc": lambda: self.distill_step([self.solo], fwd),
+                "distill_c": lambda: self.distill_step([compiled], fwd),
+            }
+        )
+        self.row(
+            "compile",
+            "teacher forward: eager | compiled",
+            f"{t['teacher'] * 1e3:.2f} | {t['teacher_c'] * 1e3:.2f} ms",
+            "teacher_compiled_ms",
+            t["teacher_c"] * 1e3,
+        )
+        self.row(
+            "compile",
+            "distill step: eager | compiled teacher | both compiled",
+            f"{t['distill'] * 1e3:.2f} | {t['distill_tc'] * 1e3:.2f} | {t['distill_c'] * 1e3:.2f} ms",
+            "distill_compiled_ms",
+            t["distill_c"] * 1e3,
+        )
+        self.row(
+            "compile",
+            "speed-up of the step, both compiled",
+            f"{t['distill'] / t['distill_c']:.2f}x",
+            "compile_speedup",
+            t["distill"] / t["distill_c"],
+        )
 
     def section_loss(self):
         n, p, c_s, c_t = self.cfg["loss_shape"]
@@ -343,26 +467,45 @@ class Bench:
         weights = {"ci": 1.0, "cp": m.alpha, "rs": m.beta}
 
         def terms(pairs):
-            return lambda: manifold_loss(f_s[:pairs], f_t[:pairs], weights=weights, k=m.k, reduction=m.reduction,
-                                         layer_reduce="sum", generator=gen)["total"].backward()
+            return lambda: manifold_loss(
+                f_s[:pairs],
+                f_t[:pairs],
+                weights=weights,
+                k=m.k,
+                reduction=m.reduction,
+                layer_reduce="sum",
+                generator=gen,
+            )["total"].backward()
 
         def exact(pairs):
-            return lambda: manifold_loss(f_s[:pairs], f_t[:pairs], terms=(), k=m.k, exact_weight=1.0,
-                                         generator=gen)["total"].backward()
+            return lambda: manifold_loss(f_s[:pairs], f_t[:pairs], terms=(), k=m.k, exact_weight=1.0, generator=gen)[
+                "total"
+            ].backward()
 
-        t = self.rounds({"terms1": terms(1), "exact1": exact(1), "terms8": terms(8), "exact8": exact(8)},
-                        max_rounds=max(3, self.args.rounds // 2))
+        t = self.rounds(
+            {"terms1": terms(1), "exact1": exact(1), "terms8": terms(8), "exact8": exact(8)},
+            max_rounds=max(3, self.args.rounds // 2),
+        )
         shape = f"n {n}, p {p}, c_S {c_s}, c_T {c_t}, fwd+bwd"
         for pairs in (1, 8):
             te, tt = t[f"exact{pairs}"], t[f"terms{pairs}"]
-            self.row("loss", f"{pairs} pair(s), {shape}: exact | terms",
-                     f"{te * 1e3:.2f} | {tt * 1e3:.2f} ms ({te / tt:.2f}x)", f"exact_over_terms_{pairs}", te / tt)
+            self.row(
+                "loss",
+                f"{pairs} pair(s), {shape}: exact | terms",
+                f"{te * 1e3:.2f} | {tt * 1e3:.2f} ms ({te / tt:.2f}x)",
+                f"exact_over_terms_{pairs}",
+                te / tt,
+            )
 
     def run(self):
         self.header()
         self.build()
-        sections = [("peak", self.section_peak), ("step", self.section_step), ("cohort", self.section_cohort),
-                    ("loss", self.section_loss)]
+        sections = [
+            ("peak", self.section_peak),
+            ("step", self.section_step),
+            ("cohort", self.section_cohort),
+            ("loss", self.section_loss),
+        ]
         if self.args.compile:  # last: the longest, and what came before is printed already if it runs out
             sections.append(("compile", self.section_compile))
         t_all = time.perf_counter()
@@ -370,8 +513,13 @@ class Bench:
             t0 = time.perf_counter()
             fn()
             self.data[f"section_{name}_s"] = time.perf_counter() - t0
-        self.row("total", "wall time of the benchmark", f"{time.perf_counter() - t_all:.1f} s", "wall_s",
-                 time.perf_counter() - t_all)
+        self.row(
+            "total",
+            "wall time of the benchmark",
+            f"{time.perf_counter() - t_all:.1f} s",
+            "wall_s",
+            time.perf_counter() - t_all,
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,6 +25,7 @@ logged (`--cost-store`: earlier runs of the same models), or with its default ra
 as on a fresh clone.
 `--cut` cuts the schedule so both fit in minutes: students 2 epochs, teachers 1 epoch on 5,000 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,11 @@ def stage_costs(uri: str, scale: str) -> dict[str, dict]:
         if run.info.status != "FINISHED":
             continue
         role = run.data.tags.get(tracking.ROLE, "student")
-        cpu = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
-                  for m in tracking.retry(c.get_metric_history, run.info.run_id, key))
+        cpu = sum(
+            m.value
+            for key in ("cost.setup_cpu_s", "cost.cpu_s")
+            for m in tracking.retry(c.get_metric_history, run.info.run_id, key)
+        )
         per_run[h] = cpu
         st = stages.setdefault(role, {"runs": 0, "cpu_s": 0.0, "unmetered": 0, "start": float("inf"), "end": 0.0})
         st["runs"] += 1
@@ -86,18 +90,42 @@ def _mmss(seconds: float) -> str:
 
 
 def _reproduce(scale: str, seeds: int, workers: int, folder: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "orchestrator.cli", "reproduce", "--scale", scale, "--seeds", str(seeds),
-           "--workers", str(workers), "--workdir", str(folder / "runs"),
-           "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--out", str(folder / "reports"), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "reproduce",
+        "--scale",
+        scale,
+        "--seeds",
+        str(seeds),
+        "--workers",
+        str(workers),
+        "--workdir",
+        str(folder / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--out",
+        str(folder / "reports"),
+        *extra,
+    ]
     t0 = time.perf_counter()
     with open(folder / "reproduce.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
     return time.perf_counter() - t0
 
 
-CUT = ["student.recipe.epochs=2"] + [f"teachers.{t}.{k}" for t in ("regnety_160", "cait_xxs24_224", "cait_s24_224")
-                                     for k in ("recipe.epochs=1", "data.train_subset=5000")]
+CUT = ["student.recipe.epochs=2"] + [
+    f"teachers.{t}.{k}"
+    for t in ("regnety_160", "cait_xxs24_224", "cait_s24_224")
+    for k in ("recipe.epochs=1", "data.train_subset=5000")
+]
 
 
 def span(costs: dict) -> float:
@@ -142,24 +170,35 @@ def compare_schedules(args, extra: list[str], base: Path) -> int:
             flags += ["--cost-store", f"sqlite:///{base / 'schedule-plan' / 'mlflow.db'}"]
         wall = _reproduce(args.scale, args.seeds, args.workers, folder, extra + flags)
         costs = stage_costs(f"sqlite:///{folder / 'mlflow.db'}", args.scale)
-        print_stages(f"--schedule {mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), "
-                     f"command wall {_mmss(wall)} (log {folder / 'reproduce.log'})", costs)
+        print_stages(
+            f"--schedule {mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), "
+            f"command wall {_mmss(wall)} (log {folder / 'reproduce.log'})",
+            costs,
+        )
         cpu = sum(s["cpu_s"] for s in costs["stages"].values())
         rows.append((mode, wall, span(costs), cpu, *item_times(folder / "runs" / "logs")))
     w = args.workers
-    print(f"\n  {'schedule':<10} {'command wall':>12} {'span':>8} {'CPU-s':>7} {'items':>7} {'busy s':>7}   "
-          f"{'wall/(CPU/w)':>12} {'span/(CPU/w)':>12} {'items/(busy/w)':>14}")
+    print(
+        f"\n  {'schedule':<10} {'command wall':>12} {'span':>8} {'CPU-s':>7} {'items':>7} {'busy s':>7}   "
+        f"{'wall/(CPU/w)':>12} {'span/(CPU/w)':>12} {'items/(busy/w)':>14}"
+    )
     for mode, wall, sp, cpu, busy, items in rows:
-        print(f"  {mode:<10} {_mmss(wall):>12} {_mmss(sp):>8} {cpu:>7.0f} {_mmss(items):>7} {busy:>7.0f}   "
-              f"{wall / (cpu / w):>12.3f} {sp / (cpu / w):>12.3f} {items / (busy / w):>14.3f}")
+        print(
+            f"  {mode:<10} {_mmss(wall):>12} {_mmss(sp):>8} {cpu:>7.0f} {_mmss(items):>7} {busy:>7.0f}   "
+            f"{wall / (cpu / w):>12.3f} {sp / (cpu / w):>12.3f} {items / (busy / w):>14.3f}"
+        )
     (_, _, sp_plan, cpu_plan, *_), (_, _, sp_cost, cpu_cost, *_) = rows
     ratio = sp_cost / (cpu_cost / w)
-    print(f"  training span / (CPU-s / workers) with the cost schedule: {ratio:.3f}   goal <= 1.05   "
-          f"{'PASS' if ratio <= 1.05 else 'MISS'}   (plan order: {sp_plan / (cpu_plan / w):.3f})")
-    print("  span: first run start to last run end (MLflow); CPU-s: the engine's cost.* (process time; start-up "
-          "and imports not counted);\n  items: first item start to last item end, busy s: worker-seconds inside "
-          "items (item logs). On a loaded machine wall time grows and CPU time\n  does not: the CPU ratios are "
-          "then upper bounds, and items/(busy/w), the workers' idle share alone, is the comparison load leaves fair")
+    print(
+        f"  training span / (CPU-s / workers) with the cost schedule: {ratio:.3f}   goal <= 1.05   "
+        f"{'PASS' if ratio <= 1.05 else 'MISS'}   (plan order: {sp_plan / (cpu_plan / w):.3f})"
+    )
+    print(
+        "  span: first run start to last run end (MLflow); CPU-s: the engine's cost.* (process time; start-up "
+        "and imports not counted);\n  items: first item start to last item end, busy s: worker-seconds inside "
+        "items (item logs). On a loaded machine wall time grows and CPU time\n  does not: the CPU ratios are "
+        "then upper bounds, and items/(busy/w), the workers' idle share alone, is the comparison load leaves fair"
+    )
     return 0
 
 
@@ -173,10 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="--run: where to keep both grids (default: a temp folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="passed to kdgrid reproduce")
     ap.add_argument("--quick", action="store_true", help="--run on a cut-down smoke grid (for tests)")
-    ap.add_argument("--schedules", action="store_true",
-                    help="train the grid twice, --schedule plan then cost, and compare wall with CPU-s / workers")
-    ap.add_argument("--uncalibrated", action="store_true",
-                    help="--schedules: the cost schedule on its default rates, not on the first grid's cost.*")
+    ap.add_argument(
+        "--schedules",
+        action="store_true",
+        help="train the grid twice, --schedule plan then cost, and compare wall with CPU-s / workers",
+    )
+    ap.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="--schedules: the cost schedule on its default rates, not on the first grid's cost.*",
+    )
     ap.add_argument("--cut", action="store_true", help="students 2 epochs, teachers 1 epoch on 5,000 images")
     ap.add_argument("--tables", default=None, help="passed to kdgrid reproduce (default: all)")
     args = ap.parse_args(argv)
@@ -201,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         wall = _reproduce(args.scale, args.seeds, args.workers, folder, extra + flags)
         results[mode] = (wall, stage_costs(f"sqlite:///{folder / 'mlflow.db'}", args.scale))
-        print_stages(f"{mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), "
-                     f"command wall {_mmss(wall)}", results[mode][1])
+        print_stages(
+            f"{mode}: {args.scale} grid, {args.seeds} seed(s), {args.workers} worker(s), command wall {_mmss(wall)}",
+            results[mode][1],
+        )
 
     from orchestrator.plan import make_plan
 
@@ -212,10 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     kdgrid = sum(results["cohorts"][1]["per_run"].values())
     rows = sum(len(r.uses) for r in plan.runs if r.role == "student")
     ratio = kdgrid / independent
-    print(f"\n{plan.rows_before_dedup} rows before deduplication -> {len(plan.runs)} runs; "
-          f"{rows} student rows trained independently would cost {independent:.0f} CPU-s")
-    print(f"  CPU-s with cohorts and deduplication / independently: {kdgrid:.0f} / {independent:.0f} = "
-          f"{ratio:.3f}   goal <= 0.5   {'PASS' if ratio <= 0.5 else 'MISS'}")
+    print(
+        f"\n{plan.rows_before_dedup} rows before deduplication -> {len(plan.runs)} runs; "
+        f"{rows} student rows trained independently would cost {independent:.0f} CPU-s"
+    )
+    print(
+        f"  CPU-s with cohorts and deduplication / independently: {kdgrid:.0f} / {independent:.0f} = "
+        f"{ratio:.3f}   goal <= 0.5   {'PASS' if ratio <= 0.5 else 'MISS'}"
+    )
     print(f"  wall: cohorts {_mmss(results['cohorts'][0])}, solo runs {_mmss(results['solo'][0])}")
     return 0
 

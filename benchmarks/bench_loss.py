@@ -19,6 +19,7 @@ Accuracy is measured on near-identical student/teacher features (teacher = stude
 width), without and with a direction shared by all patches (as in trained ViTs), against a float64
 reference that builds the full map in row blocks (the definition, not the Gram identity).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,7 @@ def reference_f64(f_s, f_t, rows=1024, dtype=torch.float64):
     """Eq. 8 / m^2 by its definition in float64 (or `dtype`), the map built `rows` rows at a time."""
     a = F.normalize(f_s.to(dtype).flatten(0, 1), dim=-1)
     b = F.normalize(f_t.to(dtype).flatten(0, 1), dim=-1)
-    total = sum((a[i:i + rows] @ a.T - b[i:i + rows] @ b.T).pow(2).sum() for i in range(0, len(a), rows))
+    total = sum((a[i : i + rows] @ a.T - b[i : i + rows] @ b.T).pow(2).sum() for i in range(0, len(a), rows))
     return (total / len(a) ** 2).item()
 
 
@@ -140,9 +141,13 @@ def main(argv=None):
 
         def gap(x, y):
             return (x @ x.transpose(-1, -2) - y @ y.transpose(-1, -2)).pow(2).sum()
+
         idx = torch.randperm(s.shape[0] * s.shape[1], generator=gen, device=device)[:kk]
-        return (gap(us.transpose(0, 1), ut.transpose(0, 1)) / s.shape[1] + gap(us, ut) / s.shape[0]
-                + gap(us.flatten(0, 1)[idx], ut.flatten(0, 1)[idx]))
+        return (
+            gap(us.transpose(0, 1), ut.transpose(0, 1)) / s.shape[1]
+            + gap(us, ut) / s.shape[0]
+            + gap(us.flatten(0, 1)[idx], ut.flatten(0, 1)[idx])
+        )
 
     gen = torch.Generator(device=device).manual_seed(0)
     fns = {"manifold_exact": manifold_exact, "manifold_naive": manifold_naive, "manifold_terms": terms}
@@ -152,11 +157,14 @@ def main(argv=None):
     for fn in (*fns.values(), terms_autograd):  # load kernels before anything is measured
         fn(*tiny).backward()
 
-    where = f"{device.type}" + (f" ({torch.get_num_threads()} thread)" if device.type == "cpu" else
-                                f" ({torch.cuda.get_device_name(device)})")
+    where = f"{device.type}" + (
+        f" ({torch.get_num_threads()} thread)" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
+    )
     print(f"manifold_exact vs manifold_naive vs manifold_terms | {where} | torch {torch.__version__}")
-    print(f"n={n} p={p} (m={m}) c_T={c_t} k={k}, float32, forward+backward w.r.t. f_s, median of "
-          f"{args.repeats} ({'no naive' if args.no_naive else 'naive: one run'}), exact and terms interleaved")
+    print(
+        f"n={n} p={p} (m={m}) c_T={c_t} k={k}, float32, forward+backward w.r.t. f_s, median of "
+        f"{args.repeats} ({'no naive' if args.no_naive else 'naive: one run'}), exact and terms interleaved"
+    )
     rows = []
 
     def row(c_s, metric, value, goal="", ok=None):
@@ -180,8 +188,11 @@ def main(argv=None):
             t_n, m_n, g_n = run({"manifold_naive": manifold_naive}, f_s, f_t, 1, device)["manifold_naive"]
             row(c_s, "time exact | naive | terms", f"{t_e:.3f} s | {t_n:.3f} s | {t_t:.3f} s")
             row(c_s, "speed-up naive / exact", f"{t_n / t_e:.0f}x", ">= 30x", t_n / t_e >= 30)
-            row(c_s, "peak extra memory exact | naive | terms",
-                f"{fmt_bytes(m_e)} | {fmt_bytes(m_n)} | {fmt_bytes(m_t)}")
+            row(
+                c_s,
+                "peak extra memory exact | naive | terms",
+                f"{fmt_bytes(m_e)} | {fmt_bytes(m_n)} | {fmt_bytes(m_t)}",
+            )
             if m_e and m_n:
                 row(c_s, "memory ratio naive / exact", f"{m_n / m_e:.0f}x", ">= 30x", m_n / m_e >= 30)
             row(c_s, "time exact / terms", f"{t_e / t_t:.2f}x", "<= 1.3x", t_e / t_t <= 1.3)
@@ -189,8 +200,9 @@ def main(argv=None):
             row(c_s, "time terms / terms with autograd's backward", f"{t_t / t_a:.2f}x")
             diff = (g_e - g_n).abs().max().item()
             rel_g = diff / g_n.abs().max().item()
-            row(c_s, "grad exact vs naive: max|diff|, /max|g|", f"{diff:.1e}, {rel_g:.1e}", "<= 1e-4 rel",
-                rel_g <= 1e-4)
+            row(
+                c_s, "grad exact vs naive: max|diff|, /max|g|", f"{diff:.1e}, {rel_g:.1e}", "<= 1e-4 rel", rel_g <= 1e-4
+            )
             del g_n
         del f_s, f_t, g_e, res
 
@@ -199,8 +211,9 @@ def main(argv=None):
             "exact (centered, f64 products)": lambda s, t: manifold_exact(s, t).item(),
             # the naive map's own float32 arithmetic, built 1024 rows at a time (no 12 GB map: it ran above)
             "fp32 map (row blocks)": lambda s, t: reference_f64(s, t, dtype=torch.float32),
-            "Gram identity fp32 uncentered": lambda s, t: _manifold_gram(s, t, center=False,
-                                                                          dtype=torch.float32)[0].item(),
+            "Gram identity fp32 uncentered": lambda s, t: _manifold_gram(s, t, center=False, dtype=torch.float32)[
+                0
+            ].item(),
             "(ablation) Gram fp32 centered": lambda s, t: _manifold_gram(s, t, dtype=torch.float32)[0].item(),
             "(ablation) Gram f64 uncentered": lambda s, t: _manifold_gram(s, t, center=False)[0].item(),
         }

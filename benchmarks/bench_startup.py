@@ -5,6 +5,7 @@ inside it, interleaved: (a) kdgrid's check, `orchestrator.requirements.problems(
 versions from `*.dist-info` folder names; (b) the same versions through `importlib.metadata.version`,
 import included. `kdgrid --help` does neither: argparse exits before the check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_CHECK = ("import time; t = time.perf_counter(); from orchestrator.requirements import problems; p = problems(); "
-          "print(time.perf_counter() - t)")
-_METADATA = ("import time; t = time.perf_counter(); from importlib.metadata import version; "
-             "from orchestrator.requirements import STARTUP; v = [version(n) for n in STARTUP]; "
-             "print(time.perf_counter() - t)")
+_CHECK = (
+    "import time; t = time.perf_counter(); from orchestrator.requirements import problems; p = problems(); "
+    "print(time.perf_counter() - t)"
+)
+_METADATA = (
+    "import time; t = time.perf_counter(); from importlib.metadata import version; "
+    "from orchestrator.requirements import STARTUP; v = [version(n) for n in STARTUP]; "
+    "print(time.perf_counter() - t)"
+)
 
 
 def _sample(code: str) -> float:

@@ -14,6 +14,7 @@ round by round so load drifts hit all alike (median of the rounds):
 Goal (issue 15, 1.15 in issue 7): distill / (teacher + student) <= 1.10 — the taps and the manifold loss
 cost little next to the two passes; and a cohort student costs a fraction of a solo one (~0.46 at 8).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
     timings = {"teacher": [], "student": [], "distill": [], "cohort": []}
     for r in range(args.rounds + 2):
-        for name, fn in (("teacher", teacher_forward), ("student", student_step),
-                         ("distill", lambda: distill_step([solo], r)),
-                         ("cohort", lambda: distill_step(members, r))):
+        for name, fn in (
+            ("teacher", teacher_forward),
+            ("student", student_step),
+            ("distill", lambda: distill_step([solo], r)),
+            ("cohort", lambda: distill_step(members, r)),
+        ):
             t0 = time.perf_counter()
             fn()
             if r >= 2:  # two warm-up rounds
@@ -96,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     t, s, d, c = (_median_ms(timings[k]) for k in ("teacher", "student", "distill", "cohort"))
     ratio = d / (t + s)
     per_student = (c - t) / args.cohort
-    print(f"{args.scale} scale, {spec.teacher.name} -> {spec.student.name} "
-          f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, kd {spec.distillation.kd}), "
-          f"batch {spec.recipe.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
+    print(
+        f"{args.scale} scale, {spec.teacher.name} -> {spec.student.name} "
+        f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, kd {spec.distillation.kd}), "
+        f"batch {spec.recipe.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds"
+    )
     rows = [
         ("teacher forward (taps, inference mode)", f"{t:.1f} ms", "", ""),
         ("student forward-backward alone", f"{s:.1f} ms", "", ""),

@@ -13,6 +13,7 @@ Modes, side by side in one call, each in a fresh store:
   sqlite          SQLite as kdgrid uses it (WAL journal, retries on "database is locked")
   server          `mlflow server` on 127.0.0.1 over a SQLite file, the writers talking HTTP
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,13 @@ def _count(uri: str, results: list[dict], epochs: int, n_metrics: int) -> dict:
             steps_ok &= sorted(m.step for m in hist) == list(range(1, len(hist) + 1))
         system += sum(1 for k in run.data.metrics if k.startswith("system/")) > 0
     expected = len(results) * epochs * n_metrics
-    return {"expected": expected, "stored": stored, "lost": expected - stored, "steps_ok": steps_ok,
-            "runs_with_system_metrics": system}
+    return {
+        "expected": expected,
+        "stored": stored,
+        "lost": expected - stored,
+        "steps_ok": steps_ok,
+        "runs_with_system_metrics": system,
+    }
 
 
 def _free_port() -> int:
@@ -97,9 +103,25 @@ def _free_port() -> int:
 def _server(db: Path, artifacts: Path):
     port = _free_port()
     log = open(db.with_suffix(".server.log"), "w")
-    p = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                          "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", artifacts.as_uri()],
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--default-artifact-root",
+            artifacts.as_uri(),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -145,13 +167,21 @@ def run_mode(mode: str, base: Path, writers: int, epochs: int, n_metrics: int) -
         for p in procs:
             p.join(timeout=900)
         wall = time.perf_counter() - start
-        results = [json.loads(Path(o).read_text()) if Path(o).exists() else {"run_id": None, "errors": ["no result"]}
-                   for o in outs]
+        results = [
+            json.loads(Path(o).read_text()) if Path(o).exists() else {"run_id": None, "errors": ["no result"]}
+            for o in outs
+        ]
         counted = _count(uri, results, epochs, n_metrics)
         errors = [e for r in results for e in r["errors"]]
-        return {"mode": mode, "writers": writers, **counted, "writer_errors": len(errors),
-                "first_error": errors[0] if errors else "", "wall_s": round(wall, 1),
-                "metrics_per_s": round(counted["stored"] / wall, 1) if wall > 0 else None}
+        return {
+            "mode": mode,
+            "writers": writers,
+            **counted,
+            "writer_errors": len(errors),
+            "first_error": errors[0] if errors else "",
+            "wall_s": round(wall, 1),
+            "metrics_per_s": round(counted["stored"] / wall, 1) if wall > 0 else None,
+        }
     finally:
         if server is not None:
             server.terminate()
@@ -172,14 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         r = run_mode(mode, root / mode, args.writers, args.epochs, args.metrics)
         rows.append(r)
         print(json.dumps(r), flush=True)
-    print(f"\n{args.writers} writers x {args.epochs} epochs x {args.metrics} metrics, all starting together "
-          f"(stores in {root}):")
-    print(f"{'mode':<14} {'expected':>8} {'stored':>8} {'lost':>5} {'errors':>6} {'sysmetrics':>10} {'wall s':>7}"
-          f" {'metrics/s':>9}  first error")
+    print(
+        f"\n{args.writers} writers x {args.epochs} epochs x {args.metrics} metrics, all starting together "
+        f"(stores in {root}):"
+    )
+    print(
+        f"{'mode':<14} {'expected':>8} {'stored':>8} {'lost':>5} {'errors':>6} {'sysmetrics':>10} {'wall s':>7}"
+        f" {'metrics/s':>9}  first error"
+    )
     for r in rows:
-        print(f"{r['mode']:<14} {r['expected']:>8} {r['stored']:>8} {r['lost']:>5} {r['writer_errors']:>6} "
-              f"{r['runs_with_system_metrics']:>6}/{r['writers']:<3} {r['wall_s']:>7} {r['metrics_per_s']:>9}  "
-              f"{r['first_error'][:100]}")
+        print(
+            f"{r['mode']:<14} {r['expected']:>8} {r['stored']:>8} {r['lost']:>5} {r['writer_errors']:>6} "
+            f"{r['runs_with_system_metrics']:>6}/{r['writers']:<3} {r['wall_s']:>7} {r['metrics_per_s']:>9}  "
+            f"{r['first_error'][:100]}"
+        )
     return 0 if all(r["lost"] == 0 for r in rows if r["mode"] != "sqlite-mlflow") else 1
 
 

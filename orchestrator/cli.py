@@ -5,6 +5,7 @@ The stages, each in its own module: spec (trainer.spec, orchestrator.grid) -> pl
 -> launch (orchestrator.launch) -> train (trainer.engine) -> track (trainer.tracking) -> report
 (orchestrator.report).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,21 +16,38 @@ DEFAULT_WORKDIR = "kdgrid_runs"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./kdgrid.db)")
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR,
-                   help="where runs keep checkpoints, locks and logs (default: ./kdgrid_runs)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./kdgrid.db)",
+    )
+    p.add_argument(
+        "--workdir",
+        default=DEFAULT_WORKDIR,
+        help="where runs keep checkpoints, locks and logs (default: ./kdgrid_runs)",
+    )
 
 
 def _grid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default="mini", help="paper | mini | smoke, or a path to a scale YAML (default: mini)")
-    p.add_argument("--tables", default="all", help="comma-separated table numbers, e.g. 2,5 (default: all, with Figure 4)")
+    p.add_argument(
+        "--tables", default="all", help="comma-separated table numbers, e.g. 2,5 (default: all, with Figure 4)"
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per row (default: 1)")
-    p.add_argument("--recipe", default=None,
-                   help="recipe for manifold rows: paper-mean | released | paper-sum (`paper` = paper-sum); "
-                        "default: `default:` in experiments/recipes.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scale setting, e.g. --set data.root=/datasets/imagenet (repeatable; YAML values)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe for manifold rows: paper-mean | released | paper-sum (`paper` = paper-sum); "
+        "default: `default:` in experiments/recipes.yaml",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scale setting, e.g. --set data.root=/datasets/imagenet (repeatable; YAML values)",
+    )
 
 
 def _launch(p: argparse.ArgumentParser) -> None:
@@ -39,26 +57,43 @@ def _launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, help="ray: an existing cluster's address (default: start one here)")
     p.add_argument("--slurm-config", default=None, help="slurm: launcher config YAML (resources, partition, ...)")
     p.add_argument("--no-cohorts", action="store_true", help="train every run in its own process")
-    p.add_argument("--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)")
-    p.add_argument("--schedule", choices=("cost", "plan"), default="cost",
-                   help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
-                        "plan = items in plan order, cut by run count")
-    p.add_argument("--cost-store", default=None, metavar="URI",
-                   help="MLflow store whose logged cost.* metrics price the runs (default: the tracking store)")
+    p.add_argument(
+        "--max-cohort", type=int, default=None, help="most runs sharing one teacher pass (default: from the scale)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("cost", "plan"),
+        default="cost",
+        help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
+        "plan = items in plan order, cut by run count",
+    )
+    p.add_argument(
+        "--cost-store",
+        default=None,
+        metavar="URI",
+        help="MLflow store whose logged cost.* metrics price the runs (default: the tracking store)",
+    )
 
 
 def _claims(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--test", choices=("welch", "paired"), default="welch",
-                   help="the test deciding claims: Welch's t-test, or a paired t-test over seeds both rows "
-                        "share (same seed = same data order) (default: welch)")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the claims' intervals (default: 0.95)")
+    p.add_argument(
+        "--test",
+        choices=("welch", "paired"),
+        default="welch",
+        help="the test deciding claims: Welch's t-test, or a paired t-test over seeds both rows "
+        "share (same seed = same data order) (default: welch)",
+    )
+    p.add_argument(
+        "--level", type=float, default=0.95, help="confidence level of the claims' intervals (default: 0.95)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdgrid",
         description="Reproduce the ablation grid of 'Efficient Vision Transformers via Fine-Grained Manifold "
-                    "Distillation' (Tables 2-7, Figure 4): plan, launch, track in MLflow, report.")
+        "Distillation' (Tables 2-7, Figure 4): plan, launch, track in MLflow, report.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one spec file (or several, sharing a teacher pass when they can)")
@@ -85,43 +120,78 @@ def build_parser() -> argparse.ArgumentParser:
     _launch(p)
     p.add_argument("--out", default="reports", help="report folder (default: ./reports)")
     _claims(p)
-    p.add_argument("--resolve", action="store_true",
-                   help="after the grid, add seeds to the rows of unresolved claims until they resolve, the "
-                        "power estimate says they cannot within the budget, or the budget is spent")
-    p.add_argument("--budget-cpu-hours", type=float, default=None,
-                   help="--resolve: CPU-hours (the runs' logged cost.*) the added seeds may spend (default: unlimited)")
+    p.add_argument(
+        "--resolve",
+        action="store_true",
+        help="after the grid, add seeds to the rows of unresolved claims until they resolve, the "
+        "power estimate says they cannot within the budget, or the budget is spent",
+    )
+    p.add_argument(
+        "--budget-cpu-hours",
+        type=float,
+        default=None,
+        help="--resolve: CPU-hours (the runs' logged cost.*) the added seeds may spend (default: unlimited)",
+    )
     p.add_argument("--max-seeds", type=int, default=10, help="--resolve: most seeds per row (default: 10)")
-    p.add_argument("--effect", type=float, default=None, metavar="POINTS",
-                   help="--resolve: the difference to resolve, in top-1 points (default: each comparison's "
-                        "difference in the paper)")
+    p.add_argument(
+        "--effect",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="--resolve: the difference to resolve, in top-1 points (default: each comparison's "
+        "difference in the paper)",
+    )
 
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
     _grid(p)
     _common(p)
-    p.add_argument("--format", choices=("md", "latex", "html", "csv", "json"), default="md",
-                   help="md, latex, html: the report; csv, json: every table row as data (default: md)")
+    p.add_argument(
+        "--format",
+        choices=("md", "latex", "html", "csv", "json"),
+        default="md",
+        help="md, latex, html: the report; csv, json: every table row as data (default: md)",
+    )
     _claims(p)
-    p.add_argument("--added-seeds", action="store_true",
-                   help="also count the seeds beyond --seeds that MLflow has for some rows (added by "
-                        "`reproduce --resolve`)")
+    p.add_argument(
+        "--added-seeds",
+        action="store_true",
+        help="also count the seeds beyond --seeds that MLflow has for some rows (added by `reproduce --resolve`)",
+    )
     p.add_argument("--out", default=None, help="write the report (and figure) into this folder")
 
-    p = sub.add_parser("tune", help="search spec fields with Ray Tune (random search, ASHA), re-run the best over seeds, "
-                                    "report where the paper's choice lands")
+    p = sub.add_parser(
+        "tune",
+        help="search spec fields with Ray Tune (random search, ASHA), re-run the best over seeds, "
+        "report where the paper's choice lands",
+    )
     p.add_argument("search", help="search file, e.g. ablations/search-manifold.yaml")
     p.add_argument("--scale", default="mini", help="paper | mini | smoke, or a path to a scale YAML (default: mini)")
-    p.add_argument("--recipe", default=None, help="recipe of the base row (default: `default:` in experiments/recipes.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scale setting (repeatable), e.g. --set student.recipe.epochs=6")
+    p.add_argument(
+        "--recipe", default=None, help="recipe of the base row (default: `default:` in experiments/recipes.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scale setting (repeatable), e.g. --set student.recipe.epochs=6",
+    )
     _common(p)
     p.add_argument("--trials", type=int, default=16, help="trials to sample (Tune's num_samples; default: 16)")
     p.add_argument("--workers", type=int, default=None, help="trials at a time (default: CPUs / --threads, or GPUs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (and Ray CPUs) per trial (default: 1)")
-    p.add_argument("--budget-cpu-hours", type=float, default=None,
-                   help="stop the search once its runs have spent this many CPU-hours (the engine's cost.cpu_s)")
+    p.add_argument(
+        "--budget-cpu-hours",
+        type=float,
+        default=None,
+        help="stop the search once its runs have spent this many CPU-hours (the engine's cost.cpu_s)",
+    )
     p.add_argument("--budget-gpu-hours", type=float, default=None, help="the same for GPU wall-hours of its epochs")
     p.add_argument("--time-budget-s", type=float, default=None, help="Tune's wall-clock limit on the search")
-    p.add_argument("--rerun-top", type=int, default=3, help="re-run the best N configurations over --seeds (default: 3)")
+    p.add_argument(
+        "--rerun-top", type=int, default=3, help="re-run the best N configurations over --seeds (default: 3)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds for the re-runs and the paper's choice (default: 3)")
     p.add_argument("--out", default=None, help="report folder (default: reports/search-<name>-<scale>)")
     p.add_argument("--report-only", action="store_true", help="write the report from MLflow; train nothing")
@@ -157,21 +227,27 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "plan":
             from orchestrator.plan import cmd_plan
+
             return cmd_plan(args)
         if args.command == "reproduce" and args.resolve:
             from orchestrator.resolve import cmd_resolve
+
             return cmd_resolve(args)
         if args.command in ("launch", "reproduce"):
             from orchestrator.launch import cmd_launch
+
             return cmd_launch(args, wait=args.command == "reproduce")
         if args.command == "report":
             from orchestrator.report import cmd_report
+
             return cmd_report(args)
         if args.command == "tune":
             from orchestrator.tune import cmd_tune
+
             return cmd_tune(args)
         if args.command == "ui":
             from orchestrator.report import cmd_ui
+
             return cmd_ui(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -201,8 +277,15 @@ def _train(args) -> int:
         progress = RichProgress()
         callbacks = (progress,)
     with progress:
-        results = train_specs(specs, work=args.workdir, tracking_uri=args.tracking_uri, threads=args.threads,
-                              device=args.device, callbacks=callbacks, force=args.force)
+        results = train_specs(
+            specs,
+            work=args.workdir,
+            tracking_uri=args.tracking_uri,
+            threads=args.threads,
+            device=args.device,
+            callbacks=callbacks,
+            force=args.force,
+        )
     for h, status in results.items():
         print(f"{h[:8]}  {status}")
     return 0 if all(not s.startswith("failed") for s in results.values()) else 1

@@ -14,6 +14,7 @@
 Every model forbids unknown keys. Loading errors name the file, the field path and the reason:
 `ablations/table5.yaml: rows[1].teacher_blocks[3]: block 25 is beyond ...`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,17 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, create_model,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from trainer import methods
 from trainer.spec import DataSpec, EmbeddingSpec, ManifoldSpec, Positive, RecipeSpec, SpecError, Weight
@@ -50,11 +60,17 @@ def _is_table(path: Path) -> bool:
     return isinstance(data, dict) and "table" in data and "rows" in data
 
 
-EXTRA_TABLES: tuple[str, ...] = tuple(sorted(p.stem for p in ABLATIONS.glob("*.yaml")
-                                             if p.name not in TABLE_FILES.values() and _is_table(p)))
+EXTRA_TABLES: tuple[str, ...] = tuple(
+    sorted(p.stem for p in ABLATIONS.glob("*.yaml") if p.name not in TABLE_FILES.values() and _is_table(p))
+)
 TABLE_FILES.update({t: f"{t}.yaml" for t in EXTRA_TABLES})
-TABLE_ALIASES = {"figure4": "fig4", "f4": "fig4", "fig4": "fig4", **{f"t{t}": t for t in TABLE_IDS[:-1]},
-                 **{f"table{t}": t for t in TABLE_IDS[:-1]}}
+TABLE_ALIASES = {
+    "figure4": "fig4",
+    "f4": "fig4",
+    "fig4": "fig4",
+    **{f"t{t}": t for t in TABLE_IDS[:-1]},
+    **{f"table{t}": t for t in TABLE_IDS[:-1]},
+}
 
 Curve = Literal["none", "hard", "manifold"]
 Head = Literal["cls", "dist", "avg"]
@@ -140,8 +156,9 @@ def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
-def validation_problems(err: ValidationError, prefix: str = "",
-                        model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+def validation_problems(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[tuple[str, str]]:
     """(field path, reason) for each pydantic error; `field: reason` messages of model validators extend the path."""
     problems = []
     for e in err.errors():
@@ -149,7 +166,7 @@ def validation_problems(err: ValidationError, prefix: str = "",
         path = loc_path(loc)
         msg = e["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
             head, sep, rest = msg.partition(": ")
             if sep and _HEAD.match(head):
                 path = f"{path}.{head}" if path else head
@@ -158,11 +175,15 @@ def validation_problems(err: ValidationError, prefix: str = "",
         if e["type"] == "extra_forbidden":
             known = _keys_at(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            msg = "unknown key" + (f" (did you mean {close[0]}?)" if close else
-                                   f" (expected one of: {', '.join(known)})" if known else "")
+            msg = "unknown key" + (
+                f" (did you mean {close[0]}?)" if close else f" (expected one of: {', '.join(known)})" if known else ""
+            )
         elif e["type"] == "missing":
-            msg = ("missing: every row needs the paper's reported value (paper_acc1)" if loc[-1:] == ("paper_acc1",)
-                   else "missing (required)")
+            msg = (
+                "missing: every row needs the paper's reported value (paper_acc1)"
+                if loc[-1:] == ("paper_acc1",)
+                else "missing (required)"
+            )
         problems.append((".".join(p for p in (prefix, path) if p).replace(".[", "["), msg))
     return problems
 
@@ -237,8 +258,13 @@ class _RowBase(StrictModel):
         return printed
 
 
-RowFields = create_model("RowFields", __base__=_RowBase, __module__=__name__, __doc__=_RowBase.__doc__,
-                         **{f: (ann, None) for m in methods.REGISTRY.values() for f, ann in m.row_fields.items()})
+RowFields = create_model(
+    "RowFields",
+    __base__=_RowBase,
+    __module__=__name__,
+    __doc__=_RowBase.__doc__,
+    **{f: (ann, None) for m in methods.REGISTRY.values() for f, ann in m.row_fields.items()},
+)
 
 
 class AblationRow(RowFields):
@@ -252,15 +278,18 @@ class AblationRow(RowFields):
         return self._key
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AblationRow":
+    def _consistent(self) -> AblationRow:
         for path, reason in row_problems(self):
             raise ValueError(f"{path}: {reason}")
         return self
 
     def overrides(self) -> dict[str, Any]:
         """The settings this row sets (display-only fields left out)."""
-        return {k: v for k, v in self.model_dump(exclude_none=True).items()
-                if k not in ("paper_acc1", "teacher_acc1", "printed", "note", "curve", "head")}
+        return {
+            k: v
+            for k, v in self.model_dump(exclude_none=True).items()
+            if k not in ("paper_acc1", "teacher_acc1", "printed", "note", "curve", "head")
+        }
 
     def display(self, field: str, fmt: str | None = None) -> str:
         """The cell as the paper prints it."""
@@ -307,10 +336,18 @@ def row_problems(row: AblationRow) -> list[tuple[str, str]]:
     for f, owners in METHOD_FIELDS.items():
         if getattr(row, f) is not None and not parts & set(owners):
             p.append((f, f"only {' and '.join(owners)} rows take {f} (this row's method is {row.method!r})"))
-    if row.teacher_blocks is not None and row.student_blocks is not None \
-            and len(row.teacher_blocks) != len(row.student_blocks):
-        p.append(("teacher_blocks", f"{len(row.teacher_blocks)} blocks but student_blocks has "
-                                    f"{len(row.student_blocks)}: blocks are paired in order"))
+    if (
+        row.teacher_blocks is not None
+        and row.student_blocks is not None
+        and len(row.teacher_blocks) != len(row.student_blocks)
+    ):
+        p.append(
+            (
+                "teacher_blocks",
+                f"{len(row.teacher_blocks)} blocks but student_blocks has "
+                f"{len(row.student_blocks)}: blocks are paired in order",
+            )
+        )
     if row.curve is not None and row.curve != row.method:
         p.append(("curve", f"curve {row.curve!r} but the row's method is {row.method!r}"))
     return p
@@ -366,7 +403,7 @@ class AblationTable(StrictModel):
         return t
 
     @model_validator(mode="after")
-    def _rows(self) -> "AblationTable":
+    def _rows(self) -> AblationTable:
         figure = self.table == "fig4"
         seen: dict[str, int] = {}
         for i, row in enumerate(self.rows):
@@ -377,8 +414,10 @@ class AblationTable(StrictModel):
                 raise ValueError(f"rows[{i}].curve: only Figure 4's rows are curves")
             key = yaml.safe_dump({**row.overrides(), "head": row.head}, sort_keys=True)
             if key in seen:
-                raise ValueError(f"rows[{i}]: duplicates rows[{seen[key]}] (same teacher, student, method and "
-                                 "settings): each row of a table must differ")
+                raise ValueError(
+                    f"rows[{i}]: duplicates rows[{seen[key]}] (same teacher, student, method and "
+                    "settings): each row of a table must differ"
+                )
             seen[key] = i
             if figure:
                 curve_key = f"curve:{row.curve}"
@@ -422,16 +461,25 @@ def load_table(ref: str | Path) -> AblationTable:
     else:
         path = table_path(str(ref))
         if path is None:
-            raise GridError([(display_path(ABLATIONS / f"table{ref}.yaml"), "--tables",
-                              f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
-                              f"{', '.join(EXTRA_TABLES) or 'none'}")])
+            raise GridError(
+                [
+                    (
+                        display_path(ABLATIONS / f"table{ref}.yaml"),
+                        "--tables",
+                        f"no table {ref!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                        f"{', '.join(EXTRA_TABLES) or 'none'}",
+                    )
+                ]
+            )
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise GridError([(display_path(path), "", "expected a mapping with table, title, columns, rows")])
     try:
         return AblationTable.model_validate(data)
     except ValidationError as err:
-        raise GridError([(display_path(path), p, r) for p, r in validation_problems(err, model=AblationTable)]) from None
+        raise GridError(
+            [(display_path(path), p, r) for p, r in validation_problems(err, model=AblationTable)]
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -463,7 +511,7 @@ class TeacherSource(StrictModel):
     recipe: RecipeSpec | None = None  # train
 
     @model_validator(mode="after")
-    def _source(self) -> "TeacherSource":
+    def _source(self) -> TeacherSource:
         src = self.source or ("checkpoint" if self.path else "hub")
         if src == "checkpoint" and not self.path:
             raise ValueError("path: missing: source 'checkpoint' needs the checkpoint file")
@@ -506,15 +554,16 @@ class Scale(StrictModel):
     launch: Launch = Launch()
 
     @model_validator(mode="after")
-    def _teachers(self) -> "Scale":
+    def _teachers(self) -> Scale:
         from trainer.models import model_info
 
         for paper, m in self.models.items():
             try:  # on the meta device: no weights allocated
                 model_info(m.name, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **m.kwargs)
             except Exception as err:  # timm asserts, TypeError for unknown kwargs, ...
-                raise ValueError(f"models.{paper}.kwargs: cannot build {m.name} with {m.kwargs}: "
-                                 f"{type(err).__name__}: {err}") from None
+                raise ValueError(
+                    f"models.{paper}.kwargs: cannot build {m.name} with {m.kwargs}: {type(err).__name__}: {err}"
+                ) from None
         for name, t in self.teachers.items():
             if name not in self.models:
                 raise ValueError(f"teachers.{name}: not in `models`: map it to the model trained at this scale")
@@ -567,7 +616,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: 
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise GridError([(source, f"--set {key}", f"{'.'.join(parts[:i + 1])} is not a mapping")])
+                raise GridError([(source, f"--set {key}", f"{'.'.join(parts[: i + 1])} is not a mapping")])
             node = nxt
         node[parts[-1]] = value
     return data
@@ -579,8 +628,15 @@ def scale_path(ref: str | Path) -> Path:
     path = EXPERIMENTS / f"{ref}.yaml"
     if not path.is_file() or ref == "recipes":
         known = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem != "recipes")
-        raise GridError([(display_path(path), "--scale", f"no scale {ref!r}: scales are {', '.join(known)}, "
-                                                          "or give a path to a scale YAML")])
+        raise GridError(
+            [
+                (
+                    display_path(path),
+                    "--scale",
+                    f"no scale {ref!r}: scales are {', '.join(known)}, or give a path to a scale YAML",
+                )
+            ]
+        )
     return path
 
 
@@ -641,7 +697,7 @@ class RecipeBook(StrictModel):
     aliases: dict[str, str] = Field(default_factory=dict)  # old name -> recipe (renames keep old commands working)
 
     @model_validator(mode="after")
-    def _default(self) -> "RecipeBook":
+    def _default(self) -> RecipeBook:
         for old, new in self.aliases.items():
             if new not in self.recipes:
                 raise ValueError(f"aliases.{old}: {new!r} is not one of the recipes ({', '.join(self.recipes)})")

@@ -10,12 +10,14 @@ child of the grid that trained it first; the other grid lists it in its descript
 `kdgrid reproduce` and `kdgrid report` log the report (md, html, tex, figure) and every table (CSV; JSON
 through `mlflow.log_table`) on the parent.
 """
+
 from __future__ import annotations
 
 import shlex
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from trainer import tracking
 
@@ -25,9 +27,17 @@ GRID_ROLE = "grid"
 # apart. Open it with `#/experiments/<id>/runs?viewStateShareKey=kdgrid`.
 VIEW_KEY = "kdgrid"
 VIEW = {
-    "selectedColumns": ["attributes.`Source`", "attributes.`Dataset`", "metrics.`last_top1`", "metrics.`best_top1`",
-                        "tags.`kdgrid.seed`", "tags.`kdgrid.recipe`", "tags.`kdgrid.tables`", "tags.`kdgrid.rows`",
-                        "metrics.`throughput.images_per_s`"],
+    "selectedColumns": [
+        "attributes.`Source`",
+        "attributes.`Dataset`",
+        "metrics.`last_top1`",
+        "metrics.`best_top1`",
+        "tags.`kdgrid.seed`",
+        "tags.`kdgrid.recipe`",
+        "tags.`kdgrid.tables`",
+        "tags.`kdgrid.rows`",
+        "metrics.`throughput.images_per_s`",
+    ],
 }
 
 
@@ -55,18 +65,28 @@ def source_command(command: str, plan: Any) -> str:
 
 
 def _note(plan: Any, found: dict, parent_id: str) -> str:
-    elsewhere = [r for r in plan.runs if r.hash in found and found[r.hash].data.tags.get(tracking.PARENT)
-                 not in (None, parent_id)]
-    lines = [f"**The {plan.scale} grid, recipe `{plan.recipe}`**: the paper's tables rebuilt at scale "
-             f"'{plan.scale}'. Each child run is one unique training run; a run that several table rows share "
-             f"is trained once (its description lists the rows).", "",
-             f"Last planned: {len(plan.runs)} runs ({len(plan.teachers)} teachers, {len(plan.students)} students) "
-             f"for tables {', '.join(str(t.table) for t in plan.tables)}, {plan.seeds} seed(s).", "",
-             "The report is in this run's artifacts (`report/`: md, html, tex, Figure 4; `tables/`: CSV and JSON)."]
+    elsewhere = [
+        r
+        for r in plan.runs
+        if r.hash in found and found[r.hash].data.tags.get(tracking.PARENT) not in (None, parent_id)
+    ]
+    lines = [
+        f"**The {plan.scale} grid, recipe `{plan.recipe}`**: the paper's tables rebuilt at scale "
+        f"'{plan.scale}'. Each child run is one unique training run; a run that several table rows share "
+        f"is trained once (its description lists the rows).",
+        "",
+        f"Last planned: {len(plan.runs)} runs ({len(plan.teachers)} teachers, {len(plan.students)} students) "
+        f"for tables {', '.join(str(t.table) for t in plan.tables)}, {plan.seeds} seed(s).",
+        "",
+        "The report is in this run's artifacts (`report/`: md, html, tex, Figure 4; `tables/`: CSV and JSON).",
+    ]
     if elsewhere:
-        lines += ["", f"{len(elsewhere)} of its runs were trained first by another grid and are nested there: "
-                  + ", ".join(f"`{found[r.hash].info.run_name}`" for r in elsewhere[:12])
-                  + (" …" if len(elsewhere) > 12 else "")]
+        lines += [
+            "",
+            f"{len(elsewhere)} of its runs were trained first by another grid and are nested there: "
+            + ", ".join(f"`{found[r.hash].info.run_name}`" for r in elsewhere[:12])
+            + (" …" if len(elsewhere) > 12 else ""),
+        ]
     return "\n".join(lines)
 
 
@@ -77,10 +97,21 @@ def ensure(c, plan: Any, command: str = "reproduce") -> str:
     exp = tracking.experiment_id(c, plan.scale)
     tracking.retry(c.set_experiment_tag, exp, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
     key = grid_key(plan)
-    found = tracking.retry(c.search_runs, [exp], filter_string=f"tags.`{GRID}` = '{key}'",
-                            order_by=["attributes.start_time ASC"], max_results=5)
-    tags = {tracking.ROLE: GRID_ROLE, GRID: key, tracking.SCALE: plan.scale, tracking.RECIPE: plan.recipe,
-            tracking.SOURCE: source_command(command, plan), tracking.SOURCE_TYPE: "LOCAL"}
+    found = tracking.retry(
+        c.search_runs,
+        [exp],
+        filter_string=f"tags.`{GRID}` = '{key}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5,
+    )
+    tags = {
+        tracking.ROLE: GRID_ROLE,
+        GRID: key,
+        tracking.SCALE: plan.scale,
+        tracking.RECIPE: plan.recipe,
+        tracking.SOURCE: source_command(command, plan),
+        tracking.SOURCE_TYPE: "LOCAL",
+    }
     if found:
         run_id = found[0].info.run_id
         tracking.RunLog(c, run_id).set_tags(tags)
@@ -199,8 +230,11 @@ def publish(plan: Any, tracking_uri: str, report: Any, command: str = "report") 
 
 
 def children(c, experiment_id: str, parent_id: str) -> list:
-    return list(tracking.retry(c.search_runs, [experiment_id],
-                                filter_string=f"tags.`{tracking.PARENT}` = '{parent_id}'", max_results=1000))
+    return list(
+        tracking.retry(
+            c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.PARENT}` = '{parent_id}'", max_results=1000
+        )
+    )
 
 
 __all__: Iterable[str] = ("ensure", "attach", "prepare", "publish", "log_report", "children", "grid_key")

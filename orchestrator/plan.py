@@ -17,6 +17,7 @@ recipe for manifold and embedding rows, and otherwise what the run is whatever `
 Which rows use a run (the `kdgrid.tables` / `kdgrid.rows` tags) is computed over the full grid and only
 then filtered to the requested tables, so a run's tags never depend on `--tables`.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,10 +27,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.grid import (EXTRA_TABLES, RECIPES_FILE, TABLE_ALIASES, TABLE_FILES, TABLE_IDS, ABLATIONS, AblationRow,
-                               AblationTable, GridError, Recipe, RecipeBook, Scale, deep_merge, display_path,
-                               get_recipe, is_path_ref, load_recipes, load_scale, load_table)
 from orchestrator import run_names
+from orchestrator.grid import (
+    ABLATIONS,
+    EXTRA_TABLES,
+    RECIPES_FILE,
+    TABLE_ALIASES,
+    TABLE_FILES,
+    TABLE_IDS,
+    AblationRow,
+    AblationTable,
+    GridError,
+    Recipe,
+    RecipeBook,
+    Scale,
+    deep_merge,
+    display_path,
+    get_recipe,
+    is_path_ref,
+    load_recipes,
+    load_scale,
+    load_table,
+)
 from trainer import methods, tracking
 from trainer.spec import ExperimentSpec, RecipeSpec, format_validation_error
 
@@ -118,8 +137,12 @@ class _Resolver:
         if paper in self.teacher_runs:
             return self.teacher_runs[paper]
         sc, src, m = self.scale, self.scale.teachers[paper], self.scale.models[paper]
-        raw = dict(seed=src.seed, student=dict(name=m.name, kwargs=m.kwargs, drop_path=src.drop_path),
-                   data=sc.teacher_data(paper).model_dump(), recipe=src.recipe.model_dump())
+        raw = dict(
+            seed=src.seed,
+            student=dict(name=m.name, kwargs=m.kwargs, drop_path=src.drop_path),
+            data=sc.teacher_data(paper).model_dump(),
+            recipe=src.recipe.model_dump(),
+        )
         out = None
         try:
             spec = ExperimentSpec.model_validate(raw)
@@ -141,13 +164,19 @@ class _Resolver:
         sc = self.scale
         m = sc.models.get(paper)
         if m is None:
-            self.problems.append((*where, f"{paper} has no model at scale {sc.scale!r}: map it under `models:` "
-                                          f"in {self.scale_src}"))
+            self.problems.append(
+                (*where, f"{paper} has no model at scale {sc.scale!r}: map it under `models:` in {self.scale_src}")
+            )
             return None
         src = sc.teachers.get(paper)
         if src is None:
-            self.problems.append((self.scale_src, f"teachers.{paper}",
-                                  f"missing: say how teacher {paper} is obtained (source: train, hub or checkpoint)"))
+            self.problems.append(
+                (
+                    self.scale_src,
+                    f"teachers.{paper}",
+                    f"missing: say how teacher {paper} is obtained (source: train, hub or checkpoint)",
+                )
+            )
             return None
         spec = dict(name=m.name, kwargs=m.kwargs)
         if src.source == "train":
@@ -158,8 +187,9 @@ class _Resolver:
         return dict(spec, source="hub")
 
     # ---- students -------------------------------------------------------------------------------
-    def student(self, table_src: str, i: int, row: AblationRow, table: AblationTable | None = None
-                ) -> ExperimentSpec | None:
+    def student(
+        self, table_src: str, i: int, row: AblationRow, table: AblationTable | None = None
+    ) -> ExperimentSpec | None:
         """A row's run: the scale's student <- the table's settings at this scale <- its methods' settings
         (each registered method resolves its own part from the row, the recipe and DeiT's hard KD)."""
         sc, rec = self.scale, self.recipe
@@ -168,8 +198,13 @@ class _Resolver:
         paper_student = rec.student.model(row.student) if recipe_row else row.student
         m = sc.models.get(paper_student)
         if m is None:
-            self.problems.append((table_src, f"{rp}.student", f"{paper_student} has no model at scale {sc.scale!r}: "
-                                                              f"map it under `models:` in {self.scale_src}"))
+            self.problems.append(
+                (
+                    table_src,
+                    f"{rp}.student",
+                    f"{paper_student} has no model at scale {sc.scale!r}: map it under `models:` in {self.scale_src}",
+                )
+            )
             return None
         own = table.scales.get(sc.scale) if table is not None else None
         drop_path = sc.student.drop_path
@@ -190,14 +225,24 @@ class _Resolver:
             teacher = self._teacher(row.teacher, (table_src, f"{rp}.teacher"))
             if teacher is None:
                 return None
-        raw = dict(seed=0, student=dict(name=m.name, kwargs=m.kwargs, drop_path=drop_path), teacher=teacher,
-                   data=sc.data.model_dump(), recipe=recipe, distillation=distillation)
+        raw = dict(
+            seed=0,
+            student=dict(name=m.name, kwargs=m.kwargs, drop_path=drop_path),
+            teacher=teacher,
+            data=sc.data.model_dump(),
+            recipe=recipe,
+            distillation=distillation,
+        )
         try:
             return ExperimentSpec.model_validate(raw)
         except ValidationError as err:
             for path, reason in format_validation_error(err):
-                self.problems.append((*self._where(path, table_src, i, row), reason
-                                      + f" [scale {sc.scale}: {self.scale_src}; recipe {self.recipe_name}]"))
+                self.problems.append(
+                    (
+                        *self._where(path, table_src, i, row),
+                        reason + f" [scale {sc.scale}: {self.scale_src}; recipe {self.recipe_name}]",
+                    )
+                )
             return None
 
     def _where(self, path: str, table_src: str, i: int, row: AblationRow) -> tuple[str, str]:
@@ -208,7 +253,7 @@ class _Resolver:
             if path == key:  # patch counts differ: the pairing of this teacher with this student
                 return table_src, f"{rp}.teacher"
             if path.startswith(key + "."):
-                rest = path[len(key) + 1:]
+                rest = path[len(key) + 1 :]
                 name = re.match(r"\w+", rest).group(0)
                 if getattr(row, name, None) is not None:
                     return table_src, f"{rp}.{rest}"
@@ -264,18 +309,30 @@ def _requested(tables: str | list[str] | None) -> list[str | Path]:
         else:
             t = TABLE_ALIASES.get(item.lower(), item)
             if t not in TABLE_FILES:
-                raise GridError([(display_path(ABLATIONS / f"table{item}.yaml"), "--tables",
-                                  f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
-                                  f"{', '.join(EXTRA_TABLES) or 'none'} (or give a path to a table YAML)")])
+                raise GridError(
+                    [
+                        (
+                            display_path(ABLATIONS / f"table{item}.yaml"),
+                            "--tables",
+                            f"no table {item!r}: the paper's tables are {', '.join(TABLE_IDS)}, the others "
+                            f"{', '.join(EXTRA_TABLES) or 'none'} (or give a path to a table YAML)",
+                        )
+                    ]
+                )
             out.append(t)
     if not out:
         raise GridError([("", "--tables", "no table requested")])
     return list(dict.fromkeys(out))
 
 
-def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds: int = 1,
-              recipe: str | None = None, overrides: list[str] = (),
-              row_seeds: dict[str, int] | None = None) -> Plan:
+def make_plan(
+    scale: str = "mini",
+    tables: str | list[str] | None = None,
+    seeds: int = 1,
+    recipe: str | None = None,
+    overrides: list[str] = (),
+    row_seeds: dict[str, int] | None = None,
+) -> Plan:
     """Resolve, validate and deduplicate the grid; raise GridError (file, field path, reason) on any problem.
 
     scale: a name in experiments/ or a path to a scale YAML; tables: "all"/None (2-7 + fig4), "2,5",
@@ -325,8 +382,14 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 continue
             h = spec.content_hash()
             if (h, row.head) in first_of:  # rows reading different heads of one run are that run read twice
-                res.problems.append((src, f"rows[{i}]", f"resolves to the same run as rows[{first_of[h, row.head]}] "
-                                                        f"(hash {h[:8]}): each row of a table must differ"))
+                res.problems.append(
+                    (
+                        src,
+                        f"rows[{i}]",
+                        f"resolves to the same run as rows[{first_of[h, row.head]}] "
+                        f"(hash {h[:8]}): each row of a table must differ",
+                    )
+                )
             first_of.setdefault((h, row.head), i)
             base[(tid, i)] = spec
     if res.problems:
@@ -356,8 +419,11 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
         return ",".join(sorted(set(tids), key=lambda x: order.get(x, 99)))
 
     # Every student shares the scale's recipe: its world size and accumulation, checked once.
-    devices = {"student": _on_devices(sc.student.recipe, sc.launch.resources, res.scale_src, "student.recipe",
-                                      "launch.resources")}
+    devices = {
+        "student": _on_devices(
+            sc.student.recipe, sc.launch.resources, res.scale_src, "student.recipe", "launch.resources"
+        )
+    }
 
     # Students in the requested tables, in requested-table order; their teachers first.
     students: list[PlannedRun] = []
@@ -374,18 +440,34 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
                 uses = [RowRef(ut, ui, key) for ut, ui, key in usage[h] if ut in wanted]
                 deps = [spec.teacher.run] if spec.teacher is not None and spec.teacher.source == "run" else []
                 name = run_names.run_name(row0, spec.seed)
-                tags = {tracking.ROLE: "student", tracking.TABLES: tables_tag(u[0] for u in usage[h]),
-                        tracking.ROWS: ",".join(u[2] for u in usage[h]), tracking.SEED: str(spec.seed)}
+                tags = {
+                    tracking.ROLE: "student",
+                    tracking.TABLES: tables_tag(u[0] for u in usage[h]),
+                    tracking.ROWS: ",".join(u[2] for u in usage[h]),
+                    tracking.SEED: str(spec.seed),
+                }
                 recipe_name = recipe if _uses_recipe(row0.method) else row0.method  # hard / none / vitkd ...
-                spec = spec.model_copy(update=dict(name=name, scale=sc.scale, recipe_name=recipe_name, tags=tags,
-                                                   recipe=devices["student"] if spec.recipe == sc.student.recipe
-                                                   else _on_devices(spec.recipe, sc.launch.resources, res.scale_src,
-                                                                    "student.recipe", "launch.resources")))
+                spec = spec.model_copy(
+                    update=dict(
+                        name=name,
+                        scale=sc.scale,
+                        recipe_name=recipe_name,
+                        tags=tags,
+                        recipe=devices["student"]
+                        if spec.recipe == sc.student.recipe
+                        else _on_devices(
+                            spec.recipe, sc.launch.resources, res.scale_src, "student.recipe", "launch.resources"
+                        ),
+                    )
+                )
                 planned = PlannedRun(h, spec, "student", uses, deps, spec.seed)
                 teacher, student, method, settings = describe(planned)
                 tags[tracking.NOTE] = run_names.description(
                     [(loaded[ut][0], ui) for ut, ui, _ in usage[h]],
-                    f"{student} from {teacher}, {method}: {settings}", spec.seed, recipe_name)
+                    f"{student} from {teacher}, {method}: {settings}",
+                    spec.seed,
+                    recipe_name,
+                )
                 students.append(planned)
 
     teachers: list[PlannedRun] = []
@@ -394,21 +476,43 @@ def make_plan(scale: str = "mini", tables: str | list[str] | None = None, seeds:
         paper, _ = teacher_of[th]
         spec = res.teacher_runs[paper][1]
         dependents = [h for h, s in specs.items() if s.teacher is not None and s.teacher.run == th]
-        tags = {tracking.ROLE: "teacher", tracking.TABLES: tables_tag(u[0] for h in dependents for u in usage[h]),
-                tracking.ROWS: "", tracking.SEED: str(spec.seed)}
-        on_devices = _on_devices(spec.recipe, sc.launch.teacher_resources, res.scale_src,
-                                 f"teachers.{paper}.recipe", "launch.teacher_resources")
-        spec = spec.model_copy(update=dict(name=run_names.teacher_name(paper, spec.seed), scale=sc.scale,
-                                           recipe_name="teacher", tags=tags, recipe=on_devices))
+        tags = {
+            tracking.ROLE: "teacher",
+            tracking.TABLES: tables_tag(u[0] for h in dependents for u in usage[h]),
+            tracking.ROWS: "",
+            tracking.SEED: str(spec.seed),
+        }
+        on_devices = _on_devices(
+            spec.recipe,
+            sc.launch.teacher_resources,
+            res.scale_src,
+            f"teachers.{paper}.recipe",
+            "launch.teacher_resources",
+        )
+        spec = spec.model_copy(
+            update=dict(
+                name=run_names.teacher_name(paper, spec.seed),
+                scale=sc.scale,
+                recipe_name="teacher",
+                tags=tags,
+                recipe=on_devices,
+            )
+        )
         planned = PlannedRun(th, spec, "teacher", [], [], spec.seed)
         tags[tracking.NOTE] = run_names.teacher_description(paper, tags[tracking.TABLES], describe(planned)[3])
         teachers.append(planned)
 
     pairs = sum(len(v) for k, v in row_hashes.items() if k[0] in wanted)  # row x seed pairs
-    return Plan(scale=sc.scale, recipe=recipe, seeds=seeds, tables=[loaded[tid][0] for tid in wanted],
-                runs=teachers + students, rows_before_dedup=pairs + len(teachers),
-                launch=sc.launch.model_dump(exclude_unset=True),
-                row_hashes={k: v for k, v in row_hashes.items() if k[0] in wanted})
+    return Plan(
+        scale=sc.scale,
+        recipe=recipe,
+        seeds=seeds,
+        tables=[loaded[tid][0] for tid in wanted],
+        runs=teachers + students,
+        rows_before_dedup=pairs + len(teachers),
+        launch=sc.launch.model_dump(exclude_unset=True),
+        row_hashes={k: v for k, v in row_hashes.items() if k[0] in wanted},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,9 +527,9 @@ def run_states(plan: Plan, uri: str | None = None) -> tuple[dict[str, str], str 
     missing = {r.hash: "missing" for r in plan.runs}
     local = None
     if uri.startswith("sqlite:///"):
-        local = Path(uri[len("sqlite:///"):])
+        local = Path(uri[len("sqlite:///") :])
     elif uri.startswith("file:"):
-        local = Path(uri[len("file:"):].removeprefix("//"))
+        local = Path(uri[len("file:") :].removeprefix("//"))
     elif "://" not in uri:
         local = Path(uri)
     if local is not None and not local.exists():
@@ -453,9 +557,13 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     s = run.spec
     if run.role == "teacher":
         d = s.data
-        return ("-", _short(s.student.name), "train teacher",
-                f"epochs={s.recipe.epochs} batch={s.recipe.batch_size} lr={s.recipe.lr:g} "
-                f"train_subset={d.train_subset or 'all'} seed={s.seed}")
+        return (
+            "-",
+            _short(s.student.name),
+            "train teacher",
+            f"epochs={s.recipe.epochs} batch={s.recipe.batch_size} lr={s.recipe.lr:g} "
+            f"train_subset={d.train_subset or 'all'} seed={s.seed}",
+        )
     d = s.distillation
     teacher = "-"
     if s.teacher is not None:
@@ -473,9 +581,11 @@ def describe(run: PlannedRun) -> tuple[str, str, str, str]:
     method = "+".join(m.key for m in used if m.key != "kd") or d.kd
     parts.append(f"drop_path={s.student.drop_path:g}")
     r = s.recipe
-    parts.append(f"epochs={r.epochs} warmup={r.warmup_epochs:g} lr={r.lr:g}"
-                 + (f" per {r.lr_scale_batch} images" if r.lr_scale_batch else "")
-                 + (f" clip={r.clip_grad:g}" if r.clip_grad is not None else ""))
+    parts.append(
+        f"epochs={r.epochs} warmup={r.warmup_epochs:g} lr={r.lr:g}"
+        + (f" per {r.lr_scale_batch} images" if r.lr_scale_batch else "")
+        + (f" clip={r.clip_grad:g}" if r.clip_grad is not None else "")
+    )
     parts.append(f"batch {r.batch_size}/device")
     return teacher, s.student.name, method, " ".join(parts)
 
@@ -484,8 +594,9 @@ def batch_line(r: RecipeSpec) -> str:
     """'per-device batch 128 x world size 1 x accumulation 8 = global batch 1024'."""
     w = r.world_size or 1
     acc = r.accumulation or 1
-    return (f"per-device batch {r.batch_size} × world size {w} × accumulation {acc} = global batch "
-            f"{r.global_batch_at(w)}")
+    return (
+        f"per-device batch {r.batch_size} × world size {w} × accumulation {acc} = global batch {r.global_batch_at(w)}"
+    )
 
 
 STATE_STYLE = {"finished": "green", "partial": "yellow", "missing": "dim"}
@@ -501,27 +612,37 @@ def print_plan(plan: Plan, states: dict[str, str], note: str | None = None, cons
             console = Console(width=220)
     tables = ",".join(t.table for t in plan.tables)
     pairs = plan.rows_before_dedup - len(plan.teachers)
-    title = (f"kdgrid plan · scale {plan.scale} · recipe {plan.recipe} · tables {tables} · "
-             f"{plan.seeds} seed{'s' if plan.seeds > 1 else ''}")
+    title = (
+        f"kdgrid plan · scale {plan.scale} · recipe {plan.recipe} · tables {tables} · "
+        f"{plan.seeds} seed{'s' if plan.seeds > 1 else ''}"
+    )
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in ("id", "rows", "seed", "teacher", "student", "method", "settings", "status"):
         table.add_column(col, overflow="fold")
     for r in plan.runs:
         teacher, student, method, settings = describe(r)
-        uses = ",".join(u.key for u in r.uses) if r.role == "student" else f"teacher of {r.spec.tags.get(tracking.TABLES, '')}"
+        uses = (
+            ",".join(u.key for u in r.uses)
+            if r.role == "student"
+            else f"teacher of {r.spec.tags.get(tracking.TABLES, '')}"
+        )
         state = states.get(r.hash, "missing")
-        table.add_row(r.hash[:8], uses, str(r.seed), teacher, student, method, settings,
-                      f"[{STATE_STYLE[state]}]{state}[/]")
+        table.add_row(
+            r.hash[:8], uses, str(r.seed), teacher, student, method, settings, f"[{STATE_STYLE[state]}]{state}[/]"
+        )
     console.print(table)
     counts = {k: sum(1 for r in plan.runs if states.get(r.hash, "missing") == k) for k in STATE_STYLE}
     merged = plan.rows_before_dedup - len(plan.runs)
+
     def n(k: int, what: str) -> str:
         return f"{k} {what}{'' if k == 1 else 's'}"
 
-    console.print(f"{plan.rows_before_dedup} runs before deduplication ({n(pairs, 'row×seed pair')} + "
-                  f"{n(len(plan.teachers), 'teacher run')}) → {len(plan.runs)} unique runs after deduplication "
-                  f"({n(len(plan.students), 'student')}, {n(len(plan.teachers), 'teacher')}; {merged} merged)",
-                  highlight=False)
+    console.print(
+        f"{plan.rows_before_dedup} runs before deduplication ({n(pairs, 'row×seed pair')} + "
+        f"{n(len(plan.teachers), 'teacher run')}) → {len(plan.runs)} unique runs after deduplication "
+        f"({n(len(plan.students), 'student')}, {n(len(plan.teachers), 'teacher')}; {merged} merged)",
+        highlight=False,
+    )
     for role, runs in (("students", plan.students), ("teachers", plan.teachers)):
         batches = dict.fromkeys(batch_line(r.spec.recipe) for r in runs)
         if batches:
@@ -541,10 +662,26 @@ def dump_plan(plan: Plan, out: str | Path) -> Path:
     for r in plan.runs:
         path = out / f"{r.hash}.yaml"
         path.write_text(r.spec.to_yaml())
-        index.append(dict(hash=r.hash, role=r.role, name=r.spec.name, seed=r.seed, uses=[u.key for u in r.uses],
-                          deps=r.deps, spec=path.name))
-    doc = dict(scale=plan.scale, recipe=plan.recipe, seeds=plan.seeds, tables=[t.table for t in plan.tables],
-               rows_before_dedup=plan.rows_before_dedup, launch=plan.launch, runs=index)
+        index.append(
+            dict(
+                hash=r.hash,
+                role=r.role,
+                name=r.spec.name,
+                seed=r.seed,
+                uses=[u.key for u in r.uses],
+                deps=r.deps,
+                spec=path.name,
+            )
+        )
+    doc = dict(
+        scale=plan.scale,
+        recipe=plan.recipe,
+        seeds=plan.seeds,
+        tables=[t.table for t in plan.tables],
+        rows_before_dedup=plan.rows_before_dedup,
+        launch=plan.launch,
+        runs=index,
+    )
     (out / "plan.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return out
 

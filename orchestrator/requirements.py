@@ -8,6 +8,7 @@ millisecond where `importlib.metadata.version` costs a few hundred (it imports e
 scans every path per name). `importlib.metadata` is the fallback for a package found no other way
 (an egg-info install).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,12 @@ RANGES = (
     Range("timm", "1.0.30", "2", "forward_intermediates; RegNet buildable on the meta device (1.0.30)"),
     Range("ray", "2.41", "3", "ray.tune.RunConfig, FailureConfig and tune.report(dict) (2.41)"),
     Range("mlflow", "3.1.3", "4", "MlflowClient.download_artifacts honours the client's tracking URI (3.1.3)"),
-    Range("submitit", "1.5.4", "2", "AutoExecutor(slurm_python=...); before 1.5.4 it imports pkg_resources, "
-                                    "which setuptools 82+ no longer has"),
+    Range(
+        "submitit",
+        "1.5.4",
+        "2",
+        "AutoExecutor(slurm_python=...); before 1.5.4 it imports pkg_resources, which setuptools 82+ no longer has",
+    ),
     Range("pydantic", "2.0.3", "3", "pydantic 2 validators (spec hashes checked equal on 2.0.3 and 2.14)"),
     Range("rich", "13", "16", "Live, Progress and MofNCompleteColumn"),
     Range("matplotlib", "3.6", "4", "the first with Python 3.11 wheels"),
@@ -124,10 +129,13 @@ def check_startup() -> str | None:
     found = problems(STARTUP)
     if not found:
         return None
-    return ("unsupported package versions:\n  " + "\n  ".join(found) +
-            "\nInstall a supported version (`pip install -e .` resolves kdgrid's ranges; "
-            "`pip install -c requirements/lock.txt -e .` the tested set), "
-            f"or set {SKIP_ENV}=1 to try anyway.")
+    return (
+        "unsupported package versions:\n  "
+        + "\n  ".join(found)
+        + "\nInstall a supported version (`pip install -e .` resolves kdgrid's ranges; "
+        "`pip install -c requirements/lock.txt -e .` the tested set), "
+        f"or set {SKIP_ENV}=1 to try anyway."
+    )
 
 
 def cmd_check(args) -> int:

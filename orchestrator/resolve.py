@@ -14,13 +14,15 @@ what they cost. `next_step` is the decision, pure; `resolve` the loop around it.
 A row is keyed by its seed-0 run's hash (`make_plan(row_seeds=...)`), so the rows that stand for the same
 run (the CaiT-S24 -> DeiT-Tiny manifold row of Tables 2-6 and Figure 4) get their seeds once.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 RESOLVED = "every claim is resolved"
 OUT_OF_BUDGET = "budget spent"
@@ -47,8 +49,9 @@ class Step:
     cost_s: float = 0.0  # estimated CPU-seconds of the added runs
 
 
-def claim_cost(need: ClaimNeed, seeds_now: dict[str, int], cost_per_seed: dict[str, float],
-               targets: dict[str, int] | None = None) -> tuple[dict[str, int], float]:
+def claim_cost(
+    need: ClaimNeed, seeds_now: dict[str, int], cost_per_seed: dict[str, float], targets: dict[str, int] | None = None
+) -> tuple[dict[str, int], float]:
     """(row -> seeds, estimated CPU-s) to bring a claim's open rows to its estimate (at least one more
     seed each), on top of `targets` already chosen."""
     targets = targets or {}
@@ -57,15 +60,22 @@ def claim_cost(need: ClaimNeed, seeds_now: dict[str, int], cost_per_seed: dict[s
     return want, cost
 
 
-def next_step(needs: Iterable[ClaimNeed], seeds_now: dict[str, int], cost_per_seed: dict[str, float],
-              budget_left_s: float | None, max_seeds: int) -> Step:
+def next_step(
+    needs: Iterable[ClaimNeed],
+    seeds_now: dict[str, int],
+    cost_per_seed: dict[str, float],
+    budget_left_s: float | None,
+    max_seeds: int,
+) -> Step:
     """Which rows get how many seeds this round. Pure."""
     step = Step()
     open_needs = [n for n in needs if not n.resolved]
     for n in open_needs:
         if n.excluded:
-            step.skipped[n.id] = ("its interval already excludes a difference of the size sought: it is smaller, "
-                                  "so more seeds would not resolve it (--effect sets a smaller size)")
+            step.skipped[n.id] = (
+                "its interval already excludes a difference of the size sought: it is smaller, "
+                "so more seeds would not resolve it (--effect sets a smaller size)"
+            )
         elif n.seeds_needed is None:
             step.skipped[n.id] = "a difference of this size needs more seeds than the power calculation allows"
         elif not n.rows:
@@ -79,8 +89,10 @@ def next_step(needs: Iterable[ClaimNeed], seeds_now: dict[str, int], cost_per_se
             step.skipped[n.id] = f"needs {top} seeds per row, over --max-seeds {max_seeds}"
             continue
         if budget_left_s is not None and step.cost_s + cost > budget_left_s:
-            step.skipped[n.id] = (f"needs {top} seeds per row: ~{cost / 3600:.4f} CPU-h, "
-                                  f"{max(0.0, budget_left_s - step.cost_s) / 3600:.4f} left")
+            step.skipped[n.id] = (
+                f"needs {top} seeds per row: ~{cost / 3600:.4f} CPU-h, "
+                f"{max(0.0, budget_left_s - step.cost_s) / 3600:.4f} left"
+            )
             continue
         for r, k in want.items():
             step.targets[r] = max(step.targets.get(r, seeds_now[r]), k)
@@ -99,8 +111,17 @@ def needs_of(report: Any, plan: Any) -> list[ClaimNeed]:
     from orchestrator.report.claims import INCOMPLETE
 
     keys = row_keys(plan)
-    return [ClaimNeed(c.id, c.resolved, tuple(dict.fromkeys(keys[r] for r in c.open_rows if r in keys)),
-                      c.seeds_needed, c.effect_excluded) for c in report.claims if c.verdict != INCOMPLETE]
+    return [
+        ClaimNeed(
+            c.id,
+            c.resolved,
+            tuple(dict.fromkeys(keys[r] for r in c.open_rows if r in keys)),
+            c.seeds_needed,
+            c.effect_excluded,
+        )
+        for c in report.claims
+        if c.verdict != INCOMPLETE
+    ]
 
 
 def run_costs(uri: str, scale: str, hashes: Iterable[str], cache: dict[str, float] | None = None) -> dict[str, float]:
@@ -114,8 +135,11 @@ def run_costs(uri: str, scale: str, hashes: Iterable[str], cache: dict[str, floa
         for h, run in tracking.runs_by_hash(c, scale, want).items():
             if run.info.status != "FINISHED":
                 continue
-            cache[h] = sum(m.value for key in ("cost.setup_cpu_s", "cost.cpu_s")
-                           for m in tracking.retry(c.get_metric_history, run.info.run_id, key))
+            cache[h] = sum(
+                m.value
+                for key in ("cost.setup_cpu_s", "cost.cpu_s")
+                for m in tracking.retry(c.get_metric_history, run.info.run_id, key)
+            )
     return {h: cache[h] for h in hashes if h in cache}
 
 
@@ -158,14 +182,18 @@ class Outcome:
     wall_s: float
 
     def lines(self) -> list[str]:
-        out = [f"--resolve: stopped: {self.reason}; {len(self.rounds)} round(s), "
-               f"{sum(r.runs for r in self.rounds)} run(s) added, {self.spent_cpu_h:.4f} CPU-h spent"
-               + (f" of {self.budget_cpu_h:g}" if self.budget_cpu_h is not None else "")
-               + f", {self.wall_s:.0f} s wall"]
+        out = [
+            f"--resolve: stopped: {self.reason}; {len(self.rounds)} round(s), "
+            f"{sum(r.runs for r in self.rounds)} run(s) added, {self.spent_cpu_h:.4f} CPU-h spent"
+            + (f" of {self.budget_cpu_h:g}" if self.budget_cpu_h is not None else "")
+            + f", {self.wall_s:.0f} s wall"
+        ]
         for r in self.rounds:
-            out.append(f"  round {r.n}: for {', '.join(r.chosen)}: " + "; ".join(
-                f"{row} +seeds {','.join(map(str, s))}" for row, s in r.added.items())
-                + f" ({r.runs} runs, estimated {r.estimated_cpu_h:.4f} CPU-h, measured {r.cpu_h:.4f}, {r.wall_s:.0f} s)")
+            out.append(
+                f"  round {r.n}: for {', '.join(r.chosen)}: "
+                + "; ".join(f"{row} +seeds {','.join(map(str, s))}" for row, s in r.added.items())
+                + f" ({r.runs} runs, estimated {r.estimated_cpu_h:.4f} CPU-h, measured {r.cpu_h:.4f}, {r.wall_s:.0f} s)"
+            )
         for cid, before in self.verdicts_before.items():
             after = self.verdicts_after.get(cid, before)
             out.append(f"  {cid}: {before} -> {after} ({self.seeds_after.get(cid, 0)} seeds per row)")
@@ -177,10 +205,23 @@ def _label(plan: Any, key: str) -> str:
     return "=".join(rows)
 
 
-def resolve(*, scale: str, tables: str, seeds: int, recipe: str, overrides: list[str], tracking_uri: str,
-            budget_cpu_h: float | None, max_seeds: int, effect: float | None = None, test: str = "welch",
-            level: float = 0.95, launch_kw: dict | None = None, console=None,
-            max_rounds: int = 50) -> tuple[Any, Any, Outcome]:
+def resolve(
+    *,
+    scale: str,
+    tables: str,
+    seeds: int,
+    recipe: str,
+    overrides: list[str],
+    tracking_uri: str,
+    budget_cpu_h: float | None,
+    max_seeds: int,
+    effect: float | None = None,
+    test: str = "welch",
+    level: float = 0.95,
+    launch_kw: dict | None = None,
+    console=None,
+    max_rounds: int = 50,
+) -> tuple[Any, Any, Outcome]:
     """Train the grid, then add seeds until the claims resolve or the budget says stop.
     Returns (the final plan, its report, the outcome)."""
     from rich.console import Console
@@ -221,8 +262,11 @@ def resolve(*, scale: str, tables: str, seeds: int, recipe: str, overrides: list
         row_seeds.update(step.targets)
         new_plan = make_plan(scale, tables, seeds, recipe, overrides, row_seeds=row_seeds)
         added = [r for r in new_plan.runs if r.hash not in {p.hash for p in plan.runs}]
-        console.print(f"--resolve round {n}: for {', '.join(step.chosen)}: {len(added)} run(s), estimated "
-                      f"{step.cost_s / 3600:.4f} CPU-h", highlight=False)
+        console.print(
+            f"--resolve round {n}: for {', '.join(step.chosen)}: {len(added)} run(s), estimated "
+            f"{step.cost_s / 3600:.4f} CPU-h",
+            highlight=False,
+        )
         t1 = time.perf_counter()
         outcomes, ctx, items = execute(new_plan, tracking_uri=tracking_uri, console=console, **launch_kw)
         summarize(outcomes, ctx, items)
@@ -231,15 +275,33 @@ def resolve(*, scale: str, tables: str, seeds: int, recipe: str, overrides: list
         by_row: dict[str, list[int]] = {}
         for k, target in step.targets.items():
             by_row[_label(new_plan, k)] = list(range(seeds_now[k], target))
-        rounds.append(Round(n, step.chosen, step.skipped, by_row, len(added), step.cost_s / 3600,
-                            sum(measured.values()) / 3600, time.perf_counter() - t1))
+        rounds.append(
+            Round(
+                n,
+                step.chosen,
+                step.skipped,
+                by_row,
+                len(added),
+                step.cost_s / 3600,
+                sum(measured.values()) / 3600,
+                time.perf_counter() - t1,
+            )
+        )
         plan = new_plan
         report = build_report(plan, tracking_uri, tuple(overrides), test=test, level=level, effect=effect)
         if not measured:
             reason = NO_PROGRESS
             break
-    outcome = Outcome(reason, rounds, spent / 3600, budget_cpu_h, before, {c.id: c.verdict for c in report.claims},
-                      {c.id: c.seeds_used for c in report.claims}, time.perf_counter() - t0)
+    outcome = Outcome(
+        reason,
+        rounds,
+        spent / 3600,
+        budget_cpu_h,
+        before,
+        {c.id: c.verdict for c in report.claims},
+        {c.id: c.seeds_used for c in report.claims},
+        time.perf_counter() - t0,
+    )
     return plan, report, outcome
 
 
@@ -251,13 +313,32 @@ def cmd_resolve(args) -> int:
 
     console = Console(soft_wrap=True)
     uri = absolute_uri(args.tracking_uri)
-    launch_kw = dict(launcher=args.launcher, work=Path(args.workdir).expanduser().resolve(), workers=args.workers,
-                     threads=args.threads, max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=True,
-                     ray_address=args.ray_address, slurm_config=args.slurm_config)
-    plan, report, outcome = resolve(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=args.recipe,
-                                    overrides=list(args.overrides), tracking_uri=uri,
-                                    budget_cpu_h=args.budget_cpu_hours, max_seeds=args.max_seeds, effect=args.effect,
-                                    test=args.test, level=args.level, launch_kw=launch_kw, console=console)
+    launch_kw = dict(
+        launcher=args.launcher,
+        work=Path(args.workdir).expanduser().resolve(),
+        workers=args.workers,
+        threads=args.threads,
+        max_cohort=args.max_cohort,
+        cohorts=not args.no_cohorts,
+        wait=True,
+        ray_address=args.ray_address,
+        slurm_config=args.slurm_config,
+    )
+    plan, report, outcome = resolve(
+        scale=args.scale,
+        tables=args.tables,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        overrides=list(args.overrides),
+        tracking_uri=uri,
+        budget_cpu_h=args.budget_cpu_hours,
+        max_seeds=args.max_seeds,
+        effect=args.effect,
+        test=args.test,
+        level=args.level,
+        launch_kw=launch_kw,
+        console=console,
+    )
     out = Path(args.out)
     write_reports(plan, uri, out, formats=("md", "html", "latex"), report=report)
     (out / "resolve.json").write_text(json.dumps(asdict(outcome), indent=2))
@@ -268,8 +349,9 @@ def cmd_resolve(args) -> int:
     return 0
 
 
-def added_seeds(scale: str, tables: str, seeds: int, recipe: str, overrides: list[str], tracking_uri: str,
-                max_seeds: int = 20) -> dict[str, int]:
+def added_seeds(
+    scale: str, tables: str, seeds: int, recipe: str, overrides: list[str], tracking_uri: str, max_seeds: int = 20
+) -> dict[str, int]:
     """{row key: seeds} for the rows whose seeds 0..n-1 (n > `seeds`) are all finished in MLflow: what
     `--resolve` added, so that `kdgrid report --added-seeds` counts them."""
     from orchestrator.plan import make_plan

@@ -5,6 +5,7 @@ setting the row varies ("CaiT-S24→DeiT-Tiny · L_ci+L_cp", "… · k=384", "�
 "… · α=0.5 β=0.2"); the description (`mlflow.note.content`, Markdown) lists every table row the run
 stands for, as the paper prints it, and what the run trains.
 """
+
 from __future__ import annotations
 
 from orchestrator.grid import AblationRow, AblationTable, method_label
@@ -54,8 +55,9 @@ def teacher_name(paper_model: str, seed: int) -> str:
 
 def row_line(table: AblationTable, index: int) -> str:
     row = table.rows[index]
-    cells = " | ".join(f"{c.header}: {row.display(c.field, c.format)}" for c in table.columns
-                       if c.field != "paper_acc1")
+    cells = " | ".join(
+        f"{c.header}: {row.display(c.field, c.format)}" for c in table.columns if c.field != "paper_acc1"
+    )
     acc = f"; paper Acc1 {row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
     label = f"Figure 4, curve {row.curve}" if table.table == "fig4" else f"Table {table.table}, row {index + 1}"
     return f"- {label} (`{table.row_key(index)}`): {cells}{acc}"
@@ -69,5 +71,7 @@ def description(uses: list[tuple[AblationTable, int]], trains: str, seed: int, r
 
 
 def teacher_description(paper_model: str, tables: str, trains: str) -> str:
-    return (f"**Teacher** {_model(paper_model)} for the rows of tables {tables} that distil from it "
-            f"(trained in the grid at this scale, before its students).\n\n**Trains:** {trains}.")
+    return (
+        f"**Teacher** {_model(paper_model)} for the rows of tables {tables} that distil from it "
+        f"(trained in the grid at this scale, before its students).\n\n**Trains:** {trains}."
+    )

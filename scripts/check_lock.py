@@ -5,6 +5,7 @@ stale venv shows up as a named difference, not as a test that fails for another 
 
 Usage: .venv/bin/python scripts/check_lock.py [requirements/lock.txt]
 """
+
 from __future__ import annotations
 
 import re
@@ -36,10 +37,16 @@ def main(argv: list[str]) -> int:
     lock = Path(argv[1] if len(argv) > 1 else Path(__file__).resolve().parents[1] / "requirements/lock.txt")
     pins = read_lock(lock)
     installed = {norm(d.metadata["Name"]): d.version for d in distributions()}
-    diff = [f"{n} {v} is installed but not in {lock}" for n, v in sorted(installed.items())
-            if n not in IGNORED | VENV_TOOLS and n not in pins]
-    diff += [f"{n} {v} is installed, {lock} pins {pins[n]}" for n, v in sorted(installed.items())
-             if n in pins and pins[n] != v]
+    diff = [
+        f"{n} {v} is installed but not in {lock}"
+        for n, v in sorted(installed.items())
+        if n not in IGNORED | VENV_TOOLS and n not in pins
+    ]
+    diff += [
+        f"{n} {v} is installed, {lock} pins {pins[n]}"
+        for n, v in sorted(installed.items())
+        if n in pins and pins[n] != v
+    ]
     for line in diff:
         print(f"[check_lock] {line}", file=sys.stderr)
     if not diff:

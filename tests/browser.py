@@ -5,6 +5,7 @@ nested runs start collapsed. Driving the browser lets a test wait until the runs
 what a user would click, and read back what was rendered. (No websocket package is needed: the few
 frames the protocol uses are written here.)
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,9 +29,12 @@ class _WebSocket:
         host, port, path = m.group(1), int(m.group(2)), m.group(3)
         self.sock = socket.create_connection((host, port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                           ).encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += self.sock.recv(1)
@@ -50,8 +54,13 @@ class _WebSocket:
         data = text.encode()
         head = bytes([0x81])
         n = len(data)
-        head += bytes([0x80 | n]) if n < 126 else (bytes([0x80 | 126]) + struct.pack(">H", n) if n < 2**16
-                                                     else bytes([0x80 | 127]) + struct.pack(">Q", n))
+        head += (
+            bytes([0x80 | n])
+            if n < 126
+            else (
+                bytes([0x80 | 126]) + struct.pack(">H", n) if n < 2**16 else bytes([0x80 | 127]) + struct.pack(">Q", n)
+            )
+        )
         mask = os.urandom(4)
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
@@ -79,11 +88,28 @@ class Browser:
 
     def __init__(self, profile: Path, width: int = 1600, height: int = 1000):
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "--remote-allow-origins=*",
-             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         port = None
         deadline = time.monotonic() + 60
         while port is None and time.monotonic() < deadline:
@@ -135,8 +161,11 @@ class Browser:
     def drag(self, x: float, y: float, dx: float) -> None:
         """Press the mouse at (x, y), move it by dx, release: a column resize."""
         self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-        for kind, px in (("mousePressed", x), *(("mouseMoved", x + dx * i / 8) for i in range(1, 9)),
-                         ("mouseReleased", x + dx)):
+        for kind, px in (
+            ("mousePressed", x),
+            *(("mouseMoved", x + dx * i / 8) for i in range(1, 9)),
+            ("mouseReleased", x + dx),
+        ):
             self.call("Input.dispatchMouseEvent", type=kind, x=px, y=y, button="left", buttons=1, clickCount=1)
             time.sleep(0.05)
 
@@ -158,7 +187,7 @@ class Browser:
                 pass
         self.proc.stderr.close()
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,8 +1,10 @@
 """Shared test fixtures: small and generic."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml

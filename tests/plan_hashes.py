@@ -4,6 +4,7 @@
 once before the method registry (issue 13) and test_plan_hashes.py checks the code still plans the same
 runs, so stores trained before stay valid. Regenerate it only when an issue requires the hashes to change.
 """
+
 from __future__ import annotations
 
 import json

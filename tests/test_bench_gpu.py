@@ -1,6 +1,7 @@
 """benchmarks/bench_gpu.py: its CPU mode runs end to end (so it cannot rot before a GPU runs it), it
 imports nothing the GPU machine lacks (mlflow, pydantic, ray), and its loss is Table 2's row as kdgrid
 plans it."""
+
 import json
 import re
 import subprocess
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the benchmark as `python -m benchmarks.bench_gpu ARGS` would, with mlflow, pydantic and ray made
 # unimportable (as on the GPU machine); reports any attempt to import them.
-CHILD = r'''
+CHILD = r"""
 import importlib.abc, runpy, sys
 BLOCKED, tried = {"mlflow", "pydantic", "ray"}, []
 class Block(importlib.abc.MetaPathFinder):
@@ -26,20 +27,33 @@ sys.meta_path.insert(0, Block())
 sys.argv = ["bench_gpu"] + sys.argv[1:]
 runpy.run_module("benchmarks.bench_gpu", run_name="__main__", alter_sys=True)
 print("BLOCKED_IMPORTS", sorted(set(tried)))
-'''
+"""
 
 
 def run_child(*args):
-    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_blocker_really_blocks():
     """The child's blocker is what makes the purity check mean anything: importing the engine (pydantic, through trainer.spec) fails."""
-    code = CHILD.replace('runpy.run_module("benchmarks.bench_gpu", run_name="__main__", alter_sys=True)',
-                         "import trainer.engine")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    code = CHILD.replace(
+        'runpy.run_module("benchmarks.bench_gpu", run_name="__main__", alter_sys=True)', "import trainer.engine"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode != 0 and "blocked" in res.stderr
 
 
@@ -70,8 +84,9 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
     # counted model FLOPs and the paper's Table 1 formula agree within a factor of two
     for what in ("teacher forward", "student fwd+bwd"):
         key = next(k for k in rows if k[0] == "flops" and k[1].startswith(what))
-        counted, formula = (float(x.split()[0]) * {"T": 1e12, "G": 1e9, "M": 1e6}[x.split()[1][0]]
-                            for x in rows[key].split(" | "))
+        counted, formula = (
+            float(x.split()[0]) * {"T": 1e12, "G": 1e9, "M": 1e6}[x.split()[1][0]] for x in rows[key].split(" | ")
+        )
         assert 0.5 < counted / formula < 2, (what, counted, formula)
     # a cohort shares one teacher forward: per-student cost falls below a solo step's
     assert data["cohort1_per_student"] == 1.0
@@ -95,15 +110,33 @@ def test_row_is_table2_manifold_row_under_paper_mean():
     d, b = spec.distillation, row.distillation
     assert (d.kd, d.tau, d.kd_weight, d.embedding) == (b.kd, b.tau, b.kd_weight, b.embedding)
     m, bm = d.manifold, b.manifold
-    for field in ("terms", "alpha", "beta", "k", "reduction", "layer_reduce", "weight", "exact", "exact_weight",
-                  "student_blocks", "teacher_blocks"):
-        assert tuple(getattr(m, field)) == tuple(getattr(bm, field)) if field.endswith(("blocks", "terms")) \
-            else getattr(m, field) == getattr(bm, field), field
+    for field in (
+        "terms",
+        "alpha",
+        "beta",
+        "k",
+        "reduction",
+        "layer_reduce",
+        "weight",
+        "exact",
+        "exact_weight",
+        "student_blocks",
+        "teacher_blocks",
+    ):
+        assert (
+            tuple(getattr(m, field)) == tuple(getattr(bm, field))
+            if field.endswith(("blocks", "terms"))
+            else getattr(m, field) == getattr(bm, field)
+        ), field
     assert m.term_scale.model_dump() == vars(bm.term_scale)
     assert spec.data.augment.smoothing == row.data.augment.smoothing
     r = spec.recipe
-    assert (r.lr, r.lr_scale_batch, r.weight_decay, r.batch_size) == (row.recipe.lr, row.recipe.lr_scale_batch,
-                                                                       row.recipe.weight_decay, FULL["batch"])
+    assert (r.lr, r.lr_scale_batch, r.weight_decay, r.batch_size) == (
+        row.recipe.lr,
+        row.recipe.lr_scale_batch,
+        row.recipe.weight_decay,
+        FULL["batch"],
+    )
     assert spec.student.drop_path == row.recipe.drop_path
     assert spec.student.name == FULL["student"] and spec.teacher.name.split(".")[0] == FULL["teacher"]
     assert spec.data.img_size == FULL["img"]

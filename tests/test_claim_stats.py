@@ -2,6 +2,7 @@
 verdicts and seed estimates, checked against formulas computed another way (Welch's interval by hand with
 the t quantile; power by simulation; the normal approximation as a lower bound), including a claim that
 resolves only once the estimated seeds are added. Pure: milliseconds."""
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,9 @@ def test_sample_has_the_asked_mean_and_spread():
 def test_welch_interval_matches_the_textbook_formula():
     a, b = sample(75.06, 0.5, 3), sample(74.62, 0.9, 4)
     d = S.decide(a, b)
-    va, vb = 0.5 ** 2 / 3, 0.9 ** 2 / 4
+    va, vb = 0.5**2 / 3, 0.9**2 / 4
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
     half = sps.t.ppf(0.975, df) * se
     assert d.test == "welch" and (d.n_a, d.n_b) == (3, 4)
     assert d.diff == pytest.approx(0.44) and d.df == pytest.approx(df)
@@ -54,14 +55,17 @@ def test_paired_interval_is_the_one_sample_interval_of_the_differences():
     assert S.decide(a, {s: v for s, v in b.items() if s != 7}).outcome == "unresolved"
 
 
-@pytest.mark.parametrize("mean_a, sd, mean_b, n, relation, outcome", [
-    (75.0, 0.3, 74.0, 3, "beats", "supports"),
-    (74.0, 0.3, 75.0, 3, "beats", "contradicts"),
-    (75.0, 1.0, 74.6, 3, "beats", "unresolved"),
-    (74.46, 0.1, 74.48, 3, "close", "supports"),  # -0.02, well inside the 0.5 margin
-    (73.0, 0.1, 74.48, 3, "close", "contradicts"),  # 1.5 below
-    (74.3, 0.4, 74.48, 3, "close", "unresolved"),  # the interval reaches below -0.5
-])
+@pytest.mark.parametrize(
+    "mean_a, sd, mean_b, n, relation, outcome",
+    [
+        (75.0, 0.3, 74.0, 3, "beats", "supports"),
+        (74.0, 0.3, 75.0, 3, "beats", "contradicts"),
+        (75.0, 1.0, 74.6, 3, "beats", "unresolved"),
+        (74.46, 0.1, 74.48, 3, "close", "supports"),  # -0.02, well inside the 0.5 margin
+        (73.0, 0.1, 74.48, 3, "close", "contradicts"),  # 1.5 below
+        (74.3, 0.4, 74.48, 3, "close", "unresolved"),  # the interval reaches below -0.5
+    ],
+)
 def test_known_means_and_spreads_give_the_expected_outcome(mean_a, sd, mean_b, n, relation, outcome):
     assert S.decide(sample(mean_a, sd, n), sample(mean_b, sd, n), relation).outcome == outcome
 

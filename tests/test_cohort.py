@@ -1,4 +1,5 @@
 """A run's numbers do not depend on its company: solo and cohort training give identical metrics."""
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,18 @@ def numbers(work: Path, h: str) -> list[dict]:
 def test_cohort_and_solo_training_give_identical_metrics(tmp_path):
     teacher = parse_experiment(smoke_specs.teacher(epochs=1, train=512))
     base = tmp_path / "teacher"
-    assert train_specs([teacher], work=base, tracking_uri=f"sqlite:///{tmp_path / 't.db'}", threads=1) == \
-        {teacher.content_hash(): "finished"}
+    assert train_specs([teacher], work=base, tracking_uri=f"sqlite:///{tmp_path / 't.db'}", threads=1) == {
+        teacher.content_hash(): "finished"
+    }
     t = teacher.content_hash()
     variants = [
         dict(kd="hard", manifold={"k": 192}),
-        dict(kd="soft", tau=2.0, kd_weight=1.0, manifold={"k": 384, "terms": ["ci", "rs"], "reduction": "released",
-                                                          "exact": True, "exact_weight": 0.5}),
+        dict(
+            kd="soft",
+            tau=2.0,
+            kd_weight=1.0,
+            manifold={"k": 384, "terms": ["ci", "rs"], "reduction": "released", "exact": True, "exact_weight": 0.5},
+        ),
         dict(kd="hard", embedding={"weight": 0.1}),  # widths 16 vs 32: a learned projection per block pair
     ]
     students = []

@@ -1,4 +1,5 @@
 """Cohorts fit the memory a worker is given, or are split (estimates from trainer.footprint)."""
+
 from __future__ import annotations
 
 from orchestrator.launch.items import work_items
@@ -36,6 +37,7 @@ def test_a_cohort_is_split_to_fit_the_memory_budget():
     assert sorted(h for it in items for h in it.hashes) == sorted(r.hash for r in runs)
     # the fewest parts: one fewer even split would not fit
     from orchestrator.launch.items import _even_chunks
+
     fewer = _even_chunks([r.spec for r in runs], len(items) - 1)
     assert any(cohort_bytes(c) > budget for c in fewer)
     big = work_items(runs, workers=1, memory_budget=200 * GiB)

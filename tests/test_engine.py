@@ -1,4 +1,5 @@
 """One distillation run from a spec file to MLflow, on real Fashion-MNIST: logging, resume, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ pytestmark = pytest.mark.slow
 
 
 def kdgrid(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        **popen,
+    )
 
 
 def history(work: Path, run_hash: str) -> list[dict]:
@@ -35,8 +43,18 @@ def store(tmp_path_factory):
     base = tmp_path_factory.mktemp("engine")
     uri = f"sqlite:///{base / 'mlflow.db'}"
     spec = smoke_specs.write(smoke_specs.teacher(), base / "teacher.yaml")
-    out = kdgrid("train", str(spec), "--threads", "1", "--workdir", str(base / "runs"),
-                 "--tracking-uri", uri, "--quiet", cwd=base)
+    out = kdgrid(
+        "train",
+        str(spec),
+        "--threads",
+        "1",
+        "--workdir",
+        str(base / "runs"),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        cwd=base,
+    )
     assert out.returncode == 0, out.stderr
     t_hash = parse_experiment(smoke_specs.teacher()).content_hash()
     return base, uri, t_hash
@@ -48,8 +66,18 @@ def test_distilled_student_logs_everything_to_mlflow(store):
     spec_dict = smoke_specs.student(t_hash, kd="hard", manifold={"k": 192, "reduction": "released"})
     path = smoke_specs.write(spec_dict, base / "student.yaml")
     t0 = time.perf_counter()
-    out = kdgrid("train", str(path), "--threads", "1", "--workdir", str(base / "runs"), "--tracking-uri", uri,
-                 "--quiet", cwd=base)
+    out = kdgrid(
+        "train",
+        str(path),
+        "--threads",
+        "1",
+        "--workdir",
+        str(base / "runs"),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        cwd=base,
+    )
     elapsed = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr
     print(f"distilled smoke student trained in {elapsed:.1f} s")
@@ -76,37 +104,71 @@ def test_distilled_student_logs_everything_to_mlflow(store):
     assert params["effective.world_size"] == "1"
     tags = run.data.tags
     assert tags[tracking.HASH] == spec.content_hash()
-    assert tags["env.threads"] == "1" and tags["env.torch"] == torch.__version__.split("+")[0] or \
-        tags["env.torch"].startswith(torch.__version__.split("+")[0])
+    assert (
+        tags["env.threads"] == "1"
+        and tags["env.torch"] == torch.__version__.split("+")[0]
+        or tags["env.torch"].startswith(torch.__version__.split("+")[0])
+    )
     assert tags["env.git_commit"]
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert "spec.yaml" in artifacts
-    assert {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")} == \
-        {"checkpoints/final.pt", "checkpoints/checkpoint.pt"}
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/final.pt",
+        "checkpoints/checkpoint.pt",
+    }
     # The teacher was frozen: its weights on disk are those it finished with.
     teacher_final = workdir.load(base / "runs" / t_hash / "final.pt")["model"]
     assert all(torch.isfinite(v).all() for v in teacher_final.values())
 
     # Running it again trains nothing: MLflow has it finished.
-    again = kdgrid("train", str(path), "--threads", "1", "--workdir", str(base / "runs"), "--tracking-uri", uri,
-                   "--quiet", cwd=base)
+    again = kdgrid(
+        "train",
+        str(path),
+        "--threads",
+        "1",
+        "--workdir",
+        str(base / "runs"),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        cwd=base,
+    )
     assert again.returncode == 0 and "skipped: finished in MLflow" in again.stdout
 
 
 def test_killed_run_resumes_exactly(store, tmp_path):
     """SIGKILL mid-epoch; the rerun resumes from the last checkpoint and ends as if never interrupted."""
     base, uri, t_hash = store
-    spec_dict = smoke_specs.student(t_hash, epochs=4, train=2048, kd="hard",
-                                    manifold={"k": 192, "terms": ["ci", "rs"], "reduction": "released"})
+    spec_dict = smoke_specs.student(
+        t_hash, epochs=4, train=2048, kd="hard", manifold={"k": 192, "terms": ["ci", "rs"], "reduction": "released"}
+    )
     path = smoke_specs.write(spec_dict, tmp_path / "student.yaml")
     h = parse_experiment(spec_dict).content_hash()
     work = base / "runs"  # shares the teacher's run dir
     ckpt = work / h / "checkpoint.pt"
 
-    cmd = [sys.executable, "-m", "orchestrator.cli", "train", str(path), "--threads", "1", "--workdir", str(work),
-           "--tracking-uri", uri, "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "train",
+        str(path),
+        "--threads",
+        "1",
+        "--workdir",
+        str(work),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not ckpt.exists():
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -121,8 +183,9 @@ def test_killed_run_resumes_exactly(store, tmp_path):
     run_before = tracking.runs_by_hash(c, "test", [h])[h]
     assert run_before.info.status == "RUNNING"  # a SIGKILLed process cannot say goodbye
 
-    out = kdgrid("train", str(path), "--threads", "1", "--workdir", str(work), "--tracking-uri", uri, "--quiet",
-                 cwd=tmp_path)
+    out = kdgrid(
+        "train", str(path), "--threads", "1", "--workdir", str(work), "--tracking-uri", uri, "--quiet", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     run = tracking.runs_by_hash(c, "test", [h])[h]
     assert run.info.run_id == run_before.info.run_id and run.info.status == "FINISHED"
@@ -135,10 +198,21 @@ def test_killed_run_resumes_exactly(store, tmp_path):
     fresh_work = tmp_path / "fresh"
     (fresh_work / t_hash).mkdir(parents=True)
     (fresh_work / t_hash / "final.pt").write_bytes((work / t_hash / "final.pt").read_bytes())
-    out = kdgrid("train", str(path), "--threads", "1", "--workdir", str(fresh_work), "--tracking-uri",
-                 f"sqlite:///{tmp_path / 'fresh.db'}", "--quiet", cwd=tmp_path)
+    out = kdgrid(
+        "train",
+        str(path),
+        "--threads",
+        "1",
+        "--workdir",
+        str(fresh_work),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'fresh.db'}",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     uninterrupted = history(fresh_work, h)
+
     def numbers(entry: dict) -> dict:  # what was learned, not how long it took
         return {k: v for k, v in entry.items() if not (k.endswith("time_s") or k.startswith("cost."))}
 
@@ -147,12 +221,23 @@ def test_killed_run_resumes_exactly(store, tmp_path):
 
 def test_nan_loss_fails_the_run_with_its_reason(store, tmp_path):
     base, uri, t_hash = store
-    spec_dict = smoke_specs.student(t_hash, epochs=1, train=1024, kd="hard",
-                                    manifold={"k": 192, "weight": 1e30, "reduction": "paper"})
+    spec_dict = smoke_specs.student(
+        t_hash, epochs=1, train=1024, kd="hard", manifold={"k": 192, "weight": 1e30, "reduction": "paper"}
+    )
     spec_dict["recipe"]["lr"] = 1e6
     path = smoke_specs.write(spec_dict, tmp_path / "nan.yaml")
-    out = kdgrid("train", str(path), "--threads", "1", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri,
-                 "--quiet", cwd=tmp_path)
+    out = kdgrid(
+        "train",
+        str(path),
+        "--threads",
+        "1",
+        "--workdir",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert out.returncode == 1
     assert "non-finite loss" in out.stdout
     h = parse_experiment(spec_dict).content_hash()

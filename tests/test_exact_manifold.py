@@ -1,4 +1,5 @@
 """manifold_exact (Eq. 8 through Gram matrices) against the full (np x np) relation map in float64."""
+
 import pytest
 import torch
 
@@ -57,8 +58,9 @@ def test_centering_is_needed_even_in_float64():
     """Patches nearly parallel (shared direction 30x the rest, cosines ~0.9997): float64 products alone
     are not enough, the uncentered Gram terms cancel ~1e15-fold. Measured: 4e-2 uncentered vs 2e-8."""
     g = torch.Generator().manual_seed(0)
-    f_s = torch.randn(N, P, CS, generator=g, dtype=torch.float64) + 30 * torch.randn(CS, generator=g,
-                                                                                     dtype=torch.float64)
+    f_s = torch.randn(N, P, CS, generator=g, dtype=torch.float64) + 30 * torch.randn(
+        CS, generator=g, dtype=torch.float64
+    )
     f_t = (f_s + 1e-4 * torch.randn(N, P, CS, generator=g, dtype=torch.float64)).float()
     f_s = f_s.float()
     ref = reference(f_s, f_t)
@@ -145,6 +147,7 @@ def test_shape_mismatch():
 @pytest.mark.parametrize("naive", [True, False])
 def test_benchmark_quick_smoke(capsys, naive):
     from benchmarks.bench_loss import main
+
     rows = main(["--quick", "--repeats", "1"] + ([] if naive else ["--no-naive"]))
     out = capsys.readouterr().out
     assert "manifold_exact" in out and "PASS" in out

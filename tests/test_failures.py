@@ -1,5 +1,6 @@
 """A run that fails is reported with its reason and its log, the runs that needed it are reported blocked
 with why, and everything else still finishes."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,23 @@ def test_nan_teacher_fails_with_reason_and_log_students_blocked_rest_finishes(tm
 
     uri, work = store(tmp_path)
     absurd = "teachers.cait_s24_224.recipe.lr=1.0e+30"  # the teacher's loss becomes NaN in its first epoch
-    out = kdgrid("reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
-                 "--out", str(tmp_path / "reports"), "--set", absurd, *LESS_DATA, cwd=tmp_path)
+    out = kdgrid(
+        "reproduce",
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--out",
+        str(tmp_path / "reports"),
+        "--set",
+        absurd,
+        *LESS_DATA,
+        cwd=tmp_path,
+    )
     text = out.stdout
     assert out.returncode == 1, text + out.stderr  # something failed
 
@@ -33,8 +49,9 @@ def test_nan_teacher_fails_with_reason_and_log_students_blocked_rest_finishes(tm
     log = m.group(2)
     assert log.startswith(str(work / "logs")) and open(log).read().count(teacher.hash) >= 1
     for r in students:
-        assert re.search(rf"BLOCKED +{r.hash[:8]} .*teacher {teacher.hash[:8]} .*did not finish .*non-finite loss",
-                         text), text
+        assert re.search(
+            rf"BLOCKED +{r.hash[:8]} .*teacher {teacher.hash[:8]} .*did not finish .*non-finite loss", text
+        ), text
 
     runs = mlflow_runs(uri)
     assert runs[teacher.hash].info.status == "FAILED"
@@ -54,16 +71,40 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     import sys
     import time
 
-
     uri, work = store(tmp_path)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "reproduce", "--scale", "smoke", "--tables", "fig4",
-           "--launcher", "slurm", "--slurm-config", config(tmp_path, array=True), "--tracking-uri", uri,
-           "--workdir", str(work), "--out", str(tmp_path / "reports"),
-           "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "reproduce",
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--launcher",
+        "slurm",
+        "--slurm-config",
+        config(tmp_path, array=True),
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--out",
+        str(tmp_path / "reports"),
+        "--set",
+        "data.train_subset=512",
+        "--set",
+        "data.val_subset=128",
+    ]
     log = tmp_path / "reproduce.log"
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+        p = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+        )
     try:
         deadline = time.monotonic() + 300
         while not (m := re.search(r"teacher item\(s\) as Slurm job\(s\) (\d+)", log.read_text())):
@@ -83,7 +124,10 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     m = re.search(rf"FAILED +\w+ teacher[^:]*: Slurm job {job} CANCELLED[^\n]*\(log (\S+), Slurm log (\S+)\)", text)
     assert m, text
     assert m.group(1).startswith(str(work / "logs")) and m.group(2).endswith(f"{job}_0_log.err")
-    students = re.findall(r"BLOCKED +\w+ CaiT-S24→DeiT-Tiny [^\n]*teacher \w+ \(teacher · CaiT-S24\) did not finish "
-                          rf"\(failed: Slurm job {job} CANCELLED", text)
+    students = re.findall(
+        r"BLOCKED +\w+ CaiT-S24→DeiT-Tiny [^\n]*teacher \w+ \(teacher · CaiT-S24\) did not finish "
+        rf"\(failed: Slurm job {job} CANCELLED",
+        text,
+    )
     assert len(students) == 2, text
     assert re.search(r"runs: 2 blocked, 1 failed, 1 finished", text), text

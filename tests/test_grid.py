@@ -1,5 +1,6 @@
 """The paper's tables, scales and recipes as data: every row as printed, and malformed files rejected with
 file, field path and reason. Nothing here trains or builds real weights (models on the meta device only)."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,10 +36,17 @@ TABLE5 = [
     ({1, 2, 3, 4, 9, 10, 11, 12, 21, 22, 23, 24}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, 74.31),
 ]
 TABLE6 = [(0, 74.62), (192, 75.06), (384, 74.95), (768, 74.81)]
-TABLE7 = [(XXS, TINY, "embedding", 74.31), (XXS, TINY, "manifold", 74.46),
-          (S24, SMALL, "embedding", 81.41), (S24, SMALL, "manifold", 81.48)]
-FIG4 = [("none", None, "deit_tiny_patch16_224", "none", 72.2), ("hard", S24, TINY, "hard", 74.39),
-        ("manifold", S24, TINY, "manifold", 75.06)]
+TABLE7 = [
+    (XXS, TINY, "embedding", 74.31),
+    (XXS, TINY, "manifold", 74.46),
+    (S24, SMALL, "embedding", 81.41),
+    (S24, SMALL, "manifold", 81.48),
+]
+FIG4 = [
+    ("none", None, "deit_tiny_patch16_224", "none", 72.2),
+    ("hard", S24, TINY, "hard", 74.39),
+    ("manifold", S24, TINY, "manifold", 75.06),
+]
 
 HEADERS = {
     "2": ["Teacher", "Acc1", "Distillation method", "Student", "Acc1"],
@@ -93,8 +101,13 @@ def test_columns_in_the_papers_order():
         t = load_table(tid)
         assert [c.header for c in t.columns] == headers, tid
         assert t.title.startswith(f"Table {tid}") and t.caption
-    assert [c.field for c in load_table("5").columns] == ["teacher", "student", "teacher_blocks",
-                                                          "student_blocks", "paper_acc1"]
+    assert [c.field for c in load_table("5").columns] == [
+        "teacher",
+        "student",
+        "teacher_blocks",
+        "student_blocks",
+        "paper_acc1",
+    ]
     assert sum(len(load_table(t).rows) for t in grid.TABLE_IDS) == 33
 
 
@@ -109,14 +122,26 @@ def test_scales():
     d, r = paper.data, paper.student.recipe
     assert (d.dataset, d.img_size, d.in_chans, d.num_classes, d.root) == ("imagenet", 224, 3, 1000, None)
     a = d.augment
-    assert (a.rand_augment, a.mixup, a.cutmix, a.smoothing, a.reprob, a.repeated_aug, a.color_jitter) == \
-        ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25, True, 0.3)
+    assert (a.rand_augment, a.mixup, a.cutmix, a.smoothing, a.reprob, a.repeated_aug, a.color_jitter) == (
+        "rand-m9-mstd0.5-inc1",
+        0.8,
+        1.0,
+        0.1,
+        0.25,
+        True,
+        0.3,
+    )
     assert (r.epochs, r.batch_size, r.lr, r.lr_scale_batch) == (300, 128, 5e-4, 512)
     assert paper.student.drop_path == 0.1
     assert paper.launch.resources["gpus"] == 8
     assert {n: t.source for n, t in paper.teachers.items()} == {
-        REGNET: "hub", XXS: "hub", S24: "hub",  # and ViTKD's DeiT III teachers (ablations/vitkd.yaml)
-        "deit3_small_patch16_224": "hub", "deit3_base_patch16_224": "hub", "deit3_large_patch16_224": "hub"}
+        REGNET: "hub",
+        XXS: "hub",
+        S24: "hub",  # and ViTKD's DeiT III teachers (ablations/vitkd.yaml)
+        "deit3_small_patch16_224": "hub",
+        "deit3_base_patch16_224": "hub",
+        "deit3_large_patch16_224": "hub",
+    }
     assert paper.models[REGNET].name == "regnety_160.deit_in1k"  # DeiT's teacher weights, not timm's default
     assert paper.models[TINY].name == TINY
 
@@ -136,6 +161,7 @@ def test_scales():
     smoke, _ = load_scale("smoke")
     assert smoke.models[TINY].kwargs["embed_dim"] == 16 and smoke.models[SMALL].kwargs["embed_dim"] == 32
     from trainer.models import model_info
+
     info = model_info(smoke.models[TINY].name, **smoke.models[TINY].kwargs)
     assert info.num_patches == 16 and 768 <= smoke.student.recipe.batch_size * info.num_patches
 
@@ -165,9 +191,13 @@ def test_recipes():
 
 # ---- malformed files: file, field path and reason ---------------------------------------------------
 def _table(**row_overrides) -> dict:
-    return {"table": "9", "title": "test", "columns": [{"header": "Teacher", "field": "teacher"}],
-            "base": {"teacher": S24, "student": TINY, "method": "manifold"},
-            "rows": [{"paper_acc1": 70.0}, {"k": 384, "paper_acc1": 71.0, **row_overrides}]}
+    return {
+        "table": "9",
+        "title": "test",
+        "columns": [{"header": "Teacher", "field": "teacher"}],
+        "base": {"teacher": S24, "student": TINY, "method": "manifold"},
+        "rows": [{"paper_acc1": 70.0}, {"k": 384, "paper_acc1": 71.0, **row_overrides}],
+    }
 
 
 def _rejects(path, *expected) -> str:
@@ -179,17 +209,20 @@ def _rejects(path, *expected) -> str:
     return msg
 
 
-@pytest.mark.parametrize("overrides, field, reason", [
-    ({"alpha": -1}, "rows[1].alpha", "greater than or equal to 0"),
-    ({"beta": "0.2"}, "rows[1].beta", "valid number"),
-    ({"beta": float("nan")}, "rows[1].beta", "finite number"),
-    ({"teacher_blocks": [1, 0]}, "rows[1].teacher_blocks[1]", "greater than or equal to 1"),
-    ({"student": "deit_tinyy_patch16_224"}, "rows[1].student", "unknown model"),
-    ({"alfa": 1}, "rows[1].alfa", "unknown key (did you mean alpha?)"),
-    ({"paper_acc1": "75"}, "rows[1].paper_acc1", "valid number"),
-    ({"method": "hard"}, "rows[1].k", "only manifold rows take k"),
-    ({"teacher_blocks": [1, 2], "student_blocks": [1]}, "rows[1].teacher_blocks", "paired in order"),
-])
+@pytest.mark.parametrize(
+    "overrides, field, reason",
+    [
+        ({"alpha": -1}, "rows[1].alpha", "greater than or equal to 0"),
+        ({"beta": "0.2"}, "rows[1].beta", "valid number"),
+        ({"beta": float("nan")}, "rows[1].beta", "finite number"),
+        ({"teacher_blocks": [1, 0]}, "rows[1].teacher_blocks[1]", "greater than or equal to 1"),
+        ({"student": "deit_tinyy_patch16_224"}, "rows[1].student", "unknown model"),
+        ({"alfa": 1}, "rows[1].alfa", "unknown key (did you mean alpha?)"),
+        ({"paper_acc1": "75"}, "rows[1].paper_acc1", "valid number"),
+        ({"method": "hard"}, "rows[1].k", "only manifold rows take k"),
+        ({"teacher_blocks": [1, 2], "student_blocks": [1]}, "rows[1].teacher_blocks", "paired in order"),
+    ],
+)
 def test_bad_row_values(write_yaml, overrides, field, reason):
     _rejects(write_yaml("bad.yaml", _table(**overrides)), field, reason)
 

@@ -1,5 +1,6 @@
 """The paper-scale data path on a tiny generated ImageFolder: DeiT's augmentations from timm (RandAugment,
 Mixup/CutMix with label smoothing, random erasing), a teacher loaded from a checkpoint file, soft KD."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,10 +35,10 @@ def test_imagefolder_with_deit_augmentations_and_a_checkpoint_teacher(tmp_path):
     spec.write_text(f"""
 scale: test-folder
 student: {{name: deit_tiny_distilled_patch16_224, kwargs: {TINY_VIT}, drop_path: 0.1}}
-teacher: {{name: deit_tiny_patch16_224, kwargs: {TINY_VIT}, source: checkpoint, path: {tmp_path / 'teacher.pth'}}}
+teacher: {{name: deit_tiny_patch16_224, kwargs: {TINY_VIT}, source: checkpoint, path: {tmp_path / "teacher.pth"}}}
 data:
   dataset: imagenet
-  root: {tmp_path / 'imagenet'}
+  root: {tmp_path / "imagenet"}
   img_size: 32
   in_chans: 3
   num_classes: 2

@@ -6,6 +6,7 @@
   runs, every epoch logged once, and a third `reproduce` launches nothing;
 - a run another launch is training is reported "running elsewhere" (its students "deferred"), not failed.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,14 @@ LESS_DATA = ("--set", "data.train_subset=256", "--set", "data.val_subset=128")
 
 def kdgrid(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`kdgrid ARGS` in a fresh interpreter; output captured (not a terminal: one line per event)."""
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
 
 
 def store(tmp_path: Path) -> tuple[str, Path]:
@@ -145,9 +152,14 @@ def _started(args: list[str], cwd: Path):
     """`kdgrid ARGS` started in its own session (so a test can signal the launcher alone or its whole
     group), output to first.log."""
     with open(cwd / "first.log", "w") as log:
-        yield subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        yield subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
 
 
 @pytest.mark.slow
@@ -156,8 +168,22 @@ def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
     uri, work = store(tmp_path)
     # Figure 4: the CaiT-S24 teacher and the no-distillation baseline, then two students of that teacher.
     # 512 images: 8 steps an epoch, seconds long, so the kill lands inside an epoch.
-    grid = ["--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work), "--workers", "2",
-            "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
+    grid = [
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--workers",
+        "2",
+        "--set",
+        "data.train_subset=512",
+        "--set",
+        "data.val_subset=128",
+    ]
     args = ["reproduce", *grid, "--out", str(tmp_path / "reports")]
     with _started(args, tmp_path) as p:
         try:
@@ -184,8 +210,9 @@ def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
     assert third.returncode == 0, third.stdout + third.stderr
     assert "nothing to launch" in third.stdout
     again = mlflow_runs(uri)
-    assert {h: (r.info.run_id, r.info.end_time) for h, r in again.items()} == \
-        {h: (r.info.run_id, r.info.end_time) for h, r in after.items()}  # no new run, nothing retrained
+    assert {h: (r.info.run_id, r.info.end_time) for h, r in again.items()} == {
+        h: (r.info.run_id, r.info.end_time) for h, r in after.items()
+    }  # no new run, nothing retrained
     launch = kdgrid("launch", *grid, cwd=tmp_path)
     assert launch.returncode == 0 and "nothing to launch" in launch.stdout
 
@@ -204,8 +231,23 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers(tmp_path):
     """`kill PID` of `kdgrid reproduce` (not its process group) ends the worker training a run too, as
     Ctrl-C does; the run keeps its checkpoint and its lock is released, so the next launch resumes it."""
     uri, work = store(tmp_path)
-    args = ["reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
-            "--workers", "1", "--set", "data.train_subset=512", "--set", "data.val_subset=128"]
+    args = [
+        "reproduce",
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--workers",
+        "1",
+        "--set",
+        "data.train_subset=512",
+        "--set",
+        "data.val_subset=128",
+    ]
     with _started(args, tmp_path) as p:
         try:
             victim = _killable_moment(work, time.monotonic() + 300)
@@ -236,8 +278,21 @@ def test_run_held_by_another_launch_is_running_elsewhere(tmp_path):
     lock = workdir.RunLock(workdir.run_dir(work, teacher.hash))  # another launch is training the teacher
     lock.acquire()
     try:
-        out = kdgrid("reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir",
-                     str(work), "--out", str(tmp_path / "reports"), *LESS_DATA, cwd=tmp_path)
+        out = kdgrid(
+            "reproduce",
+            "--scale",
+            "smoke",
+            "--tables",
+            "fig4",
+            "--tracking-uri",
+            uri,
+            "--workdir",
+            str(work),
+            "--out",
+            str(tmp_path / "reports"),
+            *LESS_DATA,
+            cwd=tmp_path,
+        )
     finally:
         lock.release()
     text = out.stdout

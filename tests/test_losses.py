@@ -1,5 +1,6 @@
 """trainer.losses against the paper's equations recomputed another way: explicit loops over images,
 patch indices and sampled pairs, one cosine similarity at a time, in float64."""
+
 import math
 import re
 
@@ -8,8 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.losses import (classification_loss, embedding_transfer, kd_loss, manifold_loss, manifold_naive,
-                            manifold_terms)
+from trainer.losses import (
+    classification_loss,
+    embedding_transfer,
+    kd_loss,
+    manifold_loss,
+    manifold_naive,
+    manifold_terms,
+)
 
 N, P, CS, CT, K = 3, 5, 4, 6, 6  # small enough for element-by-element loops, widths differ on purpose
 
@@ -20,14 +27,18 @@ def feats(n=N, p=P, c=CS, seed=0, dtype=torch.float64):
 
 # --- the paper's terms, written as loops ---------------------------------------------------------------
 
+
 def cos(x, y):
     return torch.dot(x, y) / (x.norm() * y.norm())
 
 
 def gap(rows_s, rows_t):
     """||M(S) - M(T)||_F^2 over explicit lists of embeddings, one relation at a time."""
-    return sum((cos(rows_s[i], rows_s[j]) - cos(rows_t[i], rows_t[j])) ** 2
-               for i in range(len(rows_s)) for j in range(len(rows_s)))
+    return sum(
+        (cos(rows_s[i], rows_s[j]) - cos(rows_t[i], rows_t[j])) ** 2
+        for i in range(len(rows_s))
+        for j in range(len(rows_s))
+    )
 
 
 def ci_loop(fs, ft, reduction):
@@ -55,6 +66,7 @@ def draws(seed, n_p, k, times=1):
 
 
 # --- manifold_terms -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("reduction", ["paper", "released"])
 def test_terms_match_loops(reduction):
@@ -123,7 +135,6 @@ def test_shape_mismatch_names_shapes(shape_t):
         manifold_terms(feats(), torch.randn(shape_t, dtype=torch.float64), 2)
 
 
-
 def test_prefix_tokens_dropped_by_caller():
     """DeiT puts class + distillation tokens first; the caller drops them with [:, 2:]."""
     ps, pt = feats(c=CS, seed=1), feats(c=CT, seed=2)
@@ -153,6 +164,7 @@ def test_gradients_reach_student_only():
 
 # --- manifold_loss --------------------------------------------------------------------------------------
 
+
 def pairs():
     return [feats(c=CS, seed=10), feats(c=2, seed=11)], [feats(c=CT, seed=20), feats(c=CT, seed=21)]
 
@@ -162,8 +174,15 @@ def pairs():
 def test_manifold_loss_weights_and_layer_reduce(layer_reduce, reduction):
     fs, ft = pairs()
     w = {"ci": 1.0, "cp": 0.5, "rs": 0.2}
-    out = manifold_loss(fs, ft, weights=w, k=K, reduction=reduction, layer_reduce=layer_reduce,
-                        generator=torch.Generator().manual_seed(9))
+    out = manifold_loss(
+        fs,
+        ft,
+        weights=w,
+        k=K,
+        reduction=reduction,
+        layer_reduce=layer_reduce,
+        generator=torch.Generator().manual_seed(9),
+    )
     idx = draws(9, N * P, K, times=2)  # the pairs draw from the stream one after the other
     per_pair = {
         "ci": [ci_loop(s, t, reduction) for s, t in zip(fs, ft)],
@@ -219,6 +238,7 @@ def test_manifold_loss_errors():
 
 
 # --- logit and feature losses ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("tau", [1.0, 3.0])
 def test_kd_soft_is_tau2_kl(tau):
@@ -281,11 +301,14 @@ def test_embedding_transfer():
 
 # --- the batched relation maps (all block pairs at once, one-GEMM backward) -----------------------------
 
+
 def plain_terms(fs, ft, idx, reduction):
     """Eq. 10-12 one pair at a time, as plain tensor expressions that autograd differentiates itself."""
+
     def gap(x, y):
         d = (x @ x.transpose(-1, -2) - y @ y.transpose(-1, -2)).pow(2)
         return d.sum() if reduction == "paper" else d.mean()
+
     n, p = fs.shape[:2]
     us, ut = F.normalize(fs, dim=-1), F.normalize(ft, dim=-1)
     ci = gap(us.transpose(0, 1), ut.transpose(0, 1)) / (p if reduction == "paper" else 1)
@@ -319,6 +342,7 @@ def test_batched_pairs_match_plain_autograd_values_and_gradients(reduction):
 
 def test_map_gap_gradcheck():
     from trainer.losses import _MapGap
+
     x = feats(n=2, p=4, c=3, seed=50).requires_grad_()
     y = feats(n=2, p=4, c=5, seed=51).requires_grad_()
     assert torch.autograd.gradcheck(_MapGap.apply, (x, y))

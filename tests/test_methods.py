@@ -1,5 +1,6 @@
 """The method registry (trainer/methods/): what the engine, grid and plan read from it, and DeiT's soft
 reduction checked against the KL computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -107,6 +108,10 @@ def test_a_distilled_student_is_evaluated_three_ways_with_its_predictions():
     assert out["cls_top1"] == pytest.approx(100 * (cls.argmax(1) == y).float().mean().item())
     assert out["dist_top1"] == pytest.approx(100 * (dist.argmax(1) == y).float().mean().item())
     assert out["top1"] == pytest.approx(100 * (avg.argmax(1) == y).float().mean().item())
-    plain = evaluate(models.create("analog_deit_tiny", patch_size=7, embed_dim=16, num_heads=2),
-                     _Batches(batches), "cpu", nullcontext)
+    plain = evaluate(
+        models.create("analog_deit_tiny", patch_size=7, embed_dim=16, num_heads=2),
+        _Batches(batches),
+        "cpu",
+        nullcontext,
+    )
     assert "cls_top1" not in plain and set(plain) == {"top1", "top5", "loss"}

@@ -6,6 +6,7 @@ REST API must then show one parent run with every unique run as its child, the r
 on the parent, datasets, system metrics and throughput metrics on each child; headless Chromium renders
 the UI's run list with the grid nested.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,9 @@ def _get(url: str, endpoint: str, **params) -> dict:
 
 
 def _post(url: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -61,8 +63,21 @@ def served_grid(tmp_path_factory):
     uri = f"sqlite:///{base / 'mlflow.db'}"
     env = {**os.environ, "KDGRID_SYSTEM_METRICS_INTERVAL": "1"}
     with ui_server(uri, base) as (url, _port):
-        args = ("reproduce", "--scale", "smoke", "--tables", TABLES, "--tracking-uri", url,
-                "--workdir", str(base / "work"), "--out", str(base / "reports"), "--workers", "2")
+        args = (
+            "reproduce",
+            "--scale",
+            "smoke",
+            "--tables",
+            TABLES,
+            "--tracking-uri",
+            url,
+            "--workdir",
+            str(base / "work"),
+            "--out",
+            str(base / "reports"),
+            "--workers",
+            "2",
+        )
         out = kdgrid(*args, cwd=base, timeout=1500, env=env)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         again = kdgrid(*args, cwd=base, timeout=600, env=env)  # nothing to train; the grid's run is reused
@@ -72,8 +87,9 @@ def served_grid(tmp_path_factory):
 
 def _runs(url: str) -> tuple[str, list[dict]]:
     exp = _get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="kdgrid-smoke")["experiment"]
-    runs = _post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
-                                                      "max_results": 1000})["runs"]
+    runs = _post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})[
+        "runs"
+    ]
     return exp, runs
 
 
@@ -105,16 +121,23 @@ def test_rest_api_shows_the_nested_grid(served_grid):
             assert f"`{use.key}`" in note
         # datasets: training and validation, with their image counts
         inputs = run["inputs"]["dataset_inputs"]
-        by_ctx = {next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"]
-                  for i in inputs}
+        by_ctx = {
+            next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"] for i in inputs
+        }
         assert set(by_ctx) == {"training", "validation"}
         profile = json.loads(by_ctx["training"]["profile"])
         assert profile["num_train_images"] == r.spec.data.train_subset and profile["num_val_images"] == 512
         assert by_ctx["training"]["name"] == "Fashion-MNIST train" and by_ctx["training"]["digest"]
         # MLflow's system metrics and kdgrid's throughput, per epoch
         assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
-        for key in ("throughput.images_per_s", "throughput.step_s", "throughput.data_wait_share",
-                    "throughput.teacher_share", "throughput.own_step_s", "memory.peak_rss_mb"):
+        for key in (
+            "throughput.images_per_s",
+            "throughput.step_s",
+            "throughput.data_wait_share",
+            "throughput.teacher_share",
+            "throughput.own_step_s",
+            "memory.peak_rss_mb",
+        ):
             hist = _get(url, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"], metric_key=key)
             assert [m["step"] for m in hist["metrics"]] == list(range(1, r.spec.recipe.epochs + 1)), key
         assert metrics["throughput.images_per_s"] > 0 and 0 <= metrics["throughput.data_wait_share"] < 1
@@ -127,10 +150,14 @@ def test_rest_api_shows_the_nested_grid(served_grid):
     assert {"t3.r1", "fig4.manifold"} <= set(_tags(children[shared[0].hash])[tracking.ROWS].split(","))
 
     # the report on the parent: every format, the figure, and each table as CSV and JSON (log_table)
-    files = {f["path"] for d in ("report/tables-3-fig4", "tables/tables-3-fig4")
-             for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=pid, path=d).get("files", [])}
-    assert {"report/tables-3-fig4/" + f for f in ("report.md", "report.html", "report.tex", "figure4.png",
-                                                  "report.json")} <= files
+    files = {
+        f["path"]
+        for d in ("report/tables-3-fig4", "tables/tables-3-fig4")
+        for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=pid, path=d).get("files", [])
+    }
+    assert {
+        "report/tables-3-fig4/" + f for f in ("report.md", "report.html", "report.tex", "figure4.png", "report.json")
+    } <= files
     assert {"tables/tables-3-fig4/" + f for f in ("table3.csv", "table3.json", "figure4.csv", "figure4.json")} <= files
     logged_tables = json.loads(_tags(parent)["mlflow.loggedArtifacts"])
     assert {"path": "tables/tables-3-fig4/table3.json", "type": "table"} in logged_tables

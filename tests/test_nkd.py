@@ -1,5 +1,6 @@
 """NKD's loss (trainer/methods/nkd.py) against its definition computed by hand, per image, in double
 precision: the target class's term and the renormalised non-target distributions."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def _by_hand(s, t, y, temp, gamma):
         nt = sum(math.exp(row_t[c] / temp) for c in others)
         total_non += sum((math.exp(row_t[c] / temp) / nt) * math.log(math.exp(row_s[c] / temp) / ns) for c in others)
     n = len(y)
-    return total_t / n - gamma * temp ** 2 * total_non / n
+    return total_t / n - gamma * temp**2 * total_non / n
 
 
 @pytest.mark.parametrize("temp,gamma", [(1.0, 1.0), (2.0, 1.5)])

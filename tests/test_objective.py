@@ -1,4 +1,5 @@
 """trainer.objective: the engine's loss, in float32 whatever dtype the heads return under autocast."""
+
 from types import SimpleNamespace
 
 import torch

@@ -1,5 +1,6 @@
 """The other papers' tables (ablations/deit.yaml, ablations/vitkd.yaml): how they plan, how their rows are
 read (a distilled run read three ways), their claims, and DeiT's teacher-agreement matrix."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,10 +43,12 @@ def test_a_row_reads_its_head_and_claims_pick_rows_by_their_cells():
     values = {}
     for i, row in enumerate(table.rows):
         for p in plan.row_runs("deit", i):
-            base = {"DeiT – no distillation": 50, "DeiT – usual distillation": 51,
-                    "DeiT – hard distillation": 55}.get(row.printed.get("method"), 56)
-            values[p.hash] = _result(p.hash, base + p.seed * 0.1,
-                                     {"last_cls_top1": 54 + p.seed * 0.1, "last_dist_top1": 57 + p.seed * 0.2})
+            base = {"DeiT – no distillation": 50, "DeiT – usual distillation": 51, "DeiT – hard distillation": 55}.get(
+                row.printed.get("method"), 56
+            )
+            values[p.hash] = _result(
+                p.hash, base + p.seed * 0.1, {"last_cls_top1": 54 + p.seed * 0.1, "last_dist_top1": 57 + p.seed * 0.2}
+            )
     model = build_table(table, lambda i: plan.row_runs("deit", i), lambda h: values[h])
     heads = {r.cells["method"]: r for r in model.rows if r.cells["student"] == "DeiT-Tiny"}
     assert heads["DeiT⚗ – class embedding"].last.mean == pytest.approx(54.1)
@@ -68,9 +71,11 @@ def test_claims_leave_out_rows_a_cut_table_does_not_have(tmp_path):
     path = tmp_path / "vitkd.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     plan = make_plan("smoke", str(path), 2)
-    model = build_table(plan.table("vitkd"), lambda i: plan.row_runs("vitkd", i),
-                        lambda h: _result(h, 60.0 + 2 * (plan.run(h).spec.distillation.vitkd is not None)
-                                          + 0.1 * plan.run(h).seed))
+    model = build_table(
+        plan.table("vitkd"),
+        lambda i: plan.row_runs("vitkd", i),
+        lambda h: _result(h, 60.0 + 2 * (plan.run(h).spec.distillation.vitkd is not None) + 0.1 * plan.run(h).seed),
+    )
     c = next(c for c in claims.check_all([model]) if c.id == "ViTKD")
     assert len(c.comparisons) == 1 and "DeiT-Small" in c.note and c.verdict == claims.SUPPORTED
 
@@ -95,8 +100,12 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
     for row in model.rows:
         for seed, run in zip(row.seeds, row.runs):
             if row.cells["method"] == "DeiT⚗ – class+distillation":
-                files[run.run_id, "predictions.json"] = {"label": labels, "top1": teacher[:9] + [9 - seed],
-                                                         "cls": labels, "dist": teacher}
+                files[run.run_id, "predictions.json"] = {
+                    "label": labels,
+                    "top1": teacher[:9] + [9 - seed],
+                    "cls": labels,
+                    "dist": teacher,
+                }
                 files[run.run_id, "teacher.json"] = {"label": labels, "top1": teacher}
             elif row.cells["method"] == "DeiT – no distillation":
                 files[run.run_id, "predictions.json"] = {"label": labels, "top1": [1, 1, 1, 1, 1, 1, 1, 1, 1, seed]}
@@ -112,12 +121,16 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
     c = agreement.agreement_claim(mats)
     assert c.comparisons[0].diff == pytest.approx(75.0) and (c.comparisons[0].n_a, c.comparisons[0].n_b) == (2, 2)
     # --resolve adds seeds to the rows the agreement is read from: the fused row and the no-distillation row
-    fused, none = (next(r.index for r in model.rows if r.cells["student"] == "DeiT-Tiny" and r.cells["method"] == m)
-                   for m in ("DeiT⚗ – class+distillation", "DeiT – no distillation"))
+    fused, none = (
+        next(r.index for r in model.rows if r.cells["student"] == "DeiT-Tiny" and r.cells["method"] == m)
+        for m in ("DeiT⚗ – class+distillation", "DeiT – no distillation")
+    )
     assert c.comparisons[0].rows == (("deit", fused), ("deit", none))
     keys = resolve.row_keys(plan)
-    assert [keys[r] for r in c.comparisons[0].rows] == [plan.row_runs("deit", fused)[0].hash,
-                                                        plan.row_runs("deit", none)[0].hash]
+    assert [keys[r] for r in c.comparisons[0].rows] == [
+        plan.row_runs("deit", fused)[0].hash,
+        plan.row_runs("deit", none)[0].hash,
+    ]
     assert "| ground truth |" in "\n".join(agreement.markdown_lines(mats))
 
 

@@ -5,6 +5,7 @@ at 224 px, on a generated ImageFolder, with a random-weight teacher checkpoint g
 patches in the grid the plan validates). The report's banner must list the deviations from the
 paper's protocol that this tiny run makes, computed from what the run logged.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image_folder(root: Path, per_class: dict[str, int]) -> None:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, n in per_class.items():
@@ -46,17 +47,54 @@ def test_paper_scale_on_cpu_reports_its_deviations(tmp_path):
     fig4["rows"] = [r for r in fig4["rows"] if r["curve"] == "manifold"]
     table.write_text(yaml.safe_dump(fig4))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["reproduce", "--scale", "paper", "--tables", str(table), "--recipe", "paper-mean",
-            "--tracking-uri", uri, "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "reports"),
-            "--threads", "1", "--workers", "1",
-            "--set", f"data.root={tmp_path / 'imagenet'}", "--set", "data.num_workers=0",
-            "--set", f"teachers.cait_s24_224.path={teacher}", "--set", "launch.resources.gpus=2",
-            "--set", "student.recipe.epochs=1", "--set", "student.recipe.batch_size=4",
-            "--set", "student.recipe.global_batch=8", "--set", "student.recipe.log_every=1"]
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=850, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
-    logs = "\n".join(p.read_text()[-3000:] for p in (tmp_path / "work" / "logs").glob("*.log")) \
-        if (tmp_path / "work" / "logs").exists() else ""
+    args = [
+        "reproduce",
+        "--scale",
+        "paper",
+        "--tables",
+        str(table),
+        "--recipe",
+        "paper-mean",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "reports"),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--set",
+        f"data.root={tmp_path / 'imagenet'}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        f"teachers.cait_s24_224.path={teacher}",
+        "--set",
+        "launch.resources.gpus=2",
+        "--set",
+        "student.recipe.epochs=1",
+        "--set",
+        "student.recipe.batch_size=4",
+        "--set",
+        "student.recipe.global_batch=8",
+        "--set",
+        "student.recipe.log_every=1",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=850,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
+    logs = (
+        "\n".join(p.read_text()[-3000:] for p in (tmp_path / "work" / "logs").glob("*.log"))
+        if (tmp_path / "work" / "logs").exists()
+        else ""
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:] + logs
 
     from trainer import tracking
@@ -74,7 +112,14 @@ def test_paper_scale_on_cpu_reports_its_deviations(tmp_path):
     report = (tmp_path / "reports" / "report.md").read_text()
     banner = next(line for line in report.splitlines() if line.startswith("> **"))
     assert banner.startswith("> **Analog numbers.**"), banner
-    for deviation in ("epochs 1 vs 300", "global batch 8 vs 1024", "per-device batch 4 vs 128",
-                      "train images 8 vs 1,281,167", "val images 4 vs 50,000", "precision fp32 vs fp16 AMP",
-                      "2 device(s) × accumulation 1", "teacher weights from checkpoint"):
+    for deviation in (
+        "epochs 1 vs 300",
+        "global batch 8 vs 1024",
+        "per-device batch 4 vs 128",
+        "train images 8 vs 1,281,167",
+        "val images 4 vs 50,000",
+        "precision fp32 vs fp16 AMP",
+        "2 device(s) × accumulation 1",
+        "teacher weights from checkpoint",
+    ):
         assert deviation in banner, (deviation, banner)

@@ -1,6 +1,7 @@
 """The planned grid: rows resolved to specs, deduplicated exactly where the paper's tables share a run,
 teachers planned once as dependencies, tags independent of --tables, and malformed input rejected before
 any launch with file, field path and reason. Plans only: nothing trains."""
+
 from __future__ import annotations
 
 import functools
@@ -32,7 +33,7 @@ MERGE_GROUPS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plan(scale="mini", tables=None, seeds=1, recipe="paper", overrides=(), row_seeds=None) -> Plan:
     return make_plan(scale, tables, seeds, recipe, list(overrides), row_seeds=dict(row_seeds or ()))
 
@@ -114,8 +115,12 @@ def test_names_and_tags_do_not_depend_on_tables():
     spec = r.spec
     assert spec.name == "CaiT-S24→DeiT-Tiny · manifold"
     note = spec.tags.pop(tracking.NOTE)  # the description: every row the run stands for, and what it trains
-    assert spec.tags == {tracking.ROLE: "student", tracking.TABLES: "2,3,4,5,6,fig4",
-                         tracking.ROWS: "t2.r9,t3.r1,t4.r1,t5.r2,t6.r2,fig4.manifold", tracking.SEED: "0"}
+    assert spec.tags == {
+        tracking.ROLE: "student",
+        tracking.TABLES: "2,3,4,5,6,fig4",
+        tracking.ROWS: "t2.r9,t3.r1,t4.r1,t5.r2,t6.r2,fig4.manifold",
+        tracking.SEED: "0",
+    }
     assert "Stands for 6 table rows" in note and "Table 6, row 2 (`t6.r2`)" in note and "k=192" in note
     spec.tags[tracking.NOTE] = note
     assert (spec.scale, spec.recipe_name) == ("mini", "paper-sum")  # planned as `paper`, its alias
@@ -146,7 +151,11 @@ def test_names_and_tags_do_not_depend_on_tables():
 def test_rows_resolve_scale_recipe_and_row():
     p, r = plan("mini"), plan("mini", recipe="released")
     s = by_key(p, "t5.r1").spec
-    assert (s.student.name, s.student.kwargs["patch_size"], s.student.drop_path) == ("analog_deit_tiny_distilled", 7, 0.1)
+    assert (s.student.name, s.student.kwargs["patch_size"], s.student.drop_path) == (
+        "analog_deit_tiny_distilled",
+        7,
+        0.1,
+    )
     assert (s.data.dataset, s.recipe.epochs, s.recipe.lr_scale_batch) == ("fashion_mnist", 12, None)
     d = s.distillation
     assert (d.kd, d.kd_weight) == ("hard", 0.5)
@@ -177,8 +186,11 @@ def test_paper_scale_teachers_and_overrides():
     p = plan("paper", overrides=("data.root=/datasets/imagenet", f"teachers.{S24}.path=/ckpt/cait_s24.pth"))
     s = by_key(p, "t2.r9").spec
     assert s.data.root == "/datasets/imagenet" and s.student.name == TINY
-    assert (s.teacher.name, s.teacher.source, s.teacher.path) == ("cait_s24_224.fb_dist_in1k", "checkpoint",
-                                                                  "/ckpt/cait_s24.pth")
+    assert (s.teacher.name, s.teacher.source, s.teacher.path) == (
+        "cait_s24_224.fb_dist_in1k",
+        "checkpoint",
+        "/ckpt/cait_s24.pth",
+    )
     t = by_key(p, "t2.r1").spec.teacher
     assert (t.name, t.source) == ("regnety_160.deit_in1k", "hub")
     assert not p.teachers and len(p.runs) == 24
@@ -220,8 +232,13 @@ def test_status_from_mlflow(tmp_path):
 
 # ---- malformed input: rejected before any launch, with file, field path and reason -------------------
 def _table(*rows, table="9", base=None) -> dict:
-    return {"table": table, "title": "test", "columns": [{"header": "Teacher", "field": "teacher"}],
-            "base": base or {"teacher": S24, "student": TINY, "method": "manifold"}, "rows": list(rows)}
+    return {
+        "table": table,
+        "title": "test",
+        "columns": [{"header": "Teacher", "field": "teacher"}],
+        "base": base or {"teacher": S24, "student": TINY, "method": "manifold"},
+        "rows": list(rows),
+    }
 
 
 def _rejected(*expected, **kwargs) -> str:
@@ -234,13 +251,26 @@ def _rejected(*expected, **kwargs) -> str:
 
 
 def test_block_beyond_depth(write_yaml):
-    path = write_yaml("table5.yaml", _table(
-        {"teacher_blocks": [3, 4, 21, 22], "student_blocks": [3, 4, 9, 10], "paper_acc1": 74.5},
-        {"teacher_blocks": [1, 2, 3, 25], "student_blocks": [1, 2, 3, 4], "paper_acc1": 75.0},
-        {"teacher_blocks": [1, 2, 3, 4], "student_blocks": [1, 2, 3, 13], "paper_acc1": 75.1}, table="5"))
-    msg = _rejected(path, "rows[1].teacher_blocks[3]", "block 25 is beyond", "depth 24",
-                    "rows[2].student_blocks[3]", "block 13 is beyond", "depth 12",
-                    scale="smoke", tables=[str(path)])
+    path = write_yaml(
+        "table5.yaml",
+        _table(
+            {"teacher_blocks": [3, 4, 21, 22], "student_blocks": [3, 4, 9, 10], "paper_acc1": 74.5},
+            {"teacher_blocks": [1, 2, 3, 25], "student_blocks": [1, 2, 3, 4], "paper_acc1": 75.0},
+            {"teacher_blocks": [1, 2, 3, 4], "student_blocks": [1, 2, 3, 13], "paper_acc1": 75.1},
+            table="5",
+        ),
+    )
+    msg = _rejected(
+        path,
+        "rows[1].teacher_blocks[3]",
+        "block 25 is beyond",
+        "depth 24",
+        "rows[2].student_blocks[3]",
+        "block 13 is beyond",
+        "depth 12",
+        scale="smoke",
+        tables=[str(path)],
+    )
     assert "ablations/table5.yaml" not in msg  # the given file replaced the paper's table 5
 
 
@@ -248,30 +278,64 @@ def test_different_patch_counts(write_yaml):
     raw = yaml.safe_load((grid.EXPERIMENTS / "smoke.yaml").read_text())
     raw["models"][S24]["kwargs"]["patch_size"] = 4  # 49 patches against the students' 16
     scale = write_yaml("scale.yaml", raw)
-    _rejected("ablations/table2.yaml", "rows[8].teacher", "16 patches", "49", "pairs patches one to one",
-              str(scale), scale=str(scale), tables="2")
+    _rejected(
+        "ablations/table2.yaml",
+        "rows[8].teacher",
+        "16 patches",
+        "49",
+        "pairs patches one to one",
+        str(scale),
+        scale=str(scale),
+        tables="2",
+    )
 
 
 def test_cnn_teacher_with_a_feature_loss(write_yaml):
-    path = write_yaml("t.yaml", _table({"teacher": "regnety_160", "paper_acc1": 70.0},
-                                       {"teacher": "regnety_160", "method": "embedding", "paper_acc1": 70.0}))
-    _rejected(path, "rows[0].teacher", "rows[1].teacher", "is a CNN", "manifold loss", "embedding loss",
-              scale="mini", tables=str(path))
+    path = write_yaml(
+        "t.yaml",
+        _table(
+            {"teacher": "regnety_160", "paper_acc1": 70.0},
+            {"teacher": "regnety_160", "method": "embedding", "paper_acc1": 70.0},
+        ),
+    )
+    _rejected(
+        path,
+        "rows[0].teacher",
+        "rows[1].teacher",
+        "is a CNN",
+        "manifold loss",
+        "embedding loss",
+        scale="mini",
+        tables=str(path),
+    )
 
 
 def test_k_larger_than_the_batch(write_yaml):
     path = write_yaml("t.yaml", _table({"k": 1025, "paper_acc1": 70.0}))
-    _rejected(path, "rows[0].k", "k=1025 is larger than the batch's 64 x 16 = 1024 patches",
-              scale="smoke", tables=str(path))
+    _rejected(
+        path, "rows[0].k", "k=1025 is larger than the batch's 64 x 16 = 1024 patches", scale="smoke", tables=str(path)
+    )
     make_plan("mini", str(path))  # 128 x 49 patches: fine at mini
 
 
 def test_bad_weights(write_yaml):
     path = write_yaml("t.yaml", _table({"alpha": -0.5, "paper_acc1": 70.0}, {"beta": "high", "paper_acc1": 70.0}))
-    _rejected(path, "rows[0].alpha", "greater than or equal to 0", "rows[1].beta", "valid number",
-              scale="smoke", tables=str(path))
-    _rejected("experiments/smoke.yaml", "student.drop_path", "greater than or equal to 0",
-              scale="smoke", overrides=["student.drop_path=-0.1"])
+    _rejected(
+        path,
+        "rows[0].alpha",
+        "greater than or equal to 0",
+        "rows[1].beta",
+        "valid number",
+        scale="smoke",
+        tables=str(path),
+    )
+    _rejected(
+        "experiments/smoke.yaml",
+        "student.drop_path",
+        "greater than or equal to 0",
+        scale="smoke",
+        overrides=["student.drop_path=-0.1"],
+    )
 
 
 def test_unknown_model_table_and_key(write_yaml):
@@ -279,15 +343,26 @@ def test_unknown_model_table_and_key(write_yaml):
     _rejected(path, "rows[0].student", "unknown model 'deit_tiny_patch16_225'", scale="smoke", tables=str(path))
     # a timm model the scale does not map
     path = write_yaml("t2.yaml", _table({"teacher": "vit_small_patch16_224", "paper_acc1": 70.0}))
-    _rejected(path, "rows[0].teacher", "vit_small_patch16_224 has no model at scale 'smoke'", "experiments/smoke.yaml",
-              scale="smoke", tables=str(path))
+    _rejected(
+        path,
+        "rows[0].teacher",
+        "vit_small_patch16_224 has no model at scale 'smoke'",
+        "experiments/smoke.yaml",
+        scale="smoke",
+        tables=str(path),
+    )
     _rejected("ablations/table9.yaml", "--tables", "no table '9'", tables="9")
     _rejected("ablations/table9.yaml", "--tables", "no table '9'", tables="2,9")
     path = write_yaml("t3.yaml", _table({"k": 100, "kk": 1, "paper_acc1": 70.0}))
     _rejected(path, "rows[0].kk", "unknown key (did you mean k?)", scale="smoke", tables=str(path))
     _rejected("experiments/recipes.yaml", "--recipe", "no recipe 'fast'", recipe="fast")
-    _rejected("experiments/smoke.yaml", "launch.max_cohrt", "unknown key (did you mean max_cohort?)",
-              scale="smoke", overrides=["launch.max_cohrt=2"])
+    _rejected(
+        "experiments/smoke.yaml",
+        "launch.max_cohrt",
+        "unknown key (did you mean max_cohort?)",
+        scale="smoke",
+        overrides=["launch.max_cohrt=2"],
+    )
 
 
 def test_row_without_paper_value_and_duplicates(write_yaml):
@@ -304,9 +379,22 @@ def test_row_without_paper_value_and_duplicates(write_yaml):
 def _cli(tmp_path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", *args,
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'kdgrid.db'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "plan",
+            *args,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'kdgrid.db'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_plan_paper(tmp_path):

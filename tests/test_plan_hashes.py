@@ -1,5 +1,6 @@
 """Every run of the paper's grid keeps its content hash across the method registry (issue 13): the smoke,
 mini and paper plans of every recipe, 3 seeds, against the hashes recorded before the refactor."""
+
 from __future__ import annotations
 
 import json

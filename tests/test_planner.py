@@ -7,6 +7,7 @@
 - (slow) a grid trained through the local launcher prints the grid's ETA, and the cost.* it logged are
   regrouped into exactly the processes that ran (their sums equal the runs' logged totals).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ from orchestrator.launch import costs
 from orchestrator.launch.items import work_items
 from orchestrator.launch.planner import Planner
 
-CUT = ["student.recipe.epochs=2"] + [f"teachers.{t}.{k}" for t in ("regnety_160", "cait_xxs24_224", "cait_s24_224")
-                                     for k in ("recipe.epochs=1", "data.train_subset=5000")]
+CUT = ["student.recipe.epochs=2"] + [
+    f"teachers.{t}.{k}"
+    for t in ("regnety_160", "cait_xxs24_224", "cait_s24_224")
+    for k in ("recipe.epochs=1", "data.train_subset=5000")
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,11 @@ def cut_plan():
 
 def test_transformer_flops_match_torch_flop_counter(cut_plan):
     models = {(r.spec.student.name, json.dumps(r.spec.model_kwargs(), sort_keys=True)) for r in cut_plan.runs}
-    models |= {(r.spec.teacher.name, json.dumps(r.spec.teacher_kwargs(), sort_keys=True))
-               for r in cut_plan.runs if r.spec.teacher is not None}
+    models |= {
+        (r.spec.teacher.name, json.dumps(r.spec.teacher_kwargs(), sort_keys=True))
+        for r in cut_plan.runs
+        if r.spec.teacher is not None
+    }
     checked = 0
     for name, kw in sorted(models):
         if "regnet" in name:
@@ -141,8 +148,23 @@ def test_grid_logs_eta_and_its_costs_calibrate(tmp_path):
     from trainer import tracking
 
     uri, work = store(tmp_path)
-    out = kdgrid("reproduce", "--scale", "smoke", "--tables", "fig4", "--tracking-uri", uri, "--workdir", str(work),
-                 "--workers", "2", "--out", str(tmp_path / "reports"), *LESS_DATA, cwd=tmp_path)
+    out = kdgrid(
+        "reproduce",
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "reports"),
+        *LESS_DATA,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     plan = make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2]))
     assert_all_finished(uri, plan, out.stdout)

@@ -3,6 +3,7 @@
 World size 2 (two gloo processes, DDP) x accumulation 1 and world size 1 x accumulation 2 train the same
 run (same content hash) and must give the same per-epoch metrics and loss terms.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from trainer.spec import parse_experiment
 def _teacher_checkpoint(path: Path) -> Path:
     """A random-weight teacher (seeded): the equality test needs a teacher, not a good one."""
     torch.manual_seed(0)
-    m = models.create(smoke_specs.TEACHER_MODEL["name"], num_classes=10, in_chans=1,
-                      **smoke_specs.TEACHER_MODEL["kwargs"])
+    m = models.create(
+        smoke_specs.TEACHER_MODEL["name"], num_classes=10, in_chans=1, **smoke_specs.TEACHER_MODEL["kwargs"]
+    )
     torch.save(m.state_dict(), path)
     return path
 
@@ -30,11 +32,15 @@ def _teacher_checkpoint(path: Path) -> Path:
 def _spec(teacher: Path) -> dict:
     """Hard KD + manifold loss (all three terms) + mixup/cutmix + drop-path, 16 per device, 32 global."""
     spec = smoke_specs.teacher(epochs=2, train=128)
-    spec.update(name="protocol", student={**smoke_specs.STUDENT_MODEL, "drop_path": 0.1},
-                teacher={**smoke_specs.TEACHER_MODEL, "source": "checkpoint", "path": str(teacher)},
-                distillation={"kd": "hard", "manifold": {"k": 64, "reduction": "released"}})
-    spec["data"].update(val_subset=64, augment={"hflip": 0.5, "crop_scale": [0.35, 1.0], "mixup": 0.8,
-                                                "cutmix": 1.0, "smoothing": 0.1})
+    spec.update(
+        name="protocol",
+        student={**smoke_specs.STUDENT_MODEL, "drop_path": 0.1},
+        teacher={**smoke_specs.TEACHER_MODEL, "source": "checkpoint", "path": str(teacher)},
+        distillation={"kd": "hard", "manifold": {"k": 64, "reduction": "released"}},
+    )
+    spec["data"].update(
+        val_subset=64, augment={"hflip": 0.5, "crop_scale": [0.35, 1.0], "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1}
+    )
     spec["recipe"].update(batch_size=16, global_batch=32, log_every=1, warmup_epochs=0.5)
     return spec
 
@@ -101,10 +107,28 @@ def test_paper_plan_makes_up_the_global_batch_by_accumulation(gpus, acc, tmp_pat
 def test_plan_prints_the_batch_split(capsys):
     from orchestrator.cli import main
 
-    for gpus, line in ((1, "per-device batch 128 × world size 1 × accumulation 8 = global batch 1024"),
-                       (8, "per-device batch 128 × world size 8 × accumulation 1 = global batch 1024")):
-        assert main(["plan", "--scale", "paper", "--tables", "fig4", "--recipe", "paper-mean", "--tracking-uri",
-                     "sqlite:////nonexistent/kdgrid.db", "--set", f"launch.resources.gpus={gpus}"]) == 0
+    for gpus, line in (
+        (1, "per-device batch 128 × world size 1 × accumulation 8 = global batch 1024"),
+        (8, "per-device batch 128 × world size 8 × accumulation 1 = global batch 1024"),
+    ):
+        assert (
+            main(
+                [
+                    "plan",
+                    "--scale",
+                    "paper",
+                    "--tables",
+                    "fig4",
+                    "--recipe",
+                    "paper-mean",
+                    "--tracking-uri",
+                    "sqlite:////nonexistent/kdgrid.db",
+                    "--set",
+                    f"launch.resources.gpus={gpus}",
+                ]
+            )
+            == 0
+        )
         assert line in capsys.readouterr().out
 
 
@@ -125,8 +149,12 @@ def test_mini_and_smoke_runs_keep_their_hashes():
 
     from orchestrator.plan import make_plan
 
-    before = {("mini", "paper-mean"): "48d89f383dad077a", ("mini", "paper-sum"): "e9fd4c2c022dbd83",
-              ("smoke", "paper-mean"): "eb6a10d223f697da", ("smoke", "paper-sum"): "5f95e95c1b0cce80"}
+    before = {
+        ("mini", "paper-mean"): "48d89f383dad077a",
+        ("mini", "paper-sum"): "e9fd4c2c022dbd83",
+        ("smoke", "paper-mean"): "eb6a10d223f697da",
+        ("smoke", "paper-sum"): "5f95e95c1b0cce80",
+    }
     for (scale, recipe), digest in before.items():
         hashes = sorted(r.hash for r in make_plan(scale, None, 2, recipe, []).runs)
         assert hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16] == digest, (scale, recipe)
@@ -176,8 +204,9 @@ def test_training_data_is_keyed_to_the_micro_batch(tmp_path):
     from trainer import data
     from trainer.spec import DataSpec
 
-    spec = DataSpec(dataset="fashion_mnist", train_subset=64, val_subset=10,
-                    augment={"hflip": 0.5, "crop_scale": [0.35, 1.0]})
+    spec = DataSpec(
+        dataset="fashion_mnist", train_subset=64, val_subset=10, augment={"hflip": 0.5, "crop_scale": [0.35, 1.0]}
+    )
     ws2_r1, _ = data.build(spec, 8, rank=1, world_size=2, accumulation=1)
     ws1, val = data.build(spec, 8, rank=0, world_size=1, accumulation=2)
     assert len(ws2_r1) == 4 and len(ws1) == 8
@@ -193,9 +222,19 @@ def test_training_data_is_keyed_to_the_micro_batch(tmp_path):
 
 
 # ---- the report's banner --------------------------------------------------------------------------
-PAPER_RUN = {"dataset": "imagenet", "epochs": "300", "global_batch": "1024", "batch_per_device": "128",
-             "img_size": "224", "train_images": "1281167", "val_images": "50000", "precision": "bf16 autocast",
-             "world_size": "1", "accumulation": "8", "teacher_source": "hub"}
+PAPER_RUN = {
+    "dataset": "imagenet",
+    "epochs": "300",
+    "global_batch": "1024",
+    "batch_per_device": "128",
+    "img_size": "224",
+    "train_images": "1281167",
+    "val_images": "50000",
+    "precision": "bf16 autocast",
+    "world_size": "1",
+    "accumulation": "8",
+    "teacher_source": "hub",
+}
 
 
 def test_banner_lists_every_deviation_and_labels_a_matching_run_comparable():
@@ -206,8 +245,13 @@ def test_banner_lists_every_deviation_and_labels_a_matching_run_comparable():
     small = dict(PAPER_RUN, epochs="1", global_batch="16", batch_per_device="4", train_images="16", val_images="8")
     blocking, notes, n = deviations([small, PAPER_RUN])
     assert n == 2
-    assert blocking == ["epochs 1, 300 vs 300", "global batch 16, 1024 vs 1024", "per-device batch 4, 128 vs 128",
-                        "train images 16, 1,281,167 vs 1,281,167", "val images 8, 50,000 vs 50,000"]
+    assert blocking == [
+        "epochs 1, 300 vs 300",
+        "global batch 16, 1024 vs 1024",
+        "per-device batch 4, 128 vs 128",
+        "train images 16, 1,281,167 vs 1,281,167",
+        "val images 8, 50,000 vs 50,000",
+    ]
     ok, text = banner([small])
     assert not ok and "epochs 1 vs 300; global batch 16 vs 1024" in text and "16 vs 1,281,167" in text
     ok, text = banner([{}])

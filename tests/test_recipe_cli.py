@@ -1,6 +1,7 @@
 """The recipes on the command line: the default comes from experiments/recipes.yaml, `paper` still means
 paper-sum, `kdgrid plan` shows what a recipe sets, and `kdgrid report --recipe all` sets the recipes side
 by side with the test that decides the claims named. No training: plans and an empty store."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kdgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_reproduce_with_no_arguments_plans_the_default_recipe(tmp_path):
@@ -37,8 +39,20 @@ def test_reproduce_with_no_arguments_plans_the_default_recipe(tmp_path):
 def test_the_old_recipe_name_plans_the_same_runs(tmp_path):
     runs = {}
     for name in ("paper", "paper-sum"):
-        out = kdgrid("plan", "--scale", "smoke", "--tables", "fig4", "--recipe", name, "--dump", str(tmp_path / name),
-                     "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", cwd=tmp_path)
+        out = kdgrid(
+            "plan",
+            "--scale",
+            "smoke",
+            "--tables",
+            "fig4",
+            "--recipe",
+            name,
+            "--dump",
+            str(tmp_path / name),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'none.db'}",
+            cwd=tmp_path,
+        )
         assert out.returncode == 0, out.stderr
         assert "recipe paper-sum" in out.stdout
         runs[name] = sorted(p.name for p in (tmp_path / name).glob("*.yaml"))
@@ -49,8 +63,9 @@ def test_the_old_recipe_name_plans_the_same_runs(tmp_path):
 
 def test_report_sets_the_recipes_side_by_side_and_names_the_test(tmp_path):
     uri = f"sqlite:///{tmp_path / 'none.db'}"
-    out = kdgrid("report", "--scale", "smoke", "--tables", "6,fig4", "--recipe", "all", "--tracking-uri", uri,
-                 cwd=tmp_path)
+    out = kdgrid(
+        "report", "--scale", "smoke", "--tables", "6,fig4", "--recipe", "all", "--tracking-uri", uri, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     md = out.stdout
     assert "## Claims by recipe" in md and "| claim | `paper-sum` | `paper-mean` | `released` |" in md
@@ -58,13 +73,30 @@ def test_report_sets_the_recipes_side_by_side_and_names_the_test(tmp_path):
         assert f"## Recipe `{name}`" in md
     assert "Welch's t-test" in md and "95%" in md
     assert "| F4 |" in md and "| T6-best |" in md
-    out = kdgrid("report", "--scale", "smoke", "--tables", "fig4", "--recipe", "paper-mean,released", "--test",
-                 "paired", "--level", "0.9", "--tracking-uri", uri, "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    out = kdgrid(
+        "report",
+        "--scale",
+        "smoke",
+        "--tables",
+        "fig4",
+        "--recipe",
+        "paper-mean,released",
+        "--test",
+        "paired",
+        "--level",
+        "0.9",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "rep"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "paired t-test" in md and "90%" in md and "`paper-sum`" not in md
-    out = kdgrid("report", "--scale", "smoke", "--recipe", "all", "--format", "html", "--tracking-uri", uri,
-                 cwd=tmp_path)
+    out = kdgrid(
+        "report", "--scale", "smoke", "--recipe", "all", "--format", "html", "--tracking-uri", uri, cwd=tmp_path
+    )
     assert out.returncode == 2 and "Markdown only" in out.stderr
 
 
@@ -91,9 +123,20 @@ def test_tables_by_recipe_line_up_rows_and_mark_the_shared_runs():
             v = 70.0 + int(h[:4], 16) % 97 / 10 + (5.0 * k if h in manifold else 0.0)
             return RunResult(hash=h, status="finished", run_id=h.ljust(32, "0"), last_top1=v, best_top1=v)
 
-        reports[name] = Report(scale="smoke", recipe=name, seeds=2, uri="sqlite://", tables=build_tables(plan, result),
-                               fig4=None, curves={}, claims=[], counts=Counter(), command="", scale_note="",
-                               comparable=False)
+        reports[name] = Report(
+            scale="smoke",
+            recipe=name,
+            seeds=2,
+            uri="sqlite://",
+            tables=build_tables(plan, result),
+            fig4=None,
+            curves={},
+            claims=[],
+            counts=Counter(),
+            command="",
+            scale_note="",
+            comparable=False,
+        )
     lines = rows_by_recipe(reports)
     assert "| row | `paper-mean` | `released` | paper | runs |" in lines
     body = [line for line in lines if line.startswith("| ") and "row |" not in line]

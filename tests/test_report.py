@@ -5,6 +5,7 @@ MLflow store filled by training part of the smoke grid for real (Tables 3 and 6 
 some rows left out, one run left running and one failed), checked row by row against the stored metrics,
 read directly and through a real `mlflow server` started by `kdgrid ui`; and the CLI over an empty store.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,7 @@ import pytest
 from orchestrator.grid import load_table
 from orchestrator.report import claims as C
 from orchestrator.report.collect import RunResult
-from orchestrator.report.tables import Stat, build_table, run_status_text, stat
+from orchestrator.report.tables import build_table, run_status_text, stat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,15 +42,18 @@ def test_stat_is_mean_and_sample_std():
     assert stat([None]) is None
 
 
-@pytest.mark.parametrize("a, b, relation, outcome", [
-    ((75.0, 75.2), (74.0, 74.1), "beats", "supports"),  # +1.05, Welch 95% CI [+0.45, +1.65]
-    ((75.0, 75.2), (74.9, 75.2), "beats", "unresolved"),  # +0.05: the interval contains 0
-    ((74.0, 74.1), (75.0, 75.2), "beats", "contradicts"),
-    ((75.0,), (74.0,), "beats", "untested"),  # one seed: no test
-    ((74.0, 74.4), (74.3, 74.3), "close", "unresolved"),  # -0.1, but 2 seeds: the interval reaches -2.6
-    ((74.0, 74.1, 74.2), (74.1, 74.2, 74.3), "close", "supports"),  # -0.1 [-0.33, +0.13]: above -0.5
-    ((73.0, 73.1), (75.0, 75.1), "close", "contradicts"),
-])
+@pytest.mark.parametrize(
+    "a, b, relation, outcome",
+    [
+        ((75.0, 75.2), (74.0, 74.1), "beats", "supports"),  # +1.05, Welch 95% CI [+0.45, +1.65]
+        ((75.0, 75.2), (74.9, 75.2), "beats", "unresolved"),  # +0.05: the interval contains 0
+        ((74.0, 74.1), (75.0, 75.2), "beats", "contradicts"),
+        ((75.0,), (74.0,), "beats", "untested"),  # one seed: no test
+        ((74.0, 74.4), (74.3, 74.3), "close", "unresolved"),  # -0.1, but 2 seeds: the interval reaches -2.6
+        ((74.0, 74.1, 74.2), (74.1, 74.2, 74.3), "close", "supports"),  # -0.1 [-0.33, +0.13]: above -0.5
+        ((73.0, 73.1), (75.0, 75.1), "close", "contradicts"),
+    ],
+)
 def test_compare(a, b, relation, outcome):
     got = C.compare(dict(enumerate(a)), dict(enumerate(b)), relation, 0.44)
     assert got.outcome == outcome
@@ -72,8 +76,10 @@ def _planned(table, seeds: int, teacher=None):
     """Planned runs (one per seed) for each row of a table, with made-up hashes."""
     out = {}
     for i in range(len(table.rows)):
-        out[i] = [SimpleNamespace(hash=f"t{table.table}r{i}s{s}", seed=s, deps=[],
-                                  spec=SimpleNamespace(teacher=teacher)) for s in range(seeds)]
+        out[i] = [
+            SimpleNamespace(hash=f"t{table.table}r{i}s{s}", seed=s, deps=[], spec=SimpleNamespace(teacher=teacher))
+            for s in range(seeds)
+        ]
     return out
 
 
@@ -86,9 +92,16 @@ def _model(table_id: str, values: dict[int, list[float | None]], seeds: int, sta
         for p in runs:
             v = values.get(i, [None] * seeds)[p.seed]
             status = (statuses or {}).get((i, p.seed), "finished" if v is not None else "missing")
-            results[p.hash] = RunResult(hash=p.hash, status=status, run_id=f"{p.hash:0<32}" if v is not None else None,
-                                        last_top1=v, best_top1=None if v is None else v + 0.5, epoch=3, epochs=10,
-                                        reason="NonFiniteLoss: loss is nan" if status == "failed" else None)
+            results[p.hash] = RunResult(
+                hash=p.hash,
+                status=status,
+                run_id=f"{p.hash:0<32}" if v is not None else None,
+                last_top1=v,
+                best_top1=None if v is None else v + 0.5,
+                epoch=3,
+                epochs=10,
+                reason="NonFiniteLoss: loss is nan" if status == "failed" else None,
+            )
     return build_table(table, lambda i: planned[i], lambda h: results.get(h, RunResult(hash=h)))
 
 
@@ -132,8 +145,9 @@ def test_row_states_instead_of_numbers():
     assert r0.complete and r0.last.mean == pytest.approx(80.5) and r0.best.mean == pytest.approx(81.0)
     assert r0.delta == pytest.approx(80.5 - 74.62) and r0.seeds_done == 2
     assert r1.last is None and r1.status == "running (epoch 3/10)"
-    assert r2.last is None and r2.status == ("seed 0: failed at epoch 3/10: NonFiniteLoss: loss is nan; "
-                                             "seed 1: missing")
+    assert r2.last is None and r2.status == (
+        "seed 0: failed at epoch 3/10: NonFiniteLoss: loss is nan; seed 1: missing"
+    )
     assert r3.last.n == 1 and not r3.complete and r3.notes == ["seed 1: running (epoch 3/10)"]
     assert r0.rank_grid == 2 and r3.rank_grid == 1 and r0.rank_paper == 2 and r3.rank_paper == 1
 
@@ -152,15 +166,22 @@ def test_table2_teacher_accuracy():
     """The grid's teacher Acc1: a trained teacher's own last_top1, else what its students measured."""
     table = load_table("2")
     trained = SimpleNamespace(source="run", run="teacherhash", name="x", path=None)
-    planned = {i: [SimpleNamespace(hash=f"s{i}{s}", seed=s, deps=["teacherhash"], spec=SimpleNamespace(teacher=trained))
-                   for s in range(2)] for i in range(len(table.rows))}
+    planned = {
+        i: [
+            SimpleNamespace(hash=f"s{i}{s}", seed=s, deps=["teacherhash"], spec=SimpleNamespace(teacher=trained))
+            for s in range(2)
+        ]
+        for i in range(len(table.rows))
+    }
     results = {"teacherhash": RunResult(hash="teacherhash", status="finished", last_top1=91.5)}
     t = build_table(table, lambda i: planned[i], lambda h: results.get(h, RunResult(hash=h)))
     assert t.rows[0].teacher_paper == 82.9 and t.rows[0].teacher_grid.mean == 91.5
     assert t.rows[0].status == "missing"  # students missing, teacher known
     hub = SimpleNamespace(source="hub", run=None, name="cait", path=None)
-    planned = {i: [SimpleNamespace(hash=f"s{i}{s}", seed=s, deps=[], spec=SimpleNamespace(teacher=hub))
-                   for s in range(2)] for i in range(len(table.rows))}
+    planned = {
+        i: [SimpleNamespace(hash=f"s{i}{s}", seed=s, deps=[], spec=SimpleNamespace(teacher=hub)) for s in range(2)]
+        for i in range(len(table.rows))
+    }
     results = {f"s0{s}": RunResult(hash=f"s0{s}", status="running", teacher_top1=82.8) for s in range(2)}
     t = build_table(table, lambda i: planned[i], lambda h: results.get(h, RunResult(hash=h)))
     assert t.rows[0].teacher_grid.values == (82.8,)  # the same hub weights: counted once
@@ -170,9 +191,13 @@ def test_table2_teacher_accuracy():
 def test_figure4_claim():
     def curve(name, means, stds=None):
         return C.Curve(name, list(range(1, len(means) + 1)), means, stds or [None] * len(means), 3)
+
     fig4 = _model("fig4", {0: [69.8, 70.0, 70.2], 1: [70.8, 71.0, 71.2], 2: [72.8, 73.0, 73.2]}, 3)
-    curves = {"none": curve("none", [50, 60, 70]), "hard": curve("hard", [52, 62, 71]),
-              "manifold": curve("manifold", [55, 64, 73])}
+    curves = {
+        "none": curve("none", [50, 60, 70]),
+        "hard": curve("hard", [52, 62, 71]),
+        "manifold": curve("manifold", [55, 64, 73]),
+    }
     c = C.figure4_claim(curves, fig4)
     assert c.verdict == C.SUPPORTED and "3 of the 3 epochs" in c.note
     assert [x.paper_diff for x in c.comparisons] == [pytest.approx(2.86), pytest.approx(0.67)]
@@ -209,8 +234,15 @@ def trained_store(base: Path) -> tuple[str, object]:
     done = base / "trained"
     if done.exists():
         return uri, plan
-    students = [*plan.row_runs("3", 0), *plan.row_runs("3", 1), *plan.row_runs("6", 2), plan.row_runs("6", 3)[0],
-                *plan.row_runs("fig4", 0), *plan.row_runs("fig4", 1), *plan.row_runs("fig4", 2)]
+    students = [
+        *plan.row_runs("3", 0),
+        *plan.row_runs("3", 1),
+        *plan.row_runs("6", 2),
+        plan.row_runs("6", 3)[0],
+        *plan.row_runs("fig4", 0),
+        *plan.row_runs("fig4", 1),
+        *plan.row_runs("fig4", 2),
+    ]
     students = list({r.hash: r for r in students}.values())
     teachers = list(dict.fromkeys(d for r in students for d in r.deps))
     work = base / "work"
@@ -347,8 +379,16 @@ def test_markdown_latex_and_html_files(store, tmp_path):
     uri, plan = store
     md = render_markdown(plan, uri)
     assert "**Analog numbers.**" in md and "NOT comparable" in md
-    for heading in ("## Table 2: Distillation results", "## Table 3:", "## Table 4:", "## Table 5:", "## Table 6:",
-                    "## Table 7:", "## Figure 4:", "## Claims"):
+    for heading in (
+        "## Table 2: Distillation results",
+        "## Table 3:",
+        "## Table 4:",
+        "## Table 5:",
+        "## Table 6:",
+        "## Table 7:",
+        "## Figure 4:",
+        "## Claims",
+    ):
         assert heading in md
     assert "running (epoch 1/2)" in md and f"failed at epoch 1/2: {FAILURE}" in md
     assert f"kdgrid reproduce --scale smoke --seeds 2 --tracking-uri {uri}" in md
@@ -362,8 +402,13 @@ def test_markdown_latex_and_html_files(store, tmp_path):
     page = paths["html"].read_text()
     assert page.count("<table>") == 6 and 'src="data:image/png;base64,' in page
     if shutil.which("pdflatex"):  # the LaTeX compiles, tables and figure included, nothing too wide
-        out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
-                             cwd=paths["latex"].parent, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+            cwd=paths["latex"].parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stdout[-3000:]
         assert "Overfull \\hbox" not in out.stdout and (paths["latex"].parent / "report.pdf").stat().st_size > 50_000
 
@@ -371,15 +416,30 @@ def test_markdown_latex_and_html_files(store, tmp_path):
 @pytest.mark.slow
 def test_cli_report_on_the_partial_store(store, tmp_path):
     uri, _ = store
-    out = kdgrid("report", "--scale", SCALE, "--tables", "3,6", "--seeds", str(SEEDS), "--tracking-uri", uri,
-                 cwd=tmp_path)
+    out = kdgrid(
+        "report", "--scale", SCALE, "--tables", "3,6", "--seeds", str(SEEDS), "--tracking-uri", uri, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     hint = f"kdgrid reproduce --scale smoke --tables 3,6 --seeds 2 --tracking-uri {uri}"
     assert hint in out.stdout and hint in out.stderr
     assert "| CaiT-S24 | DeiT-Tiny | L_cp, L_rs | 74.63 | missing |" in out.stdout
-    out = kdgrid("report", "--scale", SCALE, "--tables", "fig4", "--seeds", str(SEEDS), "--tracking-uri", uri,
-                 "--format", "html", "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    out = kdgrid(
+        "report",
+        "--scale",
+        SCALE,
+        "--tables",
+        "fig4",
+        "--seeds",
+        str(SEEDS),
+        "--tracking-uri",
+        uri,
+        "--format",
+        "html",
+        "--out",
+        str(tmp_path / "rep"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "figure4.png").is_file()
     assert "html: " in out.stdout and "7 planned runs: 7 finished." in out.stdout  # 6 students, their teacher
@@ -387,14 +447,30 @@ def test_cli_report_on_the_partial_store(store, tmp_path):
 
 def kdgrid(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_cli_report_on_an_empty_store(tmp_path):
     db = tmp_path / "none.db"
-    out = kdgrid("report", "--scale", SCALE, "--tables", "3,fig4", "--seeds", "2", "--tracking-uri", f"sqlite:///{db}",
-                 cwd=tmp_path)
+    out = kdgrid(
+        "report",
+        "--scale",
+        SCALE,
+        "--tables",
+        "3,fig4",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert re.search(r"\*\*(\d+) planned runs: \1 missing\.\*\*", out.stdout)
@@ -408,8 +484,9 @@ def test_cli_report_on_an_empty_store(tmp_path):
     assert not (tmp_path / "kdgrid.db").exists()
     # an unreachable server is a clean error, in seconds
     t0 = time.perf_counter()
-    out = kdgrid("report", "--scale", SCALE, "--tables", "3", "--tracking-uri", f"http://127.0.0.1:{_free_port()}",
-                 cwd=tmp_path)
+    out = kdgrid(
+        "report", "--scale", SCALE, "--tables", "3", "--tracking-uri", f"http://127.0.0.1:{_free_port()}", cwd=tmp_path
+    )
     assert out.returncode == 1 and "could not be read" in out.stderr and "Traceback" not in out.stderr
     assert time.perf_counter() - t0 < 90
     # a bad table is a clean error
@@ -428,9 +505,14 @@ def _free_port() -> int:
 def ui_server(uri: str, cwd: Path):
     """`kdgrid ui` on a free port against the store; yields its printed address; stopped (SIGTERM) at the end."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         lines, url = [], None
         deadline = time.monotonic() + 180
@@ -489,8 +571,9 @@ def _check_served(store, url):
     # What the UI shows: one experiment per scale, readable run names, the plan's tags on every run
     c = MlflowClient(url)
     found = tracking.runs_by_hash(c, plan.scale)
-    assert found and {r.info.experiment_id for r in found.values()} == \
-        {c.get_experiment_by_name("kdgrid-smoke").experiment_id}
+    assert found and {r.info.experiment_id for r in found.values()} == {
+        c.get_experiment_by_name("kdgrid-smoke").experiment_id
+    }
     for h, run in found.items():
         p = plan.run(h)
         tags = run.data.tags

@@ -3,6 +3,7 @@
 Uses the store the report tests train (tests/test_report.py's `trained_store`, shared within a session).
 Skipped, with the reason, where Chromium is not installed (`apt-get install -y chromium`).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,10 @@ from tests.test_report import trained_store
 pytestmark = pytest.mark.slow
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: as root, "
-                                    "`apt-get update && apt-get install -y chromium` (CI installs it)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed: as root, `apt-get update && apt-get install -y chromium` (CI installs it)",
+)
 
 # Written into the page under test only: once everything has loaded, record what the browser rendered.
 PROBE = """<script>
@@ -48,9 +51,19 @@ def report_html(tmp_path_factory):
 
 
 def chromium(*args: str, profile, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -79,8 +92,13 @@ def test_chromium_renders_six_tables_and_the_figure(report_html, tmp_path):
 def test_chromium_screenshot(report_html, tmp_path):
     html, _ = report_html
     shot = tmp_path / "report.png"
-    out = chromium("--screenshot=" + str(shot), "--window-size=1400,2000", "--hide-scrollbars", html.as_uri(),
-                   profile=tmp_path / "profile")
+    out = chromium(
+        "--screenshot=" + str(shot),
+        "--window-size=1400,2000",
+        "--hide-scrollbars",
+        html.as_uri(),
+        profile=tmp_path / "profile",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

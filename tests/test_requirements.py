@@ -1,4 +1,5 @@
 """Dependency ranges, the start-up version check, and pip keeping a torch that is already installed."""
+
 from __future__ import annotations
 
 import base64
@@ -7,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import urllib.request
 import venv
 import zipfile
@@ -15,6 +15,7 @@ from importlib.metadata import version as metadata_version
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -37,23 +38,35 @@ def test_ranges_are_pyprojects():
 
 def test_lock_pins_every_range_inside_it():
     """requirements/lock.txt pins each dependency at a version its range admits."""
-    pins = dict(line.split("==") for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     pins = {req._norm(k): v for k, v in pins.items()}
     for r in req.RANGES:
         assert req.problem(r, pins[req._norm(r.name)]) is None, r.name
 
 
-@pytest.mark.parametrize("given, release", [("2.13.0+cpu", (2, 13, 0)), ("2.3.0a0+6ddf5cf85e", (2, 3, 0)),
-                                            ("1.0.30", (1, 0, 30)), ("1!2.0.post1", (2, 0)), ("v3.0rc1", (3, 0))])
+@pytest.mark.parametrize(
+    "given, release",
+    [
+        ("2.13.0+cpu", (2, 13, 0)),
+        ("2.3.0a0+6ddf5cf85e", (2, 3, 0)),
+        ("1.0.30", (1, 0, 30)),
+        ("1!2.0.post1", (2, 0)),
+        ("v3.0rc1", (3, 0)),
+    ],
+)
 def test_release(given, release):
     assert req.release(given) == release
 
 
 def test_out_of_range_versions_are_named_with_their_range():
     torch = _range("torch")
-    assert req.problem(torch, "2.2.2") == ("torch 2.2.2 is too old; kdgrid needs torch>=2.3,<3 "
-                                           "(torch.amp.GradScaler('cuda'))")
+    assert req.problem(torch, "2.2.2") == (
+        "torch 2.2.2 is too old; kdgrid needs torch>=2.3,<3 (torch.amp.GradScaler('cuda'))"
+    )
     assert req.problem(torch, "3.0.0rc1") == "torch 3.0.0rc1 is newer than kdgrid supports; kdgrid needs torch>=2.3,<3"
     assert req.problem(torch, None) == "torch is not installed; kdgrid needs torch>=2.3,<3"
     assert req.problem(torch, "nightly") == "torch nightly is not a version kdgrid can read; kdgrid needs torch>=2.3,<3"
@@ -63,9 +76,18 @@ def test_out_of_range_versions_are_named_with_their_range():
     assert "ray 2.40.0 is too old; kdgrid needs ray>=2.41,<3" in req.problem(_range("ray"), "2.40.0")
 
 
-@pytest.mark.parametrize("name, given", [("torch", "2.3.0"), ("torch", "2.3.0a0+git"), ("torch", "2.99.1+cu130"),
-                                         ("timm", "1.0.30"), ("mlflow", "3.1.3"), ("ray", "2.41.0"),
-                                         ("pydantic", "2.14.3")])
+@pytest.mark.parametrize(
+    "name, given",
+    [
+        ("torch", "2.3.0"),
+        ("torch", "2.3.0a0+git"),
+        ("torch", "2.99.1+cu130"),
+        ("timm", "1.0.30"),
+        ("mlflow", "3.1.3"),
+        ("ray", "2.41.0"),
+        ("pydantic", "2.14.3"),
+    ],
+)
 def test_in_range_versions_pass(name, given):
     assert req.problem(_range(name), given) is None
 
@@ -94,8 +116,14 @@ def test_installed_versions_follow_sys_path_order(tmp_path, monkeypatch):
 
 def _cli(*args: str, shadow: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(str(p) for p in (shadow, ROOT) if p)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": path, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path, **env},
+        timeout=300,
+    )
 
 
 def test_commands_stop_on_an_unsupported_version(tmp_path):
@@ -121,6 +149,7 @@ def test_check_passes_in_this_environment():
 
 # --- pip keeps an installed torch --------------------------------------------------------------------------
 
+
 def _wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
     """A real, installable wheel of distribution `name` `version` (an empty module): what pip sees of a torch
     built for some cluster, without downloading gigabytes."""
@@ -128,7 +157,7 @@ def _wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()
     files = {
         f"{name}/__init__.py": f"__version__ = {version!r}\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                            + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: kdgrid-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = []
@@ -162,13 +191,21 @@ def _resolve(tmp_path: Path, torch: str, torchvision: str, wanted: list[str]) ->
     built = [_wheel(wheels, "torch", torch), _wheel(wheels, "torchvision", torchvision, (f"torch=={torch}",))]
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
     subprocess.run([*pip, "install", "--quiet", "--no-deps", "--no-index", *map(str, built)], check=True, timeout=300)
-    have = subprocess.run([python, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    have = subprocess.run(
+        [python, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert have == [torch, torchvision]
     report = tmp_path / f"report-{torch}.json"
-    subprocess.run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), *wanted], check=True, timeout=1200)
-    return {item["metadata"]["name"].lower(): item["metadata"]["version"]
-            for item in json.loads(report.read_text())["install"]}
+    subprocess.run(
+        [*pip, "install", "--dry-run", "--quiet", "--report", str(report), *wanted], check=True, timeout=1200
+    )
+    return {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
 
 
 @pytest.mark.slow
@@ -184,8 +221,11 @@ def test_pip_keeps_an_installed_torch_within_the_range(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail("PyPI (https://pypi.org) is unreachable in CI: the resolver check needs it")
         pytest.skip("PyPI (https://pypi.org) is unreachable and this is not CI (CI=true): cannot resolve")
-    lock = dict(line.split("==") for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    lock = dict(
+        line.split("==")
+        for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert lock["torch"] != "2.13.0" and lock["torchvision"] != "0.28.0"
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_reqs = [d for d in deps if Requirement(d).name in ("torch", "torchvision")]
@@ -196,5 +236,7 @@ def test_pip_keeps_an_installed_torch_within_the_range(tmp_path):
     assert req.problem(_range("torchvision"), replaced["torchvision"]) is None
 
     kept = _resolve(tmp_path, "2.13.0", "0.28.0", ["-e", str(ROOT)])
-    assert "torch" not in kept and "torchvision" not in kept, {k: kept[k] for k in ("torch", "torchvision") if k in kept}
+    assert "torch" not in kept and "torchvision" not in kept, {
+        k: kept[k] for k in ("torch", "torchvision") if k in kept
+    }
     assert {"kdgrid", "timm", "mlflow", "ray"} <= set(kept)

@@ -2,6 +2,7 @@
 --max-seeds), and the loop at the smoke scale for real: on a store holding Table 6 and Figure 4 at two
 seeds, a budget that pays for one claim's seeds adds seeds to that unresolved claim's rows only, trains
 them (teachers shared), and stops at the budget."""
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,22 @@ def test_at_least_one_more_seed_and_the_limits():
 
 # ---- the loop at the smoke scale --------------------------------------------------------------------
 def _kdgrid(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HOME": str(cwd)}
-    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "HOME": str(cwd),
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
 
@@ -81,8 +94,20 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     shutil.copy(base / "mlflow.db", tmp_path / "mlflow.db")
     shutil.copytree(base / "work", tmp_path / "work")  # the teachers' checkpoints
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--scale", "smoke", "--tables", "6,fig4", "--seeds", "2", "--tracking-uri", uri,
-              "--workdir", str(tmp_path / "work"), "--workers", "2"]
+    common = [
+        "--scale",
+        "smoke",
+        "--tables",
+        "6,fig4",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(tmp_path / "work"),
+        "--workers",
+        "2",
+    ]
     _kdgrid("reproduce", *common, "--out", str(tmp_path / "grid"), cwd=tmp_path)  # the grid's missing run
 
     # Before: every claim decided with 2 seeds. The difference to resolve (--effect) is set below the
@@ -91,23 +116,41 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     # pays for the cheapest unresolved claim's seeds, not for a second one's.
     plan = make_plan("smoke", "6,fig4", 2)
     paper = build_report(plan, uri)
-    tops = [min(c.high for c in claim.comparisons if c.outcome == "unresolved") for claim in paper.claims
-            if claim.verdict == "unresolved" and all(c.relation == "beats" for c in claim.comparisons)]
+    tops = [
+        min(c.high for c in claim.comparisons if c.outcome == "unresolved")
+        for claim in paper.claims
+        if claim.verdict == "unresolved" and all(c.relation == "beats" for c in claim.comparisons)
+    ]
     assert tops and max(tops) > 0, [c.verdict for c in paper.claims]
     effect = round(0.8 * max(tops), 4)
     report = build_report(plan, uri, effect=effect)
     needs = R.needs_of(report, plan)
     assert any(not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5 for n in needs)
     seeds, cost = R.row_state(plan, R.run_costs(uri, "smoke", [r.hash for r in plan.students]))
-    costs = sorted(R.claim_cost(n, seeds, cost)[1] for n in needs
-                   if not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5)
+    costs = sorted(
+        R.claim_cost(n, seeds, cost)[1]
+        for n in needs
+        if not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5
+    )
     budget_h = costs[0] * 1.2 / 3600
     expected = R.next_step(needs, seeds, cost, budget_h * 3600, max_seeds=5)
     assert expected.chosen and {n.id for n in needs if not n.resolved} - set(expected.chosen)  # one left out
     before = set(tracking.runs_by_hash(tracking.client(uri), "smoke"))  # every run in the store
 
-    p = _kdgrid("reproduce", *common, "--out", str(tmp_path / "resolved"), "--resolve", "--effect", str(effect),
-                "--budget-cpu-hours", f"{budget_h:.8f}", "--max-seeds", "5", cwd=tmp_path)
+    p = _kdgrid(
+        "reproduce",
+        *common,
+        "--out",
+        str(tmp_path / "resolved"),
+        "--resolve",
+        "--effect",
+        str(effect),
+        "--budget-cpu-hours",
+        f"{budget_h:.8f}",
+        "--max-seeds",
+        "5",
+        cwd=tmp_path,
+    )
     out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
     print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
     assert out["reason"] in (R.OUT_OF_BUDGET, R.CANNOT), p.stdout[-2000:]
@@ -124,8 +167,12 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     found = tracking.runs_by_hash(tracking.client(uri), "smoke")
     new = {h: run for h, run in found.items() if h not in before}
     wide = make_plan("smoke", "6,fig4", max(expected.targets.values()))
-    added = {wide.row_hashes[k][s] for k in wide.row_hashes if plan.row_hashes[k][0] in chosen_rows
-             for s in range(2, expected.targets[plan.row_hashes[k][0]])}
+    added = {
+        wide.row_hashes[k][s]
+        for k in wide.row_hashes
+        if plan.row_hashes[k][0] in chosen_rows
+        for s in range(2, expected.targets[plan.row_hashes[k][0]])
+    }
     assert set(new) == added
     assert all(run.info.status == "FINISHED" and int(run.data.tags[tracking.SEED]) >= 2 for run in new.values())
     assert not any(run.data.tags.get(tracking.ROLE) == "teacher" for run in new.values())  # teachers reused
@@ -138,9 +185,21 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     md = (tmp_path / "resolved" / "report.md").read_text()
     assert "Welch's t-test" in md and "95% CI" in md
     for c in chosen:
-        assert out["seeds_after"][c] == min(expected.targets[keys[r]] for r in
-                                            next(x for x in report.claims if x.id == c).open_rows)
+        assert out["seeds_after"][c] == min(
+            expected.targets[keys[r]] for r in next(x for x in report.claims if x.id == c).open_rows
+        )
     # `kdgrid report --added-seeds` finds them again from MLflow alone
-    r = _kdgrid("report", "--scale", "smoke", "--tables", "6,fig4", "--seeds", "2", "--tracking-uri", uri,
-                "--added-seeds", cwd=tmp_path)
+    r = _kdgrid(
+        "report",
+        "--scale",
+        "smoke",
+        "--tables",
+        "6,fig4",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--added-seeds",
+        cwd=tmp_path,
+    )
     assert f"{out['seeds_after'][chosen[0]]} seeds per row (fewest)" in r.stdout

@@ -1,4 +1,5 @@
 """The cost-aware scheduler on made-up costs (orchestrator/launch/schedule.py), and the cost fit (costs.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -78,9 +79,13 @@ def test_cohort_split_balances_cost_not_count():
     # half the members each, in plan order, would end 21 vs 9 (+1); balancing by cost ends both at 16
     assert max(ends) == pytest.approx(1 + sum(costs) / 2)
     # lpt alone: exhaustive check that no 2-way cut of these members ends sooner
-    best = min(max(sum(c for i, c in enumerate(costs) if mask >> i & 1), sum(c for i, c in enumerate(costs)
-                                                                            if not mask >> i & 1))
-               for mask in range(1, 2 ** len(costs) - 1))
+    best = min(
+        max(
+            sum(c for i, c in enumerate(costs) if mask >> i & 1),
+            sum(c for i, c in enumerate(costs) if not mask >> i & 1),
+        )
+        for mask in range(1, 2 ** len(costs) - 1)
+    )
     assert max(sum(c for _, c in part) for _, part in lpt(job.members, [0.0, 0.0], 0.0)) == best
 
 
@@ -109,8 +114,10 @@ def test_running_jobs_and_cycles():
     placed = plan([job], [0.0, 50.0], done={"teacher": 50.0})
     assert min(p.start for p in placed) == 50.0
     with pytest.raises(ValueError, match="cycle"):
-        plan([Job("x", students("x", [1]), deps=frozenset({"y"})), Job("y", students("y", [1]),
-                                                                           deps=frozenset({"x"}))], [0.0])
+        plan(
+            [Job("x", students("x", [1]), deps=frozenset({"y"})), Job("y", students("y", [1]), deps=frozenset({"x"}))],
+            [0.0],
+        )
 
 
 def test_plan_is_optimal_on_small_made_up_grids():
@@ -120,8 +127,14 @@ def test_plan_is_optimal_on_small_made_up_grids():
 
     rng = random.Random(0)
     for trial in range(10):
-        jobs = [Job(f"j{i}", students(f"j{i}-", [rng.randint(1, 20) for _ in range(rng.randint(1, 4))]),
-                    shared=rng.randint(0, 8)) for i in range(4)]
+        jobs = [
+            Job(
+                f"j{i}",
+                students(f"j{i}-", [rng.randint(1, 20) for _ in range(rng.randint(1, 4))]),
+                shared=rng.randint(0, 8),
+            )
+            for i in range(4)
+        ]
         ours = makespan(plan(jobs, [0.0, 0.0]))
         best = float("inf")
         for assign in itertools.product(range(3), repeat=len(jobs)):  # worker 0, worker 1, or cut over both

@@ -7,6 +7,7 @@
 
 The submitit folder, the workdir and the SQLite store are under tmp_path: the same machine as the job.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ def needs_slurm(test):
     a missing Slurm fails the test with the reason, so CI never passes with its Slurm tests skipped."""
     marks = [pytest.mark.slurm, pytest.mark.slow]
     if _PROBLEM is not None and os.environ.get("KDGRID_REQUIRE_SLURM") == "1":
+
         @functools.wraps(test)
         def test(*_, **__):  # noqa: F811 - the test, replaced by its failure
             pytest.fail(f"KDGRID_REQUIRE_SLURM=1 but {_PROBLEM}")
@@ -71,9 +73,18 @@ def test_config_example_and_scale_hints_make_the_sbatch_script(tmp_path):
     ctx = LaunchContext(plan=plan, work=tmp_path / "work", tracking_uri="http://mlflow.example:5000")
     ex, threads = _executor(cfg, res, ctx, tmp_path / "slurm", "kdgrid-paper-student", ["12", "13_1"])
     script = ex._executor._make_submission_file_text("CMD", "uid")
-    for line in ("--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--partition=gpu",
-                 "--dependency=afterany:12:13_1", "--signal=USR2@300", "--time=4320", "--mem=480GB",
-                 "export MLFLOW_TRACKING_URI=http://mlflow.example:5000", f"export PYTHONPATH={root}"):
+    for line in (
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=10",
+        "--partition=gpu",
+        "--dependency=afterany:12:13_1",
+        "--signal=USR2@300",
+        "--time=4320",
+        "--mem=480GB",
+        "export MLFLOW_TRACKING_URI=http://mlflow.example:5000",
+        f"export PYTHONPATH={root}",
+    ):
         assert line in script, line
 
     hinted = load_config(None, threads=3, hints={"resources": {"cpus": 2}, "teacher_resources": {"time_min": 99}})
@@ -100,8 +111,14 @@ def cancel_leftover_jobs(tmp_path):
 
 
 def config(tmp_path, **extra) -> str:
-    data = {"partition": "debug", "cpus_per_task": 1, "timeout_min": 30, "poll_s": 2,
-            "folder": str(tmp_path / "submitit"), **extra}
+    data = {
+        "partition": "debug",
+        "cpus_per_task": 1,
+        "timeout_min": 30,
+        "poll_s": 2,
+        "folder": str(tmp_path / "submitit"),
+        **extra,
+    }
     path = tmp_path / "slurm.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
@@ -113,8 +130,19 @@ def test_smoke_grid_through_slurm(tmp_path):
     from orchestrator.plan import make_plan
 
     uri, work = store(tmp_path)
-    grid = ["--scale", "smoke", "--launcher", "slurm", "--slurm-config", config(tmp_path, array=True, array_parallelism=2),
-            "--tracking-uri", uri, "--workdir", str(work), *LESS_DATA]
+    grid = [
+        "--scale",
+        "smoke",
+        "--launcher",
+        "slurm",
+        "--slurm-config",
+        config(tmp_path, array=True, array_parallelism=2),
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        *LESS_DATA,
+    ]
     plan = make_plan("smoke", overrides=list(LESS_DATA[1::2]))
 
     first = kdgrid("launch", *grid, cwd=tmp_path, timeout=300)  # submits and returns
@@ -127,8 +155,9 @@ def test_smoke_grid_through_slurm(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "submitted" not in second.stdout.replace("not submitted again", "")
     done = int(re.search(r"(\d+) finished in MLflow", second.stdout).group(1))  # fast runs may be done already
-    assert re.search(rf"{len(plan.runs) - done} run\(s\) already in Slurm job\(s\) of an earlier launch",
-                     second.stdout), second.stdout
+    assert re.search(
+        rf"{len(plan.runs) - done} run\(s\) already in Slurm job\(s\) of an earlier launch", second.stdout
+    ), second.stdout
 
     third = kdgrid("reproduce", *grid, "--out", str(tmp_path / "reports"), cwd=tmp_path, timeout=1400)
     assert third.returncode == 0, third.stdout[-5000:] + third.stderr[-3000:]
@@ -158,8 +187,9 @@ def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
     plan = dataclasses.replace(plan, runs=[teacher])
     cfg = config(tmp_path, tasks_per_node=2, array=False)
     console = Console(width=200)
-    outcomes, ctx, items = execute(plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg,
-                                   wait=False, console=console)
+    outcomes, ctx, items = execute(
+        plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg, wait=False, console=console
+    )
     job = re.search(r"Slurm job (\S+)", outcomes[teacher.hash]).group(1)
     logs = work / "logs" / items[0].id  # + .log (rank 0) and .rank1.log; submitit's own messages land there too
 
@@ -175,8 +205,9 @@ def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the requeue delay
 
-    outcomes, ctx, items = execute(plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg,
-                                   console=console)  # adopts the requeued job and waits for it
+    outcomes, ctx, items = execute(
+        plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg, console=console
+    )  # adopts the requeued job and waits for it
     assert outcomes == {teacher.hash: "finished"}, outcomes
     run = mlflow_runs(uri)[teacher.hash]
     assert run.info.status == "FINISHED" and run.info.run_id == run_id  # resumed into the same run

@@ -1,6 +1,7 @@
 """Runs that start together log the same dataset: MLflow checks for the experiment's dataset, then inserts it,
 so concurrent writers race on UNIQUE(experiment, name, digest). RunLog.log_datasets must survive that race
 (it failed a grid's no-distillation run when two workers opened their runs at once)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -17,8 +18,12 @@ def _writer(uri: str, experiment_id: str, barrier, results) -> None:
     log = tracking.RunLog.__new__(tracking.RunLog)  # the RunLog of an open run: its client and run id
     log.c = mlflow.MlflowClient(uri)
     log.run_id = log.c.create_run(experiment_id).info.run_id  # as the engine opens its run, then logs inputs
-    ds = Dataset(name="Fashion-MNIST train", digest="ee5d7364afc979b1", source_type="local",
-                 source='{"uri": "/usr/share/datasets/fashion-mnist"}')
+    ds = Dataset(
+        name="Fashion-MNIST train",
+        digest="ee5d7364afc979b1",
+        source_type="local",
+        source='{"uri": "/usr/share/datasets/fashion-mnist"}',
+    )
     barrier.wait()  # all writers insert the same dataset at the same moment
     try:
         log.log_datasets([(ds, "training")])

@@ -1,5 +1,6 @@
 """The parts behind the MLflow UI that need no training: WAL, the parent tag kept on reopen, the experiment
 kind, dataset inputs, the throughput meter, and the report's tables as CSV/JSON (a real SQLite store)."""
+
 from __future__ import annotations
 
 import csv
@@ -87,13 +88,25 @@ def test_epoch_meter_splits_the_loop_into_data_teacher_and_students():
     assert meter.steps == 5 and meter.images == 40 and a["throughput.images_per_s"] == pytest.approx(40 / wall)
     # sleeps are lower bounds of what was timed; the parts never exceed the loop
     assert meter.data_wait >= 0.1 and meter.teacher_s >= 0.15 and meter.own["a"] >= 0.05 and meter.own["b"] >= 0.1
-    assert a["throughput.data_wait_share"] + a["throughput.teacher_share"] + a["throughput.own_share"] \
-        + b["throughput.own_share"] <= 1.0
-    for shared in ("throughput.images_per_s", "throughput.step_s", "throughput.data_wait_share",
-                   "throughput.teacher_share", "throughput.cohort_size"):
+    assert (
+        a["throughput.data_wait_share"]
+        + a["throughput.teacher_share"]
+        + a["throughput.own_share"]
+        + b["throughput.own_share"]
+        <= 1.0
+    )
+    for shared in (
+        "throughput.images_per_s",
+        "throughput.step_s",
+        "throughput.data_wait_share",
+        "throughput.teacher_share",
+        "throughput.cohort_size",
+    ):
         assert a[shared] == b[shared], shared  # the cohort's figures: the same for every member
-    assert a["throughput.own_step_s"] == pytest.approx(meter.own["a"] / 5) and a["throughput.own_step_s"] < \
-        b["throughput.own_step_s"]
+    assert (
+        a["throughput.own_step_s"] == pytest.approx(meter.own["a"] / 5)
+        and a["throughput.own_step_s"] < b["throughput.own_step_s"]
+    )
     assert a["memory.peak_rss_mb"] > 10
 
 
@@ -102,13 +115,23 @@ def test_report_tables_as_csv_and_json():
     from tests.test_report import _model
 
     t3 = _model("3", {0: [75.0, 76.0], 1: [74.0, 74.5], 2: [73.0, None]}, 2)
-    report = SimpleNamespace(tables=[t3], fig4=None, scale="unit", recipe="paper", seeds=2, generated="now",
-                             counts={"finished": 5, "missing": 3}, complete=False, command="kdgrid reproduce",
-                             claims=[])
+    report = SimpleNamespace(
+        tables=[t3],
+        fig4=None,
+        scale="unit",
+        recipe="paper",
+        seeds=2,
+        generated="now",
+        counts={"finished": 5, "missing": 3},
+        complete=False,
+        command="kdgrid reproduce",
+        claims=[],
+    )
     rows = list(csv.DictReader(io.StringIO(export.to_csv(report))))
     assert [r["key"] for r in rows] == ["t3.r1", "t3.r2", "t3.r3", "t3.r4"]
-    assert float(rows[0]["top1_last_mean"]) == pytest.approx(75.5) and float(rows[0]["top1_last_std"]) == \
-        pytest.approx(0.7071, abs=1e-4)
+    assert float(rows[0]["top1_last_mean"]) == pytest.approx(75.5) and float(rows[0]["top1_last_std"]) == pytest.approx(
+        0.7071, abs=1e-4
+    )
     assert rows[0]["Manifold losses"] == "L_ci, L_cp, L_rs" and float(rows[0]["paper_acc1"]) == 75.06
     assert rows[2]["seeds_done"] == "1" and rows[3]["top1_last_mean"] == "" and rows[3]["status"] == "missing"
     data = json.loads(export.to_json(report))

@@ -2,6 +2,7 @@
 ASHA stops some trials early and they are recorded in MLflow as stopped by the scheduler (KILLED, with
 the epoch), not failed; the driver is killed after some trials finished and the same command resumes the
 search with Tune's restore without training the finished trials again; the report is written."""
+
 from __future__ import annotations
 
 import json
@@ -17,26 +18,70 @@ import pytest
 from trainer import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCH = {"search": "test", "title": "alpha and beta", "base": "fig4.manifold",
-          "space": {"distillation.manifold.alpha": "loguniform(0.1, 10)",
-                    "distillation.manifold.beta": "loguniform(0.02, 2)"},
-          "paper": {"distillation.manifold.alpha": 1.0, "distillation.manifold.beta": 0.2},
-          "grace_period": 1, "reduction_factor": 2}
+SEARCH = {
+    "search": "test",
+    "title": "alpha and beta",
+    "base": "fig4.manifold",
+    "space": {
+        "distillation.manifold.alpha": "loguniform(0.1, 10)",
+        "distillation.manifold.beta": "loguniform(0.02, 2)",
+    },
+    "paper": {"distillation.manifold.alpha": 1.0, "distillation.manifold.beta": 0.2},
+    "grace_period": 1,
+    "reduction_factor": 2,
+}
 EPOCHS, TRIALS = 4, 6
-CUT = ("--set", f"student.recipe.epochs={EPOCHS}", "--set", "data.train_subset=512", "--set", "data.val_subset=256",
-       "--set", "teachers.cait_s24_224.data.train_subset=512", "--set", "teachers.cait_s24_224.recipe.epochs=1")
+CUT = (
+    "--set",
+    f"student.recipe.epochs={EPOCHS}",
+    "--set",
+    "data.train_subset=512",
+    "--set",
+    "data.val_subset=256",
+    "--set",
+    "teachers.cait_s24_224.data.train_subset=512",
+    "--set",
+    "teachers.cait_s24_224.recipe.epochs=1",
+)
 KEY = "smoke/paper-mean/test"
 
 
 def _argv(search: Path, uri: str, work: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", "tune", str(search), "--scale", "smoke", *CUT,
-            "--trials", str(TRIALS), "--workers", "2", "--rerun-top", "1", "--seeds", "2",
-            "--tracking-uri", uri, "--workdir", str(work), "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "tune",
+        str(search),
+        "--scale",
+        "smoke",
+        *CUT,
+        "--trials",
+        str(TRIALS),
+        "--workers",
+        "2",
+        "--rerun-top",
+        "1",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "OMP_NUM_THREADS": "1",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "KDGRID_SYSTEM_METRICS_INTERVAL": "0"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "200",
+        "OMP_NUM_THREADS": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "KDGRID_SYSTEM_METRICS_INTERVAL": "0",
+    }
 
 
 def _runs(uri: str) -> list:
@@ -64,8 +109,9 @@ def test_search_stops_early_resumes_after_a_killed_driver_and_reports(tmp_path, 
     # 1. Start the search; kill the driver (its whole process group, Ray and its trials included) once a
     #    trial has finished and another has ended, while others are still to come.
     log = open(tmp_path / "driver1.log", "w")
-    driver = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        argv, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 900
     ended: list = []
     try:
@@ -137,7 +183,8 @@ def test_search_stops_early_resumes_after_a_killed_driver_and_reports(tmp_path, 
 def _parent(uri: str) -> str:
     c = tracking.client(uri)
     exp = c.get_experiment_by_name("kdgrid-smoke")
-    found = c.search_runs([exp.experiment_id], filter_string=f"tags.`kdgrid.search` = '{KEY}' and "
-                                                              "tags.`kdgrid.role` = 'search'")
+    found = c.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`kdgrid.search` = '{KEY}' and tags.`kdgrid.role` = 'search'"
+    )
     assert len(found) == 1
     return found[0].info.run_id

@@ -1,6 +1,7 @@
 """The search file of `kdgrid tune`: distributions parsed, unknown fields and bad ranges named (file, key,
 reason) before anything starts, every bound checked by the spec's own pydantic fields, and a trial being
 the base row's spec with the sampled fields applied (so the paper's choice is the grid's own run)."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,17 +42,20 @@ def test_tune_domains_sample_inside_the_range():
     assert 0.35 < sum(v < 1 for v in values) / len(values) < 0.65
 
 
-@pytest.mark.parametrize("text, words", [
-    ("loguniform(0, 10)", "above 0"),
-    ("loguniform(-1, 10)", "above 0"),
-    ("uniform(2, 1)", "empty range"),
-    ("randint(1, 1.5)", "integers"),
-    ("lognormal(0, 1)", "unknown distribution 'lognormal'"),
-    ("uniform(1)", "takes 2 argument"),
-    ("choice([])", "non-empty list"),
-    ("uniform(0, .inf)", "finite"),
-    ("0.5", "not a distribution"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("loguniform(0, 10)", "above 0"),
+        ("loguniform(-1, 10)", "above 0"),
+        ("uniform(2, 1)", "empty range"),
+        ("randint(1, 1.5)", "integers"),
+        ("lognormal(0, 1)", "unknown distribution 'lognormal'"),
+        ("uniform(1)", "takes 2 argument"),
+        ("choice([])", "non-empty list"),
+        ("uniform(0, .inf)", "finite"),
+        ("0.5", "not a distribution"),
+    ],
+)
 def test_bad_ranges_name_the_key(write_yaml, text, words):
     with pytest.raises(GridError) as err:
         _load(write_yaml, {"distillation.manifold.alpha": text})
@@ -61,14 +65,17 @@ def test_bad_ranges_name_the_key(write_yaml, text, words):
     assert "s.yaml" in str(err.value)
 
 
-@pytest.mark.parametrize("key, words", [
-    ("distillation.manifold.alfa", "unknown field 'distillation.manifold.alfa'"),
-    ("distillation.manifol.alpha", "unknown field 'distillation.manifol'"),
-    ("seed", "seeds are not searched"),
-    ("data.num_workers", "execution detail"),
-    ("recipe.lr.x", "recipe.lr is a value"),
-    ("distillation.manifold", "group of fields"),
-])
+@pytest.mark.parametrize(
+    "key, words",
+    [
+        ("distillation.manifold.alfa", "unknown field 'distillation.manifold.alfa'"),
+        ("distillation.manifol.alpha", "unknown field 'distillation.manifol'"),
+        ("seed", "seeds are not searched"),
+        ("data.num_workers", "execution detail"),
+        ("recipe.lr.x", "recipe.lr is a value"),
+        ("distillation.manifold", "group of fields"),
+    ],
+)
 def test_unknown_or_unsearchable_fields_are_named(write_yaml, key, words):
     with pytest.raises(GridError) as err:
         _load(write_yaml, {key: "choice([1, 2])"})
@@ -89,14 +96,23 @@ def test_group_choices_check_their_fields_and_overlaps(write_yaml):
     with pytest.raises(GridError) as err:
         _load(write_yaml, bad)
     assert "unknown field" in _problems(err.value)["space.distillation.manifold.options[0].teacher_blok"]
-    both = {"distillation.manifold": {"choice": [{"student_blocks": [1], "teacher_blocks": [1]}]},
-            "distillation.manifold.student_blocks": "choice([[2]])"}
+    both = {
+        "distillation.manifold": {"choice": [{"student_blocks": [1], "teacher_blocks": [1]}]},
+        "distillation.manifold.student_blocks": "choice([[2]])",
+    }
     with pytest.raises(GridError) as err:
         _load(write_yaml, both)
     assert "search each field once" in _problems(err.value)["space.distillation.manifold.student_blocks"]
     # a group and an unrelated field of the same group are fine
-    ok = SearchSpec.model_validate({**BASE, "space": {"distillation.manifold": bad["distillation.manifold"] | {},
-                                                      "distillation.manifold.alpha": "uniform(0, 1)"}})
+    ok = SearchSpec.model_validate(
+        {
+            **BASE,
+            "space": {
+                "distillation.manifold": bad["distillation.manifold"] | {},
+                "distillation.manifold.alpha": "uniform(0, 1)",
+            },
+        }
+    )
     assert [p for p in check_fields(ok) if "alpha" in p[0]] == []
 
 
@@ -116,15 +132,24 @@ def _prepare(write_yaml, space, **extra):
     return prepare(write_yaml("s.yaml", {**BASE, "space": space, **extra}), "smoke")
 
 
-@pytest.mark.parametrize("space, key, words", [
-    ({"distillation.manifold.alpha": "uniform(-1, 1)"}, "space.distillation.manifold.alpha",
-     "greater than or equal to 0"),
-    ({"distillation.manifold.k": "choice([96, 5000])"}, "space.distillation.manifold.k", "larger than the batch"),
-    ({"distillation.manifold": {"choice": [{"student_blocks": [1, 13], "teacher_blocks": [1, 24]}]}},
-     "space.distillation.manifold", "block 13 is beyond"),
-    ({"distillation.kd": "choice([hard, sof])"}, "space.distillation.kd", "'sof'"),
-    ({"recipe.epochs": "randint(0, 3)"}, "space.recipe.epochs", "greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "space, key, words",
+    [
+        (
+            {"distillation.manifold.alpha": "uniform(-1, 1)"},
+            "space.distillation.manifold.alpha",
+            "greater than or equal to 0",
+        ),
+        ({"distillation.manifold.k": "choice([96, 5000])"}, "space.distillation.manifold.k", "larger than the batch"),
+        (
+            {"distillation.manifold": {"choice": [{"student_blocks": [1, 13], "teacher_blocks": [1, 24]}]}},
+            "space.distillation.manifold",
+            "block 13 is beyond",
+        ),
+        ({"distillation.kd": "choice([hard, sof])"}, "space.distillation.kd", "'sof'"),
+        ({"recipe.epochs": "randint(0, 3)"}, "space.recipe.epochs", "greater than or equal to 1"),
+    ],
+)
 def test_values_are_checked_by_the_spec_before_anything_starts(write_yaml, space, key, words):
     with pytest.raises(GridError) as err:
         _prepare(write_yaml, space)
@@ -142,9 +167,11 @@ def test_unknown_base_row(write_yaml):
 def test_trials_are_the_base_row_with_the_sampled_fields(write_yaml):
     from orchestrator.tune.search import run_spec
 
-    setup = _prepare(write_yaml, {"distillation.manifold.alpha": "loguniform(0.1, 10)",
-                                  "distillation.manifold.k": "choice([0, 96, 192])"},
-                     paper={"distillation.manifold.alpha": 1.0, "distillation.manifold.k": 192})
+    setup = _prepare(
+        write_yaml,
+        {"distillation.manifold.alpha": "loguniform(0.1, 10)", "distillation.manifold.k": "choice([0, 96, 192])"},
+        paper={"distillation.manifold.alpha": 1.0, "distillation.manifold.k": 192},
+    )
     base = setup.base.spec
 
     def h(config, seed=0):
@@ -159,8 +186,9 @@ def test_trials_are_the_base_row_with_the_sampled_fields(write_yaml):
     assert spec.tags["mlflow.parentRunId"] == "p" and spec.tags["kdgrid.search"] == "smoke/paper-mean/t"
     assert h({"distillation.manifold.alpha": 0.3}) != setup.base.hash
     # k=0 drops L_rs, so beta no longer matters: two such trials are one run
-    assert h({"distillation.manifold.k": 0, "distillation.manifold.beta": 0.7}) == \
-        h({"distillation.manifold.k": 0, "distillation.manifold.beta": 0.1})
+    assert h({"distillation.manifold.k": 0, "distillation.manifold.beta": 0.7}) == h(
+        {"distillation.manifold.k": 0, "distillation.manifold.beta": 0.1}
+    )
 
 
 def test_cost_budget_stops_once_spent():
@@ -184,8 +212,12 @@ def test_the_shipped_search_files_load():
 
     root = Path(__file__).resolve().parents[1] / "ablations"
     s = load_search(root / "search-manifold.yaml")
-    assert set(s.space) == {"distillation.manifold.alpha", "distillation.manifold.beta", "distillation.manifold.k",
-                            "distillation.manifold"}
+    assert set(s.space) == {
+        "distillation.manifold.alpha",
+        "distillation.manifold.beta",
+        "distillation.manifold.k",
+        "distillation.manifold",
+    }
     assert s.paper["distillation.manifold.alpha"] == 1.0 and s.paper["distillation.manifold.beta"] == 0.2
     assert s.paper["distillation.manifold.k"] == 192
     assert load_search(root / "search-alpha-beta.yaml").space["distillation.manifold.beta"].log
@@ -202,21 +234,29 @@ def test_report_ranks_the_paper_among_finished_trials_and_groups_seeds(write_yam
     from orchestrator.tune.report import SearchRun, groups, markdown, paper_rank, plot, ranked_trials
     from orchestrator.tune.search import run_spec
 
-    setup = _prepare(write_yaml, {"distillation.manifold.alpha": "loguniform(0.1, 10)"},
-                     paper={"distillation.manifold.alpha": 1.0})
+    setup = _prepare(
+        write_yaml, {"distillation.manifold.alpha": "loguniform(0.1, 10)"}, paper={"distillation.manifold.alpha": 1.0}
+    )
 
     def run(alpha, seed, role, status, top1, epochs=2):
         cfg = {"distillation.manifold.alpha": alpha}
         h = run_spec(setup.base.spec, cfg, seed, key=setup.key, role=role, parent=None).content_hash()
-        return SearchRun(h, f"id-{h[:6]}", "", cfg, seed, role, status, "ASHA" if status == "stopped" else None,
-                         epochs, top1)
+        return SearchRun(
+            h, f"id-{h[:6]}", "", cfg, seed, role, status, "ASHA" if status == "stopped" else None, epochs, top1
+        )
 
-    runs = [run(0.3, 0, "trial", "finished", 70.0), run(3.0, 0, "trial", "finished", 74.0),
-            run(0.5, 0, "trial", "finished", 72.0), run(6.0, 0, "trial", "stopped", 80.0, epochs=1),
-            run(0.2, 0, "trial", "failed", None),
-            run(1.0, 0, "paper", "finished", 72.0), run(1.0, 1, "paper", "finished", 71.0),
-            run(1.0, 2, "paper", "finished", 70.0),
-            run(3.0, 1, "rerun", "finished", 75.0), run(3.0, 2, "rerun", "finished", 76.0)]
+    runs = [
+        run(0.3, 0, "trial", "finished", 70.0),
+        run(3.0, 0, "trial", "finished", 74.0),
+        run(0.5, 0, "trial", "finished", 72.0),
+        run(6.0, 0, "trial", "stopped", 80.0, epochs=1),
+        run(0.2, 0, "trial", "failed", None),
+        run(1.0, 0, "paper", "finished", 72.0),
+        run(1.0, 1, "paper", "finished", 71.0),
+        run(1.0, 2, "paper", "finished", 70.0),
+        run(3.0, 1, "rerun", "finished", 75.0),
+        run(3.0, 2, "rerun", "finished", 76.0),
+    ]
     assert [r.top1 for r in ranked_trials(runs)] == [74.0, 72.0, 70.0]  # the stopped 80.0 is not ranked
     rank = paper_rank(setup, runs)
     assert (rank["rank"], rank["of"], rank["above"], rank["tied"], rank["below"]) == (2, 4, 1, 1, 1)

@@ -1,6 +1,7 @@
 """ViTKD's losses (trainer/methods/vitkd.py) against the same quantities computed another way, on small
 shapes with fixed masks: the masking as its released code does it (shuffle, keep, append mask tokens,
 unshuffle), the convolutions as matrix products of unfolded patches, the MSEs as explicit sums."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 from trainer import methods
-from trainer.methods.vitkd import (ViTKDModule, ViTKDSpec, fill_masked, generation_loss, mimic_loss,
-                                   random_token_mask)
+from trainer.methods.vitkd import ViTKDModule, ViTKDSpec, fill_masked, generation_loss, mimic_loss, random_token_mask
 
 
 def _masked_like_the_released_code(x, noise, ratio, token):
@@ -62,8 +62,15 @@ def test_losses_against_explicit_sums():
 
     low, generated = module(low_s, high_s, mask)
     method = methods.REGISTRY["vitkd"]
-    x = methods.LossInputs(cls_logits=None, kd_logits=None, t_logits=None, target=None,
-                           student=(low, generated, mask), teacher=[*low_t, high_t], generator=None)
+    x = methods.LossInputs(
+        cls_logits=None,
+        kd_logits=None,
+        t_logits=None,
+        target=None,
+        student=(low, generated, mask),
+        teacher=[*low_t, high_t],
+        generator=None,
+    )
     total, terms = method.loss(spec, x)
 
     # another way: double precision, explicit loops, the convs as unfolded matrix products
@@ -152,8 +159,9 @@ def test_a_smoke_step_trains_vitkds_modules_with_the_student(tmp_path):
     assert torch.isfinite(terms["loss"])
     terms["loss"].backward()
     grads = {n: p.grad for n, p in m.core.named_parameters() if n.startswith("vitkd.")}
-    assert all(gr is not None and gr.abs().sum() > 0 for n, gr in grads.items()), \
-        [n for n, gr in grads.items() if gr is None or gr.abs().sum() == 0]
+    assert all(gr is not None and gr.abs().sum() > 0 for n, gr in grads.items()), [
+        n for n, gr in grads.items() if gr is None or gr.abs().sum() == 0
+    ]
     assert any(k.startswith("vitkd.") for k in m.state(1)["model"])
 
 

@@ -4,6 +4,7 @@ The data order of every epoch is a pure function of (seed, epoch), and the augme
 function of (seed, epoch, its global index): a run resumed from a checkpoint, trained in a cohort beside
 other students, or split differently over GPUs and accumulation steps sees exactly the same micro-batches.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -11,21 +12,27 @@ import hashlib
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from trainer.spec import DataSpec
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
-INSTALL_HINT = ("install Debian's package with `sudo apt-get install dataset-fashion-mnist` "
-                f"(files under {FASHION_MNIST_DEBIAN}), or set data.root to a folder holding the four IDX files "
-                "(.gz or not); set KDGRID_ALLOW_DOWNLOAD=1 to let torchvision download them instead")
+INSTALL_HINT = (
+    "install Debian's package with `sudo apt-get install dataset-fashion-mnist` "
+    f"(files under {FASHION_MNIST_DEBIAN}), or set data.root to a folder holding the four IDX files "
+    "(.gz or not); set KDGRID_ALLOW_DOWNLOAD=1 to let torchvision download them instead"
+)
 
 
 def _fmnist_root(spec: DataSpec) -> Path:
@@ -45,8 +52,10 @@ def dataset_problem(spec: DataSpec) -> str | None:
         return f"Fashion-MNIST not found at {root}: {INSTALL_HINT}"
     root = Path(spec.root or "").expanduser()
     if not spec.root or not (root / "train").is_dir() or not (root / "val").is_dir():
-        return (f"ImageNet not found at {spec.root!r}: set data.root to a folder with train/ and val/ "
-                "subfolders of class folders (the layout torchvision's ImageFolder reads)")
+        return (
+            f"ImageNet not found at {spec.root!r}: set data.root to a folder with train/ and val/ "
+            "subfolders of class folders (the layout torchvision's ImageFolder reads)"
+        )
     return None
 
 
@@ -69,7 +78,7 @@ def _fashion_mnist(spec: DataSpec, train: bool):
                 continue
             tmp = raw / f".{name}.{os.getpid()}"
             plain, packed = src / name, src / f"{name}.gz"
-            with (open(plain, "rb") if plain.exists() else gzip.open(packed, "rb")) as fin, open(tmp, "wb") as fout:
+            with open(plain, "rb") if plain.exists() else gzip.open(packed, "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
             os.replace(tmp, dst)  # atomic: concurrent workers never read half a file
         return FashionMNIST(str(cache), train=train, download=False)
@@ -112,7 +121,7 @@ def micro_batches(n: int, seed: int, epoch: int, micro: int, group: int, repeats
     if repeats > 1:
         order = order.repeat_interleave(repeats)[:n]
     steps = n // (micro * group)
-    return order[:steps * group * micro].view(steps, micro, group).transpose(1, 2).reshape(steps * group, micro)
+    return order[: steps * group * micro].view(steps, micro, group).transpose(1, 2).reshape(steps * group, micro)
 
 
 def rank_rows(total: int, rank: int, world_size: int) -> range:
@@ -153,7 +162,7 @@ class TensorData:
             batches = ((j, rows[j]) for j in rank_rows(len(rows), self.rank, self.world_size))
         else:
             order = torch.arange(self.rank, n, self.world_size)
-            batches = ((None, order[i:i + self.batch_size]) for i in range(0, len(order), self.batch_size))
+            batches = ((None, order[i : i + self.batch_size]) for i in range(0, len(order), self.batch_size))
         for j, idx in batches:
             x = self.images[idx].float().div_(255)
             if self.train:
@@ -232,8 +241,17 @@ class FolderData:
     """An ImageFolder behind a DataLoader, with DeiT's transforms from timm and the global micro-batch order
     of `micro_batches` (repeated augmentation included), each sample's augmentation keyed to its place."""
 
-    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, repeated_aug: bool,
-                 rank: int, world_size: int, accumulation: int = 1):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        train: bool,
+        num_workers: int,
+        repeated_aug: bool,
+        rank: int,
+        world_size: int,
+        accumulation: int = 1,
+    ):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
         self.repeated_aug, self.accumulation = repeated_aug, accumulation
@@ -242,11 +260,14 @@ class FolderData:
         n = len(self.dataset)
         if not self.train:
             order = list(range(self.rank, n, self.world_size))
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        rows = micro_batches(n, seed, epoch, self.batch_size, self.world_size * self.accumulation,
-                             repeats=3 if self.repeated_aug else 1)
-        return [[(int(i), micro_seed(seed, epoch, j, f"sample{p}")) for p, i in enumerate(rows[j].tolist())]
-                for j in rank_rows(len(rows), self.rank, self.world_size)]
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rows = micro_batches(
+            n, seed, epoch, self.batch_size, self.world_size * self.accumulation, repeats=3 if self.repeated_aug else 1
+        )
+        return [
+            [(int(i), micro_seed(seed, epoch, j, f"sample{p}")) for p, i in enumerate(rows[j].tolist())]
+            for j in rank_rows(len(rows), self.rank, self.world_size)
+        ]
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -257,14 +278,19 @@ class FolderData:
     def epoch(self, seed: int, epoch: int):
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(KeyedSamples(self.dataset), batch_sampler=self._batches(seed, epoch),
-                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                            persistent_workers=False)
+        loader = DataLoader(
+            KeyedSamples(self.dataset),
+            batch_sampler=self._batches(seed, epoch),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
         yield from loader
 
 
-def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, accumulation: int = 1,
-          val_transform=None):
+def build(
+    spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, accumulation: int = 1, val_transform=None
+):
     """(train, val) batch sources for `spec`: training in micro-batches of `batch_size` (the global batch is
     batch_size x world_size x accumulation); val is evaluated on every rank's shard. `val_transform`
     replaces the validation transform of an image folder (a teacher's own eval transform)."""
@@ -277,15 +303,30 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, a
             if idx is not None:
                 images, labels = images[idx], labels[idx]
             if spec.img_size != images.shape[-1]:
-                images = torch.nn.functional.interpolate(images.float(), size=spec.img_size, mode="bilinear",
-                                                         align_corners=False).round().clamp(0, 255).byte()
+                images = (
+                    torch.nn.functional.interpolate(
+                        images.float(), size=spec.img_size, mode="bilinear", align_corners=False
+                    )
+                    .round()
+                    .clamp(0, 255)
+                    .byte()
+                )
             if spec.in_chans != 1:
                 images = images.expand(-1, spec.in_chans, -1, -1).contiguous()
-            out.append(TensorData(images, labels, batch_size, train,
-                                  crop_padding=spec.augment.crop_padding if train else 0,
-                                  crop_scale=spec.augment.crop_scale if train else None,
-                                  hflip=spec.augment.hflip if train else 0.0,
-                                  rank=rank, world_size=world_size, accumulation=accumulation))
+            out.append(
+                TensorData(
+                    images,
+                    labels,
+                    batch_size,
+                    train,
+                    crop_padding=spec.augment.crop_padding if train else 0,
+                    crop_scale=spec.augment.crop_scale if train else None,
+                    hflip=spec.augment.hflip if train else 0.0,
+                    rank=rank,
+                    world_size=world_size,
+                    accumulation=accumulation,
+                )
+            )
         return tuple(out)
 
     from timm.data import create_transform
@@ -293,24 +334,35 @@ def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, a
 
     a = spec.augment
     root = Path(spec.root).expanduser()
-    train_tf = create_transform(spec.img_size, is_training=True, color_jitter=a.color_jitter or None,
-                                auto_augment=a.rand_augment, interpolation="bicubic", re_prob=a.reprob,
-                                re_mode="pixel", re_count=1, hflip=a.hflip,
-                                scale=a.crop_scale or (0.08, 1.0))
+    train_tf = create_transform(
+        spec.img_size,
+        is_training=True,
+        color_jitter=a.color_jitter or None,
+        auto_augment=a.rand_augment,
+        interpolation="bicubic",
+        re_prob=a.reprob,
+        re_mode="pixel",
+        re_count=1,
+        hflip=a.hflip,
+        scale=a.crop_scale or (0.08, 1.0),
+    )
     _posterize_zero_bits(train_tf)
-    val_tf = val_transform or create_transform(spec.img_size, is_training=False, interpolation="bicubic",
-                                               crop_pct=0.875)
+    val_tf = val_transform or create_transform(
+        spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875
+    )
     train_ds, val_ds = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", val_tf)
     for ds, size, off in ((train_ds, spec.train_subset, 0), (val_ds, spec.val_subset, 1)):
         idx = _subset(len(ds), size, spec.subset_seed + off)
         if idx is not None:
             ds.samples = [ds.samples[i] for i in idx.tolist()]
             ds.targets = [s[1] for s in ds.samples]
-    return (FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size, accumulation),
-            FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size))
+    return (
+        FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size, accumulation),
+        FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size),
+    )
 
 
-def with_transform(val_data: "FolderData", transform) -> "FolderData":
+def with_transform(val_data: FolderData, transform) -> FolderData:
     """The same validation images read through another transform (a teacher's own eval transform)."""
     import copy
 
@@ -348,5 +400,11 @@ def mixup_fn(spec: DataSpec):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
-                 label_smoothing=a.smoothing, num_classes=spec.num_classes)
+    return Mixup(
+        mixup_alpha=a.mixup,
+        cutmix_alpha=a.cutmix,
+        prob=a.mixup_prob,
+        switch_prob=a.mixup_switch_prob,
+        label_smoothing=a.smoothing,
+        num_classes=spec.num_classes,
+    )

@@ -4,6 +4,7 @@ Name, source (where the images were read from), a digest of what selects the ima
 subset sizes and seed, image size) and the image counts, as the profile. The digest does not read the
 images: at ImageNet scale that would take minutes; two runs with the same digest read the same files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +31,16 @@ def count(data: Any) -> int:
 
 
 def digest(spec: DataSpec, split: str, n: int) -> str:
-    key = {"dataset": spec.dataset, "source": source_of(spec), "split": split, "images": n,
-           "subset": spec.train_subset if split == "train" else spec.val_subset,
-           "subset_seed": spec.subset_seed, "img_size": spec.img_size, "in_chans": spec.in_chans}
+    key = {
+        "dataset": spec.dataset,
+        "source": source_of(spec),
+        "split": split,
+        "images": n,
+        "subset": spec.train_subset if split == "train" else spec.val_subset,
+        "subset_seed": spec.subset_seed,
+        "img_size": spec.img_size,
+        "in_chans": spec.in_chans,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -42,11 +50,26 @@ def datasets(spec: DataSpec, train_data: Any, val_data: Any) -> list[tuple[Any, 
 
     name = NAMES.get(spec.dataset, spec.dataset)
     n_train, n_val = count(train_data), count(val_data)
-    profile = json.dumps({"num_train_images": n_train, "num_val_images": n_val, "img_size": spec.img_size,
-                          "num_classes": spec.num_classes})
+    profile = json.dumps(
+        {
+            "num_train_images": n_train,
+            "num_val_images": n_val,
+            "img_size": spec.img_size,
+            "num_classes": spec.num_classes,
+        }
+    )
     out = []
     for split, ctx, n in (("train", "training", n_train), ("val", "validation", n_val)):
-        out.append((Dataset(name=f"{name} {split}", digest=digest(spec, split, n), source_type="local",
-                            source=json.dumps({"uri": source_of(spec), "split": split, "images": n}),
-                            profile=profile), ctx))
+        out.append(
+            (
+                Dataset(
+                    name=f"{name} {split}",
+                    digest=digest(spec, split, n),
+                    source_type="local",
+                    source=json.dumps({"uri": source_of(spec), "split": split, "images": n}),
+                    profile=profile,
+                ),
+                ctx,
+            )
+        )
     return out

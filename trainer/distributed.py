@@ -3,6 +3,7 @@
 Whoever starts the processes (torchrun, the Slurm launcher from submitit's job environment) sets these;
 the trainer only reads them, so it knows nothing of launchers.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,7 @@ def init_from_env(device: str | None = None) -> DistEnv:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
-                                rank=rank, world_size=world)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", rank=rank, world_size=world)
     return DistEnv(rank, world, local, device)
 
 

@@ -13,6 +13,7 @@ MLflow run. A run alone is a cohort of one, so a run's numbers do not depend on 
 Nothing here syncs the host inside a step except at logging intervals (`recipe.log_every`), where loss
 sums are read, checked for NaN/inf, and reported.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,12 @@ from torch import nn
 
 from trainer import data as data_mod
 from trainer import dataset_inputs, methods, models, tracking, workdir
-from trainer.protocol import run_protocol, teacher_protocol
-from trainer.throughput import EpochMeter
 from trainer.distributed import DistEnv, all_sum, broadcast_flags, no_sync
 from trainer.objective import objective
+from trainer.protocol import run_protocol, teacher_protocol
 from trainer.spec import ExperimentSpec, accumulation_steps
 from trainer.taps import Student, forward_taps
+from trainer.throughput import EpochMeter
 
 
 class Callback(Protocol):
@@ -70,8 +71,13 @@ def environment(env: DistEnv) -> dict[str, str]:
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "host": platform.node(), "device": env.device,
-           "threads": str(torch.get_num_threads()), "world_size": str(env.world_size)}
+    out = {
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "device": env.device,
+        "threads": str(torch.get_num_threads()),
+        "world_size": str(env.world_size),
+    }
     if env.device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(torch.device(env.device))
     for pkg in ("torch", "torchvision", "timm", "mlflow", "pydantic", "ray", "submitit", "kdgrid"):
@@ -81,10 +87,19 @@ def environment(env: DistEnv) -> dict[str, str]:
             pass
     try:
         root = Path(__file__).resolve().parents[1]
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                           text=True, timeout=5).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         out["git_dirty"] = str(bool(dirty))
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = "unknown"
@@ -177,13 +192,17 @@ class Member:
 
     def state(self, epoch_done: int) -> dict:
         return {
-            "format": 1, "hash": self.hash, "epoch": epoch_done,
-            "model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "format": 1,
+            "hash": self.hash,
+            "epoch": epoch_done,
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             **self.streams.state(),
-            "best_top1": self.best_top1, "history": self.history,
+            "best_top1": self.best_top1,
+            "history": self.history,
             "run_id": self.run.run_id if self.run else None,
         }
 
@@ -210,7 +229,6 @@ def effective_lr(spec: ExperimentSpec, world_size: int) -> float:
     return r.lr * r.global_batch_at(world_size) / r.lr_scale_batch
 
 
-
 def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Member:
     from timm.optim import param_groups_weight_decay
     from timm.scheduler import CosineLRScheduler
@@ -230,25 +248,44 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
     no_decay = {f"model.{n}" for n in getattr(model, "no_weight_decay", lambda: set())()} | core.no_weight_decay()
     groups = param_groups_weight_decay(core, r.weight_decay, no_weight_decay_list=no_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
-    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
-                                  warmup_t=int(r.warmup_epochs * steps), warmup_lr_init=r.warmup_lr,
-                                  t_in_epochs=False)
-    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and r.amp and amp_dtype(spec) == torch.float16) \
-        else None
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=r.epochs * steps,
+        lr_min=r.min_lr,
+        warmup_t=int(r.warmup_epochs * steps),
+        warmup_lr_init=r.warmup_lr,
+        t_in_epochs=False,
+    )
+    scaler = (
+        torch.amp.GradScaler("cuda") if (device.type == "cuda" and r.amp and amp_dtype(spec) == torch.float16) else None
+    )
     ema = None
     if r.ema:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=r.ema_decay)
-    streams = Streams(rng=rng, cuda_rng=None,
-                      generator=torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 2)))
+    streams = Streams(
+        rng=rng, cuda_rng=None, generator=torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 2))
+    )
     if device.type == "cuda":
         streams.cuda_rng = torch.Generator(device=device).manual_seed(_rng_seed(spec.seed, 3)).get_state()
     d = spec.distillation
     t_taps = tuple(dict.fromkeys(t for meth in methods.active(d) for t in meth.teacher_taps(meth.settings(d))))
-    return Member(spec=spec, hash=run_hash, dir=workdir.run_dir(wd, run_hash), student=student, core=core,
-                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, streams=streams, steps=steps,
-                  lr=lr, t_taps=t_taps)
+    return Member(
+        spec=spec,
+        hash=run_hash,
+        dir=workdir.run_dir(wd, run_hash),
+        student=student,
+        core=core,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        ema=ema,
+        streams=streams,
+        steps=steps,
+        lr=lr,
+        t_taps=t_taps,
+    )
 
 
 def build_student(spec: ExperimentSpec) -> tuple[Student, torch.Tensor]:
@@ -299,14 +336,18 @@ def load_teacher(spec: ExperimentSpec, wd: Path, tracking_uri: str | None, devic
                 if run is None or run.info.status != "FINISHED":
                     raise FileNotFoundError(
                         f"teacher run {t.run} ({t.name}) has not finished: train it first "
-                        f"(`kdgrid reproduce` trains teachers before the students that need them)")
+                        f"(`kdgrid reproduce` trains teachers before the students that need them)"
+                    )
                 path = tracking.fetch_artifact(c, run.info.run_id, "checkpoints/final.pt", path.parent)
         ckpt = workdir.load(path)
         state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
         model = models.create(t.name, **spec.teacher_kwargs())
         model.load_state_dict(state)
-        weights = {"source": t.source, "weights": t.path if t.source == "checkpoint" else f"run {t.run}",
-                   "sha256": sha256_file(path)}
+        weights = {
+            "source": t.source,
+            "weights": t.path if t.source == "checkpoint" else f"run {t.run}",
+            "sha256": sha256_file(path),
+        }
     model.to(device).eval().requires_grad_(False)
     model.kdgrid_weights = weights
     return model
@@ -344,8 +385,10 @@ def teacher_val_data(teacher: nn.Module, spec: ExperimentSpec, val_data):
     cfg = resolve_data_config({}, model=teacher)
     cfg["input_size"] = (spec.data.in_chans, spec.data.img_size, spec.data.img_size)
     tf = create_transform(**cfg, is_training=False)
-    how = (f"crop_pct={cfg.get('crop_pct')} {cfg.get('interpolation')} mean={tuple(round(v, 4) for v in cfg['mean'])} "
-           f"std={tuple(round(v, 4) for v in cfg['std'])}")
+    how = (
+        f"crop_pct={cfg.get('crop_pct')} {cfg.get('interpolation')} mean={tuple(round(v, 4) for v in cfg['mean'])} "
+        f"std={tuple(round(v, 4) for v in cfg['std'])}"
+    )
     return data_mod.with_transform(val_data, tf), how
 
 
@@ -392,16 +435,26 @@ def evaluate(model: nn.Module, val, device: str, autocast, predictions: dict | N
     c1, c5, loss, n = stats.tolist()
     if predictions is not None:
         predictions.update({k: torch.cat(v).tolist() for k, v in preds.items()})
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n,
-            **{f"{k}_top1": 100.0 * v.item() / n for k, v in heads.items()}}
+    return {
+        "top1": 100.0 * c1 / n,
+        "top5": 100.0 * c5 / n,
+        "loss": loss / n,
+        **{f"{k}_top1": 100.0 * v.item() / n for k, v in heads.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # The cohort loop
 # ---------------------------------------------------------------------------------------------------
-def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str | Path = "kdgrid_runs",
-          tracking_uri: str | None = None, callbacks: tuple[Callback, ...] = (), force: bool = False
-          ) -> dict[str, str]:
+def train(
+    specs: list[ExperimentSpec],
+    *,
+    env: DistEnv | None = None,
+    work: str | Path = "kdgrid_runs",
+    tracking_uri: str | None = None,
+    callbacks: tuple[Callback, ...] = (),
+    force: bool = False,
+) -> dict[str, str]:
     """Train `specs` (one cohort) to completion. Returns {hash: finished|skipped|locked|failed: reason}."""
     env = env or DistEnv(device="cuda" if torch.cuda.is_available() else "cpu")
     cpu0 = time.process_time()
@@ -421,19 +474,24 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
         return results
 
     accumulation = accumulation_steps(first.recipe, env.world_size)  # ValueError: the protocol cannot be met
-    train_data, val_data = data_mod.build(first.data, first.recipe.batch_size, env.rank, env.world_size,
-                                          accumulation)
+    train_data, val_data = data_mod.build(first.data, first.recipe.batch_size, env.rank, env.world_size, accumulation)
     steps = len(train_data) // accumulation  # optimizer steps per epoch
     if steps == 0:
-        raise ValueError(f"the training set has fewer images than one global batch of "
-                         f"{first.recipe.global_batch_at(env.world_size)}")
-    proto = dict(world_size=env.world_size, accumulation=accumulation,
-                 precision="bf16 autocast" if use_amp else "fp32", train_images=dataset_inputs.count(train_data),
-                 val_images=dataset_inputs.count(val_data))
-    members = [_open_member(s, env, wd, steps, client, force, train_data, val_data, callbacks, proto)
-               for s in todo]
+        raise ValueError(
+            f"the training set has fewer images than one global batch of {first.recipe.global_batch_at(env.world_size)}"
+        )
+    proto = dict(
+        world_size=env.world_size,
+        accumulation=accumulation,
+        precision="bf16 autocast" if use_amp else "fp32",
+        train_images=dataset_inputs.count(train_data),
+        val_images=dataset_inputs.count(val_data),
+    )
+    members = [_open_member(s, env, wd, steps, client, force, train_data, val_data, callbacks, proto) for s in todo]
     teacher = load_teacher(first, wd, tracking_uri, device) if first.teacher is not None else None
-    t_blocks = tuple(sorted({b for m in members for b in m.t_taps}, key=lambda t: (isinstance(t, str), str(t).zfill(9))))
+    t_blocks = tuple(
+        sorted({b for m in members for b in m.t_taps}, key=lambda t: (isinstance(t, str), str(t).zfill(9)))
+    )
     if teacher is not None:
         _evaluate_teacher(teacher, first, members, val_data, env, autocast)
 
@@ -443,8 +501,18 @@ def train(specs: list[ExperimentSpec], *, env: DistEnv | None = None, work: str 
         for m in members:
             m.run.log_metrics({"cost.setup_cpu_s": setup_share}, step=m.start_epoch)
     try:
-        _run_epochs(members, train_data, val_data, teacher, t_blocks, data_mod.mixup_fn(first.data), env, autocast,
-                    callbacks, accumulation)
+        _run_epochs(
+            members,
+            train_data,
+            val_data,
+            teacher,
+            t_blocks,
+            data_mod.mixup_fn(first.data),
+            env,
+            autocast,
+            callbacks,
+            accumulation,
+        )
         for m in members:
             if m.failed:
                 results[m.hash] = f"failed: {m.failed}"
@@ -496,8 +564,18 @@ def _claim(specs, env: DistEnv, client, wd: Path, force: bool, results: dict[str
     return [s for (s, _), ok in zip(todo, flags) if ok], locks
 
 
-def _open_member(s: ExperimentSpec, env: DistEnv, wd: Path, steps: int, client, force: bool, train_data, val_data,
-                 callbacks, proto: dict[str, Any]) -> Member:
+def _open_member(
+    s: ExperimentSpec,
+    env: DistEnv,
+    wd: Path,
+    steps: int,
+    client,
+    force: bool,
+    train_data,
+    val_data,
+    callbacks,
+    proto: dict[str, Any],
+) -> Member:
     """A member built, resumed from its checkpoint when there is one, and its MLflow run opened."""
     m = build_member(s, env, wd, steps)
     ckpt_path = m.dir / "checkpoint.pt"
@@ -519,8 +597,9 @@ def _open_member(s: ExperimentSpec, env: DistEnv, wd: Path, steps: int, client, 
     return m
 
 
-def _evaluate_teacher(teacher: nn.Module, spec: ExperimentSpec, members: list[Member], val_data, env: DistEnv,
-                      autocast) -> None:
+def _evaluate_teacher(
+    teacher: nn.Module, spec: ExperimentSpec, members: list[Member], val_data, env: DistEnv, autocast
+) -> None:
     """The frozen teacher's accuracy (with its own eval transform), and its per-image predictions, on the runs
     that start now."""
     starting = [m for m in members if m.start_epoch == 0]
@@ -538,8 +617,18 @@ def _evaluate_teacher(teacher: nn.Module, spec: ExperimentSpec, members: list[Me
             log_predictions(m, "teacher.json", predictions)
 
 
-def _run_epochs(members: list[Member], train_data, val_data, teacher, t_blocks, mixup, env: DistEnv, autocast,
-                callbacks, accumulation: int = 1) -> None:
+def _run_epochs(
+    members: list[Member],
+    train_data,
+    val_data,
+    teacher,
+    t_blocks,
+    mixup,
+    env: DistEnv,
+    autocast,
+    callbacks,
+    accumulation: int = 1,
+) -> None:
     """Every member from its own start epoch to its own last one; a failed member leaves the cohort."""
     for epoch in range(min(m.start_epoch for m in members), max(m.epochs for m in members)):
         active = [m for m in members if m.start_epoch <= epoch < m.epochs and not m.failed]
@@ -547,8 +636,7 @@ def _run_epochs(members: list[Member], train_data, val_data, teacher, t_blocks, 
             continue
         cpu_epoch = time.process_time()
         meter = EpochMeter(env.device, env.world_size)
-        _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter,
-                     accumulation)
+        _train_epoch(active, epoch, train_data, teacher, t_blocks, mixup, env, autocast, callbacks, meter, accumulation)
         meter.stop()
         share = (time.process_time() - cpu_epoch) / len(active)
         for m in active:
@@ -565,9 +653,13 @@ def _log_start(m: Member, env: DistEnv, proto: dict[str, Any]) -> None:
     s = m.spec
     params = s.model_dump(mode="json", exclude={"tags", "name"})
     params["protocol"] = proto  # what ran (world size, accumulation, images, versions): the report's banner
-    params["effective"] = {"lr": m.lr, "world_size": env.world_size,
-                           "global_batch_size": proto["global_batch"],
-                           "steps_per_epoch": m.steps, "content_hash": m.hash}
+    params["effective"] = {
+        "lr": m.lr,
+        "world_size": env.world_size,
+        "global_batch_size": proto["global_batch"],
+        "steps_per_epoch": m.steps,
+        "content_hash": m.hash,
+    }
     m.run.log_params(params)
     m.run.set_tags({f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)})
     m.run.log_artifact(m.dir / "spec.yaml")
@@ -589,8 +681,19 @@ def _backfill(m: Member) -> None:
             m.run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
 
 
-def _train_epoch(active: list[Member], epoch: int, train_data, teacher, t_blocks, mixup, env: DistEnv,
-                 autocast, callbacks, meter: EpochMeter | None = None, accumulation: int = 1) -> None:
+def _train_epoch(
+    active: list[Member],
+    epoch: int,
+    train_data,
+    teacher,
+    t_blocks,
+    mixup,
+    env: DistEnv,
+    autocast,
+    callbacks,
+    meter: EpochMeter | None = None,
+    accumulation: int = 1,
+) -> None:
     """One epoch in micro-batches: this rank's i-th is global micro-batch j = i x world + rank, accumulation
     step i mod A of optimizer step i // A; everything random in it is keyed to (seed, epoch, j)."""
     import numpy as np
@@ -644,11 +747,12 @@ def train_step(m: Member, x, target, t_logits, t_feats, key: int, global_step: i
     _optimizer_step(m, global_step)
 
 
-def _micro_step(m: Member, x, target, t_logits, t_feats, key: int, sync: bool, accumulation: int, autocast,
-                device: str) -> None:
+def _micro_step(
+    m: Member, x, target, t_logits, t_feats, key: int, sync: bool, accumulation: int, autocast, device: str
+) -> None:
     """Forward, loss and backward of one micro-batch; gradients add up over the accumulation steps (DDP
     all-reduces them only on the last, `sync`), each micro-batch's loss weighted 1 / accumulation."""
-    with m.scope(device, key), (nullcontext() if sync else no_sync(m.student)):
+    with m.scope(device, key), nullcontext() if sync else no_sync(m.student):
         terms = forward_loss(m, x, target, t_logits, t_feats, autocast)
         loss = terms["loss"] / accumulation
         (m.scaler.scale(loss) if m.scaler is not None else loss).backward()
@@ -688,8 +792,10 @@ def _mean_terms(m: Member) -> dict[str, torch.Tensor]:
     keys = sorted(m.sums)
     if not keys:
         return {}
-    t = torch.stack([m.sums[k].double() for k in keys]
-                    + [torch.tensor(float(m.count), dtype=torch.float64, device=m.sums[keys[0]].device)])
+    t = torch.stack(
+        [m.sums[k].double() for k in keys]
+        + [torch.tensor(float(m.count), dtype=torch.float64, device=m.sums[keys[0]].device)]
+    )
     all_sum(t)
     n = max(t[-1].item(), 1.0)
     return {k: t[i] / n for i, k in enumerate(keys)}
@@ -699,8 +805,11 @@ def _check_and_report(m: Member, epoch: int, step: int, callbacks, elapsed: floa
     values = {k: v.item() for k, v in _mean_terms(m).items()}  # the host sync of a logging interval
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
-        _fail(m, f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
-                 + ", ".join(f"{k}={values[k]}" for k in bad), None)
+        _fail(
+            m,
+            f"non-finite loss at epoch {epoch + 1} step {step + 1}: " + ", ".join(f"{k}={values[k]}" for k in bad),
+            None,
+        )
         return
     values["lr"] = m.optimizer.param_groups[0]["lr"]
     values["step_time_s"] = elapsed / (step + 1)

@@ -8,6 +8,7 @@ memory (`Method.footprint`: the manifold loss's relation maps, ...). Activations
 follow the tensors a pre-norm transformer block saves (norm inputs, q/k/v, attention output and
 projection, the 4x MLP hidden before and after GELU: ~16 widths) plus the attention probabilities.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def footprint(spec: ExperimentSpec) -> Footprint:
     params = _params(spec.student.name, s_kwargs)
     student = params * (16 + (4 if spec.recipe.ema else 0))
     if s.kind == "cnn":  # no per-token model: a generous multiple of the input per image
-        student += FLOAT * b * spec.data.in_chans * spec.data.img_size ** 2 * 64
+        student += FLOAT * b * spec.data.in_chans * spec.data.img_size**2 * 64
     else:
         student += s.depth * _block_activations(s, b, _heads(s_kwargs, s.width))
     d = spec.distillation
@@ -64,7 +65,7 @@ def footprint(spec: ExperimentSpec) -> Footprint:
         t = model_info(spec.teacher.name, **t_kwargs)
         teacher = _params(spec.teacher.name, t_kwargs) * FLOAT
         if t.kind == "cnn":
-            teacher += FLOAT * b * spec.data.in_chans * spec.data.img_size ** 2 * 16
+            teacher += FLOAT * b * spec.data.in_chans * spec.data.img_size**2 * 16
         else:
             teacher += _block_activations(t, b, _heads(t_kwargs, t.width))
             teacher += FLOAT * b * t.num_patches * t.width * len(methods.teacher_tap_union(d))

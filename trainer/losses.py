@@ -9,6 +9,7 @@ patches only, never on the width.
 Relation maps are built in float32 (float64 for float64 inputs) with autocast off: cosine maps in
 bf16 carry ~1e-2 errors, the size of the differences being distilled.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,8 @@ def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
     if f_s.dim() != 3 or f_t.dim() != 3 or f_s.shape[:2] != f_t.shape[:2]:
         raise ValueError(
             f"student features {tuple(f_s.shape)} and teacher features {tuple(f_t.shape)} must both be "
-            "(n, p, c) with the same batch size n and number of patches p")
+            "(n, p, c) with the same batch size n and number of patches p"
+        )
 
 
 class _MapGap(torch.autograd.Function):
@@ -103,15 +105,23 @@ def _stack_terms(f_s: Tensor, f_t: Tensor, names, idx: Tensor | None, reduction:
             if idx is None:
                 out["rs"] = u_s.new_zeros(u_s.shape[0])
             else:
+
                 def rows(u):
                     flat = u.flatten(1, 2)
                     return torch.gather(flat, 1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))[:, None]
+
                 out["rs"] = _map_gaps(rows(u_s), rows(u_t), reduction)
     return out
 
 
-def _pair_terms(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], names, k: int, reduction: str,
-                generator: torch.Generator | None) -> dict[str, Tensor]:
+def _pair_terms(
+    feats_s: Sequence[Tensor],
+    feats_t: Sequence[Tensor],
+    names,
+    k: int,
+    reduction: str,
+    generator: torch.Generator | None,
+) -> dict[str, Tensor]:
     """Each term for each block pair, (L,) in pair order: pairs of equal shapes go through `_stack_terms`
     together. L_rs's rows are drawn pair after pair, as a loop over the pairs would draw them."""
     if reduction not in _REDUCTIONS:
@@ -127,8 +137,10 @@ def _pair_terms(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], names, k: 
         groups.setdefault(key, []).append(i)
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for members in groups.values():
+
         def stack(fs):
             return fs[members[0]][None] if len(members) == 1 else torch.stack([fs[i] for i in members])
+
         idx = None if draws[0] is None else torch.stack([draws[i] for i in members])
         for name, vec in _stack_terms(stack(feats_s), stack(feats_t), names, idx, reduction).items():
             parts[name].append(vec)
@@ -140,8 +152,9 @@ def _pair_terms(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], names, k: 
     return out
 
 
-def manifold_terms(f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper",
-                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def manifold_terms(
+    f_s: Tensor, f_t: Tensor, k: int, *, reduction: str = "paper", generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
     """The three sampled manifold terms (Eq. 10-12) between student and teacher patch features.
 
     f_s: (n, p, c_s), f_t: (n, p, c_t). reduction="paper" sums the squared map gaps and divides ci by p
@@ -194,7 +207,7 @@ def _add_sym_gram(acc: Tensor, x: Tensor, edges: list[int]) -> None:
 def _fill_lower(acc: Tensor, edges: list[int]) -> Tensor:
     spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
     for i, si in enumerate(spans):
-        for sj in spans[i + 1:]:
+        for sj in spans[i + 1 :]:
             acc[sj, si] = acc[si, sj].T
     return acc
 
@@ -204,7 +217,7 @@ def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
     m = f_s.shape[0] * f_s.shape[1]
     x_s, x_t = f_s.reshape(m, -1), f_t.reshape(m, -1)
     for i in range(0, m, chunk):
-        yield x_s[i:i + chunk], x_t[i:i + chunk], slice(i, i + chunk)
+        yield x_s[i : i + chunk], x_t[i : i + chunk], slice(i, i + chunk)
 
 
 def _rnorm(x: Tensor) -> Tensor:
@@ -212,8 +225,9 @@ def _rnorm(x: Tensor) -> Tensor:
     return x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
 
 
-def _manifold_gram(f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64,
-                   chunk: int = _CHUNK) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+def _manifold_gram(
+    f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64, chunk: int = _CHUNK
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
     """||M(A) - M(B)||^2 / m^2 through c x c Grams (no autograd), with products in `dtype` and sums in
     float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) and the rows' reciprocal
     norms (m, 1) of f_s and f_t, for the backward pass.
@@ -293,8 +307,11 @@ def manifold_exact(f_s: Tensor, f_t: Tensor) -> Tensor:
     """
     _check_pair(f_s, f_t)
     with _no_autocast(f_s):
-        return _ExactManifold.apply(f_s.to(torch.promote_types(f_s.dtype, torch.float32)),
-                                    f_t.to(torch.promote_types(f_t.dtype, torch.float32)), _CHUNK)
+        return _ExactManifold.apply(
+            f_s.to(torch.promote_types(f_s.dtype, torch.float32)),
+            f_t.to(torch.promote_types(f_t.dtype, torch.float32)),
+            _CHUNK,
+        )
 
 
 def manifold_naive(f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -305,10 +322,18 @@ def manifold_naive(f_s: Tensor, f_t: Tensor) -> Tensor:
         return (a @ a.T - b @ b.T).pow(2).mean()
 
 
-def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
-                  terms: Sequence[str] = MANIFOLD_TERMS, weights: dict[str, float] | None = None,
-                  k: int = 192, reduction: str = "paper", layer_reduce: str = "sum",
-                  exact_weight: float = 0.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def manifold_loss(
+    feats_s: Sequence[Tensor],
+    feats_t: Sequence[Tensor],
+    *,
+    terms: Sequence[str] = MANIFOLD_TERMS,
+    weights: dict[str, float] | None = None,
+    k: int = 192,
+    reduction: str = "paper",
+    layer_reduce: str = "sum",
+    exact_weight: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """Weighted manifold terms over pairs of (student block, teacher block) features.
 
     Eq. 9 per pair (weights play alpha and beta; the paper uses ci 1, cp 1, rs 0.2), combined over the
@@ -321,8 +346,9 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
     if layer_reduce not in ("sum", "mean"):
         raise ValueError(f"layer_reduce must be 'sum' or 'mean', got {layer_reduce!r}")
     if len(feats_s) != len(feats_t) or not feats_s:
-        raise ValueError(f"need equally many student and teacher blocks (at least one), got "
-                         f"{len(feats_s)} and {len(feats_t)}")
+        raise ValueError(
+            f"need equally many student and teacher blocks (at least one), got {len(feats_s)} and {len(feats_t)}"
+        )
     weights = {**{name: 1.0 for name in terms}, **(weights or {})}
     reduce = torch.sum if layer_reduce == "sum" else torch.mean
     out = {}
@@ -330,15 +356,19 @@ def manifold_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor], *,
         for name, per_pair in _pair_terms(feats_s, feats_t, terms, k, reduction, generator).items():
             out[name] = reduce(weights[name] * per_pair)
     if exact_weight > 0:
-        out["exact"] = reduce(torch.stack([exact_weight * manifold_exact(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]))
+        out["exact"] = reduce(
+            torch.stack([exact_weight * manifold_exact(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)])
+        )
     out["total"] = torch.stack(list(out.values())).sum() if out else feats_s[0].new_zeros((), dtype=torch.float32)
     return out
 
 
 # --- logit and feature losses -------------------------------------------------------------------------
 
-def kd_loss(student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau: float = 1.0,
-            reduction: str = "batch") -> Tensor:
+
+def kd_loss(
+    student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau: float = 1.0, reduction: str = "batch"
+) -> Tensor:
     """DeiT's distillation term on the student's distillation head.
 
     "soft": tau^2 KL(teacher || student) of the tempered distributions (Eq. 5; tau^2 keeps the gradient
@@ -349,8 +379,12 @@ def kd_loss(student_kd_logits: Tensor, teacher_logits: Tensor, *, kind: str, tau
     if kind == "soft":
         if reduction not in ("batch", "elements"):
             raise ValueError(f"kd_loss reduction must be 'batch' or 'elements', got {reduction!r}")
-        kl = F.kl_div(F.log_softmax(student_kd_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
-                      reduction="batchmean" if reduction == "batch" else "sum", log_target=True) * (tau * tau)
+        kl = F.kl_div(
+            F.log_softmax(student_kd_logits / tau, dim=1),
+            F.log_softmax(teacher_logits / tau, dim=1),
+            reduction="batchmean" if reduction == "batch" else "sum",
+            log_target=True,
+        ) * (tau * tau)
         return kl if reduction == "batch" else kl / student_kd_logits.numel()
     if kind == "hard":
         return F.cross_entropy(student_kd_logits, teacher_logits.argmax(dim=1))
@@ -375,8 +409,10 @@ def embedding_transfer(f_s: Tensor, f_t: Tensor, proj: Callable[[Tensor], Tensor
     features, mapped by `proj` when the widths differ, and the teacher's. Unlike the manifold terms it
     needs equal widths, which is the restriction the paper's method lifts."""
     if proj is None and f_s.shape[-1] != f_t.shape[-1]:
-        raise ValueError(f"student width {f_s.shape[-1]} != teacher width {f_t.shape[-1]}: "
-                         "embedding transfer needs a projection (proj) between them")
+        raise ValueError(
+            f"student width {f_s.shape[-1]} != teacher width {f_t.shape[-1]}: "
+            "embedding transfer needs a projection (proj) between them"
+        )
     if proj is not None:
         f_s = proj(f_s)
     if f_s.shape != f_t.shape:

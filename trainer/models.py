@@ -6,6 +6,7 @@ scale; only width, patch size and input size shrink. They are registered with ti
 `timm.create_model("analog_cait_s24")` works like any timm model and a scale can override their
 keyword arguments (width, patch size, ...) from YAML.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -63,15 +64,13 @@ _CAIT_ANALOG_INIT = 0.1
 @register_model
 def analog_cait_xxs24(pretrained: bool = False, **kwargs) -> Cait:
     """CaiT-XXS24 analog: 24 self-attention + 2 class-attention blocks, the Tiny analog's width."""
-    return _vit(Cait, dict(patch_size=4, embed_dim=48, depth=24, num_heads=4, init_values=_CAIT_ANALOG_INIT),
-                kwargs)
+    return _vit(Cait, dict(patch_size=4, embed_dim=48, depth=24, num_heads=4, init_values=_CAIT_ANALOG_INIT), kwargs)
 
 
 @register_model
 def analog_cait_s24(pretrained: bool = False, **kwargs) -> Cait:
     """CaiT-S24 analog: 24 + 2 blocks at the Small analog's width."""
-    return _vit(Cait, dict(patch_size=4, embed_dim=96, depth=24, num_heads=8, init_values=_CAIT_ANALOG_INIT),
-                kwargs)
+    return _vit(Cait, dict(patch_size=4, embed_dim=96, depth=24, num_heads=8, init_values=_CAIT_ANALOG_INIT), kwargs)
 
 
 @register_model
@@ -79,8 +78,14 @@ def analog_regnety_160(pretrained: bool = False, **kwargs) -> RegNet:
     """A small RegNetY (squeeze-excitation, grouped convs) standing in for DeiT's RegNetY-16GF teacher."""
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    cfg = dict(depth=kwargs.pop("depth", 10), w0=kwargs.pop("w0", 16), wa=kwargs.pop("wa", 12.0),
-               wm=kwargs.pop("wm", 2.0), group_size=kwargs.pop("group_size", 8), se_ratio=0.25)
+    cfg = dict(
+        depth=kwargs.pop("depth", 10),
+        w0=kwargs.pop("w0", 16),
+        wa=kwargs.pop("wa", 12.0),
+        wm=kwargs.pop("wm", 2.0),
+        group_size=kwargs.pop("group_size", 8),
+        se_ratio=0.25,
+    )
     kwargs.pop("img_size", None)  # convolutional: any input size
     args = {**_ANALOG_INPUT, **kwargs}
     args.pop("img_size")
@@ -88,26 +93,43 @@ def analog_regnety_160(pretrained: bool = False, **kwargs) -> RegNet:
 
 
 ANALOGS = (
-    "analog_deit_tiny", "analog_deit_tiny_distilled", "analog_deit_small", "analog_deit_small_distilled",
-    "analog_cait_xxs24", "analog_cait_s24", "analog_regnety_160",
+    "analog_deit_tiny",
+    "analog_deit_tiny_distilled",
+    "analog_deit_small",
+    "analog_deit_small_distilled",
+    "analog_cait_xxs24",
+    "analog_cait_s24",
+    "analog_regnety_160",
 )
 
 # How the paper (and the report) names each model.
 DISPLAY = {
-    "deit_tiny_patch16_224": "DeiT-Tiny", "deit_tiny_distilled_patch16_224": "DeiT-Tiny",
-    "deit_small_patch16_224": "DeiT-Small", "deit_small_distilled_patch16_224": "DeiT-Small",
-    "deit_base_patch16_224": "DeiT-Base", "deit_base_distilled_patch16_224": "DeiT-Base",
-    "cait_xxs24_224": "CaiT-XXS24", "cait_s24_224": "CaiT-S24", "regnety_160": "RegNetY-16GF",
+    "deit_tiny_patch16_224": "DeiT-Tiny",
+    "deit_tiny_distilled_patch16_224": "DeiT-Tiny",
+    "deit_small_patch16_224": "DeiT-Small",
+    "deit_small_distilled_patch16_224": "DeiT-Small",
+    "deit_base_patch16_224": "DeiT-Base",
+    "deit_base_distilled_patch16_224": "DeiT-Base",
+    "cait_xxs24_224": "CaiT-XXS24",
+    "cait_s24_224": "CaiT-S24",
+    "regnety_160": "RegNetY-16GF",
     # ViTKD's teachers (DeiT III, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k)
-    "deit3_small_patch16_224": "DeiT III-Small", "deit3_base_patch16_224": "DeiT III-Base",
+    "deit3_small_patch16_224": "DeiT III-Small",
+    "deit3_base_patch16_224": "DeiT III-Base",
     "deit3_large_patch16_224": "DeiT III-Large",
 }
 SHORT = {
-    "deit_tiny_patch16_224": "deit_tiny", "deit_tiny_distilled_patch16_224": "deit_tiny",
-    "deit_small_patch16_224": "deit_small", "deit_small_distilled_patch16_224": "deit_small",
-    "deit_base_patch16_224": "deit_base", "deit_base_distilled_patch16_224": "deit_base",
-    "cait_xxs24_224": "cait_xxs24", "cait_s24_224": "cait_s24", "regnety_160": "regnety_160",
-    "deit3_small_patch16_224": "deit3_small", "deit3_base_patch16_224": "deit3_base",
+    "deit_tiny_patch16_224": "deit_tiny",
+    "deit_tiny_distilled_patch16_224": "deit_tiny",
+    "deit_small_patch16_224": "deit_small",
+    "deit_small_distilled_patch16_224": "deit_small",
+    "deit_base_patch16_224": "deit_base",
+    "deit_base_distilled_patch16_224": "deit_base",
+    "cait_xxs24_224": "cait_xxs24",
+    "cait_s24_224": "cait_s24",
+    "regnety_160": "regnety_160",
+    "deit3_small_patch16_224": "deit3_small",
+    "deit3_base_patch16_224": "deit3_base",
     "deit3_large_patch16_224": "deit3_large",
 }
 

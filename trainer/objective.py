@@ -5,6 +5,7 @@ Pure (torch only, through trainer.losses and the methods): it reads `spec` by at
 ExperimentSpec in the engine, any object with the same fields elsewhere), so benchmarks can run the
 engine's exact loss on a machine without pydantic, mlflow or ray.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,9 @@ import torch
 from trainer import losses, methods
 
 
-def objective(spec, out, target, t_logits, s_feats: dict, t_feats: dict,
-              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def objective(
+    spec, out, target, t_logits, s_feats: dict, t_feats: dict, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """Loss terms of one step: "ce", each method's terms, and their weighted sum "loss".
 
     out: the student's head output (a (class, distillation) pair for a distilled DeiT); s_feats: the
@@ -37,9 +39,15 @@ def objective(spec, out, target, t_logits, s_feats: dict, t_feats: dict,
     t_logits = t_logits.float() if t_logits is not None else None
     for m in used:
         cfg = m.settings(d)
-        x = methods.LossInputs(cls_logits=cls_logits, kd_logits=kd_logits, t_logits=t_logits, target=target,
-                               student=s_feats.get(m.key), teacher=[t_feats[b] for b in m.teacher_taps(cfg)],
-                               generator=generator)
+        x = methods.LossInputs(
+            cls_logits=cls_logits,
+            kd_logits=kd_logits,
+            t_logits=t_logits,
+            target=target,
+            student=s_feats.get(m.key),
+            teacher=[t_feats[b] for b in m.teacher_taps(cfg)],
+            generator=generator,
+        )
         part, logged = m.loss(cfg, x)
         total = total + part
         terms.update(logged)

@@ -3,6 +3,7 @@
 The report compares these with the paper's protocol (orchestrator/report/protocol.py) and lists every
 deviation, so a banner says what ran, not what the scale's name promises.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,14 +32,22 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_protocol(spec, *, world_size: int, accumulation: int, precision: str, train_images: int,
-                 val_images: int) -> dict[str, Any]:
+def run_protocol(
+    spec, *, world_size: int, accumulation: int, precision: str, train_images: int, val_images: int
+) -> dict[str, Any]:
     """The protocol params of one run (spec: an ExperimentSpec)."""
     r, d = spec.recipe, spec.data
     out: dict[str, Any] = {
-        "batch_per_device": r.batch_size, "world_size": world_size, "accumulation": accumulation,
-        "global_batch": r.batch_size * world_size * accumulation, "precision": precision, "epochs": r.epochs,
-        "train_images": train_images, "val_images": val_images, "img_size": d.img_size, "dataset": d.dataset,
+        "batch_per_device": r.batch_size,
+        "world_size": world_size,
+        "accumulation": accumulation,
+        "global_batch": r.batch_size * world_size * accumulation,
+        "precision": precision,
+        "epochs": r.epochs,
+        "train_images": train_images,
+        "val_images": val_images,
+        "img_size": d.img_size,
+        "dataset": d.dataset,
         "student": spec.student.name,
     }
     return out | versions()

@@ -2,6 +2,7 @@
 
 Used by `kdgrid train` and by every launcher's worker (a local process, a Ray trial, a Slurm task).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,16 @@ def cohorts(specs: list[ExperimentSpec]) -> list[list[ExperimentSpec]]:
     return list(groups.values())
 
 
-def train_specs(specs: list[ExperimentSpec | str | Path], *, work: str | Path = "kdgrid_runs",
-                tracking_uri: str | None = None, threads: int | None = None, device: str | None = None,
-                callbacks=(), force: bool = False) -> dict[str, str]:
+def train_specs(
+    specs: list[ExperimentSpec | str | Path],
+    *,
+    work: str | Path = "kdgrid_runs",
+    tracking_uri: str | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    callbacks=(),
+    force: bool = False,
+) -> dict[str, str]:
     if threads:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -32,6 +40,7 @@ def train_specs(specs: list[ExperimentSpec | str | Path], *, work: str | Path = 
     env = init_from_env(device)
     results: dict[str, str] = {}
     for group in cohorts(loaded):
-        results.update(engine.train(group, env=env, work=work, tracking_uri=tracking_uri,
-                                    callbacks=callbacks, force=force))
+        results.update(
+            engine.train(group, env=env, work=work, tracking_uri=tracking_uri, callbacks=callbacks, force=force)
+        )
     return results

@@ -6,6 +6,7 @@ so two ablation rows that resolve to the same spec are trained once.
 
 Block indices are written as in the paper: 1-based, `{1,2,3,4,21,22,23,24}`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,7 @@ class TeacherSpec(StrictModel):
     _known = field_validator("name")(ModelSpec._known.__func__)
 
     @model_validator(mode="after")
-    def _source_fields(self) -> "TeacherSpec":
+    def _source_fields(self) -> TeacherSpec:
         if self.source == "checkpoint" and not self.path:
             raise ValueError("source 'checkpoint' needs `path` (a .pt/.pth file with the teacher's state_dict)")
         if self.source == "run" and not self.run:
@@ -86,7 +87,6 @@ class AugmentSpec(StrictModel):
     mixup_switch_prob: Weight = 0.5
     smoothing: Weight = 0.0  # label smoothing
     repeated_aug: bool = False  # DeiT's repeated augmentation sampler (distributed runs)
-
 
     @field_validator("crop_scale")
     @classmethod
@@ -137,10 +137,12 @@ class RecipeSpec(StrictModel):
     log_every: int = Field(50, ge=1, json_schema_extra=NOT_HASHED)
 
     @model_validator(mode="after")
-    def _protocol(self) -> "RecipeSpec":
+    def _protocol(self) -> RecipeSpec:
         if self.global_batch is not None and self.global_batch % self.batch_size:
-            raise ValueError(f"global_batch: {self.global_batch} is not a multiple of batch_size {self.batch_size} "
-                             "(the per-device micro-batch)")
+            raise ValueError(
+                f"global_batch: {self.global_batch} is not a multiple of batch_size {self.batch_size} "
+                "(the per-device micro-batch)"
+            )
         if self.world_size is not None:
             self.__dict__["accumulation"] = accumulation_steps(self, self.world_size, self.accumulation)
         return self
@@ -163,11 +165,14 @@ def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None =
             raise ValueError(
                 f"global_batch: {recipe.global_batch} cannot be split over world_size {world_size} x batch_size "
                 f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count (launch.resources.gpus) "
-                f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size")
+                f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size"
+            )
         acc = recipe.global_batch // per_step
     if stated is not None and stated != acc:
-        raise ValueError(f"accumulation: {stated} but global_batch {recipe.global_batch_at(world_size)} over "
-                         f"world_size {world_size} x batch_size {recipe.batch_size} needs {acc}")
+        raise ValueError(
+            f"accumulation: {stated} but global_batch {recipe.global_batch_at(world_size)} over "
+            f"world_size {world_size} x batch_size {recipe.batch_size} needs {acc}"
+        )
     return acc
 
 
@@ -189,7 +194,7 @@ class _Distillation(StrictModel):
         return methods.active(self)
 
     @model_validator(mode="after")
-    def _canonical(self) -> "_Distillation":
+    def _canonical(self) -> _Distillation:
         fix: dict[str, Any] = {}
         for m in methods.REGISTRY.values():
             fix.update(m.canonical(self))
@@ -198,9 +203,16 @@ class _Distillation(StrictModel):
 
 
 DistillationSpec = create_model(
-    "DistillationSpec", __base__=_Distillation, __module__=__name__, __doc__=_Distillation.__doc__,
-    **{name: field for m in sorted(methods.REGISTRY.values(), key=lambda m: m.order)
-       for name, field in m.fields.items()})
+    "DistillationSpec",
+    __base__=_Distillation,
+    __module__=__name__,
+    __doc__=_Distillation.__doc__,
+    **{
+        name: field
+        for m in sorted(methods.REGISTRY.values(), key=lambda m: m.order)
+        for name, field in m.fields.items()
+    },
+)
 ManifoldSpec, TermScale, EmbeddingSpec = manifold.ManifoldSpec, manifold.TermScale, embedding.EmbeddingSpec
 Term = manifold.Term
 
@@ -220,7 +232,7 @@ class ExperimentSpec(StrictModel):
     distillation: DistillationSpec = DistillationSpec()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ExperimentSpec":
+    def _consistent(self) -> ExperimentSpec:
         d = self.distillation
         if not d.uses_teacher and self.teacher is not None:
             self.__dict__["teacher"] = None  # a no-distillation run has no teacher
@@ -298,7 +310,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[tupl
         path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
         msg = e["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
             # cross-field errors carry their own path: "distillation.manifold.k: ..."
             head, sep, rest = msg.partition(": ")
             if sep and " " not in head and not path:

@@ -7,12 +7,14 @@ Without pydantic (the GPU benchmark's machine, benchmarks/bench_gpu.py, which ru
 attribute objects) the names below are inert stand-ins, so the method modules still import and their
 losses run; nothing can be validated there, and trainer.spec itself needs pydantic.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
 
 try:
     from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
     HAVE_PYDANTIC = True
 except ModuleNotFoundError:  # pragma: no cover - exercised by tests/test_bench_gpu.py's blocked child
     HAVE_PYDANTIC = False
@@ -34,6 +36,7 @@ except ModuleNotFoundError:  # pragma: no cover - exercised by tests/test_bench_
 
     def model_validator(*args, **kwargs):  # type: ignore[no-redef]
         return lambda f: f
+
 
 # A loss weight: a finite, non-negative number (strings such as "0.2" are rejected, not coerced).
 Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]

@@ -5,6 +5,7 @@ MLflow's `SystemMetricsMonitor` samples CPU, memory, disk and network (psutil) a
 the GPU monitor is narrowed to that device (matched by UUID, which survives CUDA_VISIBLE_DEVICES
 renumbering); its metrics read `system/gpu_0_*` for the run's own GPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ def start_monitor(run_id: str, tracking_uri: str, interval: float, gpu: int | No
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
-                                       tracking_uri=tracking_uri)
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval, resume_logging=True, tracking_uri=tracking_uri
+        )
         _narrow_gpus(monitor, gpu)
         monitor.start()
         return monitor

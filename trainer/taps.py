@@ -6,6 +6,7 @@ class-attention blocks, which are never tapped. Indices here are 0-based; specs 
 A tap is a block index (that block's output: the raw residual stream) or `FINAL` (the last block's
 tokens after the model's final norm, which is what the head reads), patch tokens only either way.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,7 @@ def forward_taps(model: nn.Module, x: torch.Tensor, blocks: tuple[Tap, ...]):
         final, feats = model.forward_features(x), []
     by_tap: dict[Tap, torch.Tensor] = dict(zip(wanted, feats))
     if FINAL in taps:  # the final norm's output, prefix (class, distillation) tokens dropped
-        by_tap[FINAL] = final[:, getattr(model, "num_prefix_tokens", 1):]
+        by_tap[FINAL] = final[:, getattr(model, "num_prefix_tokens", 1) :]
     return model.forward_head(final), [by_tap[b] for b in taps]
 
 
@@ -74,7 +75,7 @@ class Student(nn.Module):
         sides, at = {}, 0
         for key, attr, ts in self.plan:
             m = methods.REGISTRY[key]
-            own, at = feats[at: at + len(ts)], at + len(ts)
+            own, at = feats[at : at + len(ts)], at + len(ts)
             module = getattr(self, attr) if attr is not None else None
             sides[key] = m.student_side(m.settings(self._distillation), module, own, generator)
         return out, sides

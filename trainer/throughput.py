@@ -18,6 +18,7 @@ On the CPU every operation is synchronous and perf_counter times it exactly. On 
 student parts are timed with CUDA events (no host sync in the step; read once at the epoch's end), and
 the data wait is host time spent in the loader.
 """
+
 from __future__ import annotations
 
 import resource
@@ -102,12 +103,14 @@ class EpochMeter:
         own = self.own.get(member, 0.0)
         s = shares(wall, {"data_wait_share": self.data_wait, "teacher_share": self.teacher_s, "own_share": own})
         out = {f"throughput.{k}": v for k, v in s.items()}
-        out.update({
-            "throughput.images_per_s": self.images * self.world_size / wall if wall > 0 else 0.0,
-            "throughput.step_s": wall / steps,
-            "throughput.own_step_s": own / steps,
-            "throughput.cohort_size": float(cohort_size),
-        })
+        out.update(
+            {
+                "throughput.images_per_s": self.images * self.world_size / wall if wall > 0 else 0.0,
+                "throughput.step_s": wall / steps,
+                "throughput.own_step_s": own / steps,
+                "throughput.cohort_size": float(cohort_size),
+            }
+        )
         if self.cuda:
             out["memory.peak_gpu_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:

@@ -5,19 +5,26 @@ One experiment per scale (`kdgrid-mini`, ...); one MLflow run per content hash, 
 The trainer writes through `RunLog`; the orchestrator and the report read through `runs_by_hash`.
 Each process owns explicit run ids (MlflowClient, not the fluent API): a cohort logs several runs at once.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 HASH, SCALE, RECIPE, ROLE = "kdgrid.hash", "kdgrid.scale", "kdgrid.recipe", "kdgrid.role"
 TABLES, ROWS, FAILURE, LOG = "kdgrid.tables", "kdgrid.rows", "kdgrid.failure", "kdgrid.log"
 SEED = "kdgrid.seed"  # the planned run's seed (a string, as every tag)
 DEFAULT_DB = "kdgrid.db"
 # MLflow's own tags: what the UI reads
-PARENT, NOTE, SOURCE, SOURCE_TYPE = "mlflow.parentRunId", "mlflow.note.content", "mlflow.source.name", "mlflow.source.type"
+PARENT, NOTE, SOURCE, SOURCE_TYPE = (
+    "mlflow.parentRunId",
+    "mlflow.note.content",
+    "mlflow.source.name",
+    "mlflow.source.type",
+)
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds training runs
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 SYSTEM_METRICS_INTERVAL = "KDGRID_SYSTEM_METRICS_INTERVAL"  # seconds between samples; 0 turns them off
@@ -59,7 +66,7 @@ def enable_wal(uri: str) -> bool:
     lock. MLflow itself sets a 20 s busy timeout per session. WAL needs a local disk (not NFS)."""
     if not uri.startswith("sqlite:///") or uri in _WAL_DONE:
         return False
-    path = Path(uri[len("sqlite:///"):])
+    path = Path(uri[len("sqlite:///") :])
     if not path.exists():  # never create a store here
         return False
     import sqlite3
@@ -82,7 +89,7 @@ def client(uri: str | None = None):
 def _artifact_root(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (./mlartifacts), not in the process's working directory."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -91,8 +98,12 @@ def experiment_id(c, scale: str) -> str:
     exp = retry(c.get_experiment_by_name, name)
     if exp is None:
         try:
-            exp_id = retry(c.create_experiment, name, artifact_location=_artifact_root(c.tracking_uri),
-                            tags={"kdgrid.scale": scale, EXPERIMENT_KIND: TRAINING_KIND})
+            exp_id = retry(
+                c.create_experiment,
+                name,
+                artifact_location=_artifact_root(c.tracking_uri),
+                tags={"kdgrid.scale": scale, EXPERIMENT_KIND: TRAINING_KIND},
+            )
             enable_wal(c.tracking_uri)
             return exp_id
         except Exception:  # created meanwhile by another process
@@ -114,8 +125,13 @@ def runs_by_hash(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str
     out: dict[str, Any] = {}
     token = None
     while True:
-        page = retry(c.search_runs, [exp.experiment_id], max_results=1000, page_token=token,
-                      order_by=["attributes.start_time ASC"])
+        page = retry(
+            c.search_runs,
+            [exp.experiment_id],
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
         for run in page:
             h = run.data.tags.get(HASH)
             if h and (wanted is None or h in wanted):
@@ -156,7 +172,7 @@ class RunLog:
         self.monitor = None  # MLflow's SystemMetricsMonitor, while the run trains
 
     @classmethod
-    def open(cls, c, spec, run_hash: str, run_id: str | None = None, new: bool = False) -> "RunLog":
+    def open(cls, c, spec, run_hash: str, run_id: str | None = None, new: bool = False) -> RunLog:
         """Reopen this hash's run (by id, else by tag), or create it; `new` always creates one."""
         from mlflow.entities import RunStatus
 
@@ -194,14 +210,14 @@ class RunLog:
         existing = retry(self.c.get_run, self.run_id).data.params
         items = [Param(k, v) for k, v in _flatten(params).items() if k not in existing]
         for i in range(0, len(items), 100):
-            retry(self.c.log_batch, self.run_id, params=items[i:i + 100])
+            retry(self.c.log_batch, self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
-            retry(self.c.log_batch, self.run_id, tags=items[i:i + 100])
+            retry(self.c.log_batch, self.run_id, tags=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -5,6 +5,7 @@ the same grid (or two `kdgrid train` of one spec) never train the same run at on
 atomically (O_EXCL), refreshed by a heartbeat thread, and taken over only when its owner is gone (a dead
 pid on this host, or no heartbeat for `STALE_AFTER` seconds from another host).
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,10 @@ class RunLock:
             except FileExistsError:
                 owner = self.owner()
                 if not self._stale(owner):
-                    raise LockHeld(f"{self.path.parent.name} is being trained by {owner.get('host')}:"
-                                   f"{owner.get('pid')} (lock {self.path})") from None
+                    raise LockHeld(
+                        f"{self.path.parent.name} is being trained by {owner.get('host')}:"
+                        f"{owner.get('pid')} (lock {self.path})"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # its owner died: take it over
                 continue
             with os.fdopen(fd, "w") as f:

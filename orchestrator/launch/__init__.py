@@ -13,6 +13,7 @@ run is reported with its reason and log, and the runs that needed it as teacher 
 the others go on. `reproduce` waits and ends with the report; `launch` returns once the work is handed
 over (Slurm: submitted; local and Ray: a detached `reproduce` whose output goes to a log file).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.launch.items import (LaunchContext, WorkItem, is_bad, kind, log_path, run_item, stages,
-                                       work_items)
+from orchestrator.launch.items import LaunchContext, WorkItem, is_bad, kind, log_path, run_item, stages, work_items
 
-__all__ = ["cmd_launch", "execute", "absolute_uri", "missing", "work_items", "WorkItem", "LaunchContext",
-           "run_item", "stages", "summarize"]
+__all__ = [
+    "cmd_launch",
+    "execute",
+    "absolute_uri",
+    "missing",
+    "work_items",
+    "WorkItem",
+    "LaunchContext",
+    "run_item",
+    "stages",
+    "summarize",
+]
 
 LAUNCHERS = ("local", "ray", "slurm")
 
@@ -36,13 +46,13 @@ def absolute_uri(uri: str | None) -> str:
 
     uri = uri or tracking.default_uri()
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if not path.startswith("/"):
             uri = f"sqlite:///{Path(path).resolve()}"
     elif "://" not in uri:  # a plain path: MLflow's file store
         uri = str(Path(uri).expanduser().resolve())
     elif uri.startswith("file:") and not uri.startswith("file:///"):
-        uri = Path(uri[len("file:"):]).expanduser().resolve().as_uri()
+        uri = Path(uri[len("file:") :]).expanduser().resolve().as_uri()
     return uri
 
 
@@ -72,26 +82,49 @@ def _launcher_module(name: str):
     return mod
 
 
-def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", tracking_uri: str | None = None,
-            workers: int | None = None, threads: int = 1, max_cohort: int | None = None, cohorts: bool = True,
-            wait: bool = True, ray_address: str | None = None, slurm_config: str | None = None,
-            console=None, schedule: str = "cost",
-            cost_store: str | None = None) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
+def execute(
+    plan,
+    *,
+    launcher: str = "local",
+    work: str | Path = "kdgrid_runs",
+    tracking_uri: str | None = None,
+    workers: int | None = None,
+    threads: int = 1,
+    max_cohort: int | None = None,
+    cohorts: bool = True,
+    wait: bool = True,
+    ray_address: str | None = None,
+    slurm_config: str | None = None,
+    console=None,
+    schedule: str = "cost",
+    cost_store: str | None = None,
+) -> tuple[dict[str, str], LaunchContext, list[WorkItem]]:
     """Launch the plan's missing runs; returns ({hash: outcome} for every planned run, context, items)."""
     from rich.console import Console
 
     console = console or Console(soft_wrap=True)
     uri = absolute_uri(tracking_uri)
-    ctx = LaunchContext(plan=plan, work=Path(work).expanduser().resolve(), tracking_uri=uri, threads=threads,
-                        workers=1, wait=wait, console=console, ray_address=ray_address, slurm_config=slurm_config,
-                        schedule=schedule)
+    ctx = LaunchContext(
+        plan=plan,
+        work=Path(work).expanduser().resolve(),
+        tracking_uri=uri,
+        threads=threads,
+        workers=1,
+        wait=wait,
+        console=console,
+        ray_address=ray_address,
+        slurm_config=slurm_config,
+        schedule=schedule,
+    )
     mod = _launcher_module(launcher)
     todo, outcomes, found = missing(plan, uri)
     resumable = sum(1 for r in todo if r.hash in found)
-    console.print(f"plan {plan.scale}: {len(plan.runs)} run(s) ({getattr(plan, 'rows_before_dedup', '?')} rows "
-                  f"before deduplication); {len(outcomes)} finished in MLflow, {len(todo)} to train"
-                  + (f" ({resumable} started before: they resume from their checkpoints)" if resumable else ""),
-                  highlight=False)
+    console.print(
+        f"plan {plan.scale}: {len(plan.runs)} run(s) ({getattr(plan, 'rows_before_dedup', '?')} rows "
+        f"before deduplication); {len(outcomes)} finished in MLflow, {len(todo)} to train"
+        + (f" ({resumable} started before: they resume from their checkpoints)" if resumable else ""),
+        highlight=False,
+    )
     if not todo:
         console.print("nothing to launch: every planned run is finished", highlight=False)
         return outcomes, ctx, []
@@ -99,19 +132,26 @@ def execute(plan, *, launcher: str = "local", work: str | Path = "kdgrid_runs", 
     cap = max_cohort if max_cohort is not None else ctx.hints.get("max_cohort")
     budget = getattr(mod, "memory_budget", lambda _ctx: None)(ctx)
     by_cost = schedule == "cost" and launcher in ("local", "ray")
-    items = work_items(todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts, memory_budget=budget,
-                       balance=not by_cost)
+    items = work_items(
+        todo, max_cohort=cap, workers=ctx.workers, cohorts=cohorts, memory_budget=budget, balance=not by_cost
+    )
     how = "plan order"
     if launcher in ("local", "ray"):
         from orchestrator.launch.costs import calibrate
 
         ctx.rates, seen = calibrate(absolute_uri(cost_store) if cost_store else uri, plan.scale)
         if by_cost:
-            how = (f"critical path first, cohorts cut by cost (rates fitted to {seen} logged process-epoch(s) "
-                   "and set-up(s))" if seen else "critical path first, cohorts cut by cost (default rates: "
-                   "nothing logged in this store yet)")
-    console.print(f"{len(items)} work item(s) over {len(stages(items))} stage(s), {ctx.workers} at a time "
-                  f"({launcher} launcher, {how}); logs in {ctx.work / 'logs'}", highlight=False)
+            how = (
+                f"critical path first, cohorts cut by cost (rates fitted to {seen} logged process-epoch(s) "
+                "and set-up(s))"
+                if seen
+                else "critical path first, cohorts cut by cost (default rates: nothing logged in this store yet)"
+            )
+    console.print(
+        f"{len(items)} work item(s) over {len(stages(items))} stage(s), {ctx.workers} at a time "
+        f"({launcher} launcher, {how}); logs in {ctx.work / 'logs'}",
+        highlight=False,
+    )
     mod.launch(items, ctx, outcomes)
     return outcomes, ctx, items
 
@@ -130,25 +170,51 @@ def summarize(outcomes: dict[str, str], ctx: LaunchContext, items: list[WorkItem
         k = kind(o)
         if k not in order:
             continue
-        out.print(f"  {k.upper():<17} {h[:8]} {names.get(h, '')}: {o.split(':', 1)[1].strip() if ':' in o else o}",
-                  highlight=False, markup=False, soft_wrap=True)
+        out.print(
+            f"  {k.upper():<17} {h[:8]} {names.get(h, '')}: {o.split(':', 1)[1].strip() if ':' in o else o}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         if k == "failed" and h in item_of:
-            out.print(f"  {'':<17} log: {log_path(ctx.work, item_of[h])}", highlight=False, markup=False,
-                      soft_wrap=True)
+            out.print(
+                f"  {'':<17} log: {log_path(ctx.work, item_of[h])}", highlight=False, markup=False, soft_wrap=True
+            )
     if counts.get("running elsewhere") or counts.get("deferred"):
-        out.print("runs being trained by another launch were left to it; run the command again once it is done",
-                  highlight=False)
+        out.print(
+            "runs being trained by another launch were left to it; run the command again once it is done",
+            highlight=False,
+        )
     return 1 if any(is_bad(o) for o in outcomes.values()) else 0
 
 
 def _relaunch_argv(args, uri: str, work: Path) -> list[str]:
-    argv = ["reproduce", "--scale", args.scale, "--tables", args.tables, "--seeds", str(args.seeds),
-            "--recipe", args.recipe, "--tracking-uri", uri, "--workdir", str(work), "--launcher", args.launcher,
-            "--threads", str(args.threads)]
+    argv = [
+        "reproduce",
+        "--scale",
+        args.scale,
+        "--tables",
+        args.tables,
+        "--seeds",
+        str(args.seeds),
+        "--recipe",
+        args.recipe,
+        "--tracking-uri",
+        uri,
+        "--workdir",
+        str(work),
+        "--launcher",
+        args.launcher,
+        "--threads",
+        str(args.threads),
+    ]
     for o in args.overrides:
         argv += ["--set", o]
-    for flag, value in (("--workers", args.workers), ("--max-cohort", args.max_cohort),
-                        ("--ray-address", args.ray_address)):
+    for flag, value in (
+        ("--workers", args.workers),
+        ("--max-cohort", args.max_cohort),
+        ("--ray-address", args.ray_address),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     if args.no_cohorts:
@@ -165,18 +231,31 @@ def launch_detached(args, uri: str, work: Path, console) -> int:
     log = work / "logs" / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "orchestrator.cli", *_relaunch_argv(args, uri, work)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
-                                                                    os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p
+        ),
+    )
     with open(log, "ab") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=os.getcwd(),
-                             env=env, start_new_session=True)
-    console.print(f"launched in the background (pid {p.pid}): {' '.join(argv[3:])}\n"
-                  f"  follow it: tail -f {log}\n  see it in MLflow: kdgrid ui --tracking-uri {uri}", highlight=False)
+        p = subprocess.Popen(
+            argv,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=os.getcwd(),
+            env=env,
+            start_new_session=True,
+        )
+    console.print(
+        f"launched in the background (pid {p.pid}): {' '.join(argv[3:])}\n"
+        f"  follow it: tail -f {log}\n  see it in MLflow: kdgrid ui --tracking-uri {uri}",
+        highlight=False,
+    )
     return 0
 
 
-def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: float = 0.95,
-            overrides=()) -> None:
+def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: float = 0.95, overrides=()) -> None:
     try:
         from orchestrator.report import render, write_reports
         from orchestrator.report.build import build_report
@@ -195,8 +274,11 @@ def _report(plan, uri: str, out_dir: str, console, test: str = "welch", level: f
             parent, _ = parent_run.publish(plan, uri, report, command="reproduce")
             console.print(f"report logged on the grid's MLflow run {parent}", highlight=False)
         except Exception as err:
-            console.print(f"report not logged on the grid's MLflow run: {type(err).__name__}: {err}",
-                          highlight=False, markup=False)
+            console.print(
+                f"report not logged on the grid's MLflow run: {type(err).__name__}: {err}",
+                highlight=False,
+                markup=False,
+            )
 
 
 def cmd_launch(args, wait: bool) -> int:
@@ -207,25 +289,39 @@ def cmd_launch(args, wait: bool) -> int:
     console = Console(soft_wrap=True)  # long lines stay whole in logs
     uri = absolute_uri(args.tracking_uri)
     work = Path(args.workdir).expanduser().resolve()
-    plan = make_plan(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=args.recipe,
-                     overrides=tuple(args.overrides))
+    plan = make_plan(
+        scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=args.recipe, overrides=tuple(args.overrides)
+    )
     if not wait and args.launcher in ("local", "ray"):
         todo, _, _ = missing(plan, uri)
         if not todo:
-            console.print(f"nothing to launch: every one of the {len(plan.runs)} planned run(s) is finished",
-                          highlight=False)
+            console.print(
+                f"nothing to launch: every one of the {len(plan.runs)} planned run(s) is finished", highlight=False
+            )
             return 0
         return launch_detached(args, uri, work, console)
     from orchestrator import parent_run
 
     parent_run.prepare(plan, uri, "reproduce" if wait else "launch")  # the grid's run; new runs nest under it
     outcomes, ctx, items = execute(
-        plan, launcher=args.launcher, work=work, tracking_uri=uri, workers=args.workers, threads=args.threads,
-        max_cohort=args.max_cohort, cohorts=not args.no_cohorts, wait=wait, ray_address=args.ray_address,
-        slurm_config=args.slurm_config, console=console, schedule=getattr(args, "schedule", "cost"),
-        cost_store=getattr(args, "cost_store", None))
+        plan,
+        launcher=args.launcher,
+        work=work,
+        tracking_uri=uri,
+        workers=args.workers,
+        threads=args.threads,
+        max_cohort=args.max_cohort,
+        cohorts=not args.no_cohorts,
+        wait=wait,
+        ray_address=args.ray_address,
+        slurm_config=args.slurm_config,
+        console=console,
+        schedule=getattr(args, "schedule", "cost"),
+        cost_store=getattr(args, "cost_store", None),
+    )
     code = summarize(outcomes, ctx, items)
     if wait:
-        _report(plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95),
-                args.overrides)
+        _report(
+            plan, uri, args.out, console, getattr(args, "test", "welch"), getattr(args, "level", 0.95), args.overrides
+        )
     return code

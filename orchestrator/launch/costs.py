@@ -16,12 +16,14 @@ The fit is least squares in relative error, pulled towards one common rate so mo
 never) take the store's average price; an empty store leaves the default rates (this project's 2-core
 machine, one thread), which only the absolute ETA depends on.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 TRAIN = 3.0  # a training step in forward passes (forward + backward)
 SETUP = "setup"  # the rate key of a process's set-up (seconds per process)
@@ -31,7 +33,7 @@ FULL = {"fashion_mnist": (60000, 10000), "imagenet": (1281167, 50000)}  # (train
 RIDGE = 0.01  # weight of the pull towards the common rate, per model, against one observation's relative error
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_flops(name: str, kwargs_json: str, in_chans: int, img_size: int) -> float:
     import timm
     import torch
@@ -47,15 +49,23 @@ def _forward_flops(name: str, kwargs_json: str, in_chans: int, img_size: int) ->
     return counter.get_total_flops() / 2
 
 
-def transformer_flops(depth: int, width: int, patches: int, extra_tokens: int, in_chans: int, img_size: int,
-                      mlp_ratio: float = 4.0, class_blocks: int = 0) -> float:
+def transformer_flops(
+    depth: int,
+    width: int,
+    patches: int,
+    extra_tokens: int,
+    in_chans: int,
+    img_size: int,
+    mlp_ratio: float = 4.0,
+    class_blocks: int = 0,
+) -> float:
     """Forward FLOPs of one image through a ViT/CaiT: patch embedding, then per block the q/k/v and output
     projections (4 d^2 a token), the MLP (2 r d^2 a token) and attention (2 T^2 d); CaiT's class-attention
     blocks project all tokens to keys and values for one query."""
     tokens = patches + extra_tokens
-    embed = 2 * patches * (img_size ** 2 / max(1, patches)) * in_chans * width
-    block = 2 * tokens * (4 + 2 * mlp_ratio) * width ** 2 + 4 * tokens ** 2 * width
-    cls = 2 * (patches + 1) * 2 * width ** 2 + 2 * (2 + 2 * mlp_ratio) * width ** 2
+    embed = 2 * patches * (img_size**2 / max(1, patches)) * in_chans * width
+    block = 2 * tokens * (4 + 2 * mlp_ratio) * width**2 + 4 * tokens**2 * width
+    cls = 2 * (patches + 1) * 2 * width**2 + 2 * (2 + 2 * mlp_ratio) * width**2
     return embed + depth * block + class_blocks * cls
 
 
@@ -67,9 +77,16 @@ def forward_flops(name: str, kwargs: Mapping[str, Any], in_chans: int, img_size:
     if info.kind in ("vit", "cait") and info.depth and info.width and info.num_patches:
         cait = info.kind == "cait"
         extra = 0 if cait else 1 + int(info.distilled)
-        return transformer_flops(info.depth, info.width, info.num_patches, extra, in_chans,
-                                 info.img_size or img_size, float(kwargs.get("mlp_ratio", 4.0)),
-                                 class_blocks=int(kwargs.get("depth_token_only", 2)) if cait else 0)
+        return transformer_flops(
+            info.depth,
+            info.width,
+            info.num_patches,
+            extra,
+            in_chans,
+            info.img_size or img_size,
+            float(kwargs.get("mlp_ratio", 4.0)),
+            class_blocks=int(kwargs.get("depth_token_only", 2)) if cait else 0,
+        )
     return _forward_flops(name, json.dumps(dict(kwargs), sort_keys=True), in_chans, img_size)
 
 
@@ -113,8 +130,9 @@ def epoch_work(spec) -> tuple[dict[str, float], dict[str, float]]:
     own = {s_key: n_train * (TRAIN * f_s + TRAIN * _maps_flops(spec)) + n_val * f_s}
     shared = {}
     if spec.teacher is not None:
-        shared[teacher_key(spec)] = n_train * forward_flops(spec.teacher.name, spec.teacher_kwargs(),
-                                                            spec.data.in_chans, spec.data.img_size)
+        shared[teacher_key(spec)] = n_train * forward_flops(
+            spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans, spec.data.img_size
+        )
     return own, shared
 
 
@@ -123,8 +141,9 @@ def setup_work(spec) -> dict[str, float]:
     out = {SETUP: 1.0}
     if spec.teacher is not None:
         _, n_val = images(spec)
-        out[teacher_key(spec)] = n_val * forward_flops(spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans,
-                                           spec.data.img_size)
+        out[teacher_key(spec)] = n_val * forward_flops(
+            spec.teacher.name, spec.teacher_kwargs(), spec.data.in_chans, spec.data.img_size
+        )
     return out
 
 
@@ -156,8 +175,9 @@ def shared_cost(specs: Sequence, rates: Mapping[str, float]) -> float:
 # ---------------------------------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------------------------------
-def fit_rates(observations: Iterable[tuple[float, Mapping[str, float]]],
-              prior: Mapping[str, float] | None = None) -> dict[str, float]:
+def fit_rates(
+    observations: Iterable[tuple[float, Mapping[str, float]]], prior: Mapping[str, float] | None = None
+) -> dict[str, float]:
     """Rates (CPU-s per unit of work, by key) from (measured CPU-s, {key: work}) pairs.
 
     Epoch observations (no set-up in their work) fit the FLOP rates: first one common scale for the prior

@@ -7,13 +7,15 @@ every rank is a CPU process over gloo (`--set launch.resources.gpus=2` on a CPU-
 processes), which is how the tests run DDP here. Rank 0's results are the item's; a rank that dies fails
 the item, and the others are stopped.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def free_port() -> int:
@@ -23,8 +25,14 @@ def free_port() -> int:
 
 
 def _rank_main(rank: int, world_size: int, port: int, payload: dict, kwargs: dict, results, callbacks) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     from orchestrator.launch.items import run_item
     from trainer.distributed import shutdown
 
@@ -36,8 +44,16 @@ def _rank_main(rank: int, world_size: int, port: int, payload: dict, kwargs: dic
         results.put(out)
 
 
-def run_item_ddp(payload: dict, world_size: int, *, work: str, tracking_uri: str, threads: int | None = None,
-                 callbacks: Iterable = (), timeout_s: float | None = None) -> dict[str, str]:
+def run_item_ddp(
+    payload: dict,
+    world_size: int,
+    *,
+    work: str,
+    tracking_uri: str,
+    threads: int | None = None,
+    callbacks: Iterable = (),
+    timeout_s: float | None = None,
+) -> dict[str, str]:
     """Train one item with `world_size` DDP processes; {hash: outcome} as `run_item` returns it."""
     from orchestrator.launch.items import run_item
 
@@ -47,9 +63,15 @@ def run_item_ddp(payload: dict, world_size: int, *, work: str, tracking_uri: str
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, name=f"kdgrid-rank-{r}", daemon=False,
-                         args=(r, world_size, port, payload, kwargs, results, tuple(callbacks) if r == 0 else ()))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(
+            target=_rank_main,
+            name=f"kdgrid-rank-{r}",
+            daemon=False,
+            args=(r, world_size, port, payload, kwargs, results, tuple(callbacks) if r == 0 else ()),
+        )
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     out: dict[str, str] | None = None
@@ -60,8 +82,10 @@ def run_item_ddp(payload: dict, world_size: int, *, work: str, tracking_uri: str
             except queue_mod.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead or all(p.exitcode is not None for p in procs):
-                    why = ", ".join(f"rank {procs.index(p)} exited with code {p.exitcode}" for p in dead) \
+                    why = (
+                        ", ".join(f"rank {procs.index(p)} exited with code {p.exitcode}" for p in dead)
                         or "rank 0 returned no result"
+                    )
                     out = {h: f"failed: DDP job of {world_size} processes: {why}" for h in payload["hashes"]}
         for p in procs:
             p.join(timeout_s)

@@ -14,6 +14,7 @@ missing runs are grouped here, in one place, for the local pool, Ray Tune and Sl
 Run outcomes are plain strings, as the engine returns them ("finished", "failed: reason", "locked: ...")
 plus the launchers' own ("blocked: ...", "skipped: ...", "submitted: ..."), sorted by `kind`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,10 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,8 +61,13 @@ class WorkItem:
 
     def payload(self) -> dict[str, Any]:
         """What a worker needs, as plain JSON-able data (no pickled pydantic objects cross processes)."""
-        return {"id": self.id, "specs": [r.spec.model_dump(mode="json") for r in self.runs],
-                "hashes": self.hashes, "deps": self.run_deps, "scale": self.runs[0].spec.scale}
+        return {
+            "id": self.id,
+            "specs": [r.spec.model_dump(mode="json") for r in self.runs],
+            "hashes": self.hashes,
+            "deps": self.run_deps,
+            "scale": self.runs[0].spec.scale,
+        }
 
 
 def devices_per_run(runs) -> int:
@@ -80,7 +87,7 @@ def _even_chunks(seq: list, parts: int) -> list[list]:
     out, i = [], 0
     for p in range(parts):
         n = size + (p < extra)
-        out.append(seq[i:i + n])
+        out.append(seq[i : i + n])
         i += n
     return out
 
@@ -116,8 +123,15 @@ def _fit_memory(chunk: list, budget: int) -> list[list]:
     return [[r] for r in chunk]
 
 
-def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: int = 1,
-               cohorts: bool = True, memory_budget: int | None = None, balance: bool = True) -> list[WorkItem]:
+def work_items(
+    plan_runs: Sequence,
+    *,
+    max_cohort: int | None = None,
+    workers: int = 1,
+    cohorts: bool = True,
+    memory_budget: int | None = None,
+    balance: bool = True,
+) -> list[WorkItem]:
     """Group planned runs into work items, deps first.
 
     Runs with equal `cohort_key` form one item (each run alone with `cohorts=False`); an item holds at
@@ -163,7 +177,7 @@ def work_items(plan_runs: Sequence, *, max_cohort: int | None = None, workers: i
             key, chunk = balanced[i]
             if len(chunk) < 2:
                 break
-            balanced[i:i + 1] = [(key, c) for c in _even_chunks(chunk, 2)]
+            balanced[i : i + 1] = [(key, c) for c in _even_chunks(chunk, 2)]
         count: dict[str, int] = {}
         for key, _ in balanced:
             count[key] = count.get(key, 0) + 1
@@ -321,8 +335,11 @@ def teacher_problems(payload: dict, tracking_uri: str) -> dict[str, str]:
             run = found.get(d)
             if run is not None and run.info.status == "FINISHED":
                 continue
-            why = "never started" if run is None else (
-                run.data.tags.get(tracking.FAILURE) or f"its MLflow run is {run.info.status}")
+            why = (
+                "never started"
+                if run is None
+                else (run.data.tags.get(tracking.FAILURE) or f"its MLflow run is {run.info.status}")
+            )
             out[h] = f"blocked: teacher {d[:8]} has not finished ({why})"
             break
     return out
@@ -345,9 +362,17 @@ def wait_for_locks(work: str | Path, hashes: list[str], timeout_s: float) -> Non
         time.sleep(min(20.0, max(1.0, deadline - time.monotonic())))
 
 
-def run_item(payload: dict, *, work: str | Path, tracking_uri: str, threads: int | None = None,
-             device: str | None = None, callbacks: Iterable = (), rank: int = 0,
-             lock_wait_s: float = 0.0) -> dict[str, str]:
+def run_item(
+    payload: dict,
+    *,
+    work: str | Path,
+    tracking_uri: str,
+    threads: int | None = None,
+    device: str | None = None,
+    callbacks: Iterable = (),
+    rank: int = 0,
+    lock_wait_s: float = 0.0,
+) -> dict[str, str]:
     """Train one work item; never raises for a run's failure: returns {hash: outcome} for every run.
 
     Output goes to `<work>/logs/<item>.log` (`<item>.rank<k>.log` for rank k > 0). With `lock_wait_s`, rank 0
@@ -360,32 +385,46 @@ def run_item(payload: dict, *, work: str | Path, tracking_uri: str, threads: int
     path = log_path(work, payload["id"], rank)
     results: dict[str, str] = {}
     with output_to(path):
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} item {payload['id']} on {socket.gethostname()} "
-              f"pid {os.getpid()} rank {rank}: {len(payload['hashes'])} run(s) {' '.join(payload['hashes'])}",
-              flush=True)
+        print(
+            f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} item {payload['id']} on {socket.gethostname()} "
+            f"pid {os.getpid()} rank {rank}: {len(payload['hashes'])} run(s) {' '.join(payload['hashes'])}",
+            flush=True,
+        )
         try:
             specs = []
             for h, data in zip(payload["hashes"], payload["specs"]):
                 spec = parse_experiment(data, f"item {payload['id']}")
                 if spec.content_hash() != h:
-                    raise RuntimeError(f"spec of run {h} hashes to {spec.content_hash()} in the worker: "
-                                       "the worker's kdgrid differs from the launcher's")
+                    raise RuntimeError(
+                        f"spec of run {h} hashes to {spec.content_hash()} in the worker: "
+                        "the worker's kdgrid differs from the launcher's"
+                    )
                 specs.append(spec)
             results.update(teacher_problems(payload, tracking_uri))  # every rank: they must agree
             todo = [s for s, h in zip(specs, payload["hashes"]) if h not in results]
             if todo and rank == 0 and lock_wait_s > 0:
                 wait_for_locks(work, [s.content_hash() for s in todo], lock_wait_s)
             if todo:
-                results.update(train_specs(todo, work=work, tracking_uri=tracking_uri, threads=threads,
-                                           device=device, callbacks=tuple(callbacks)))
+                results.update(
+                    train_specs(
+                        todo,
+                        work=work,
+                        tracking_uri=tracking_uri,
+                        threads=threads,
+                        device=device,
+                        callbacks=tuple(callbacks),
+                    )
+                )
         except Exception as err:
             traceback.print_exc()
             for h in payload["hashes"]:
                 results.setdefault(h, f"failed: {type(err).__name__}: {err}".strip())
         except BaseException as err:  # preempted (submitit's SystemExit), interrupted: not a failure
             traceback.print_exc()
-            print(f"=== interrupted ({type(err).__name__}: {err}): the runs resume from their checkpoints "
-                  "next time", flush=True)
+            print(
+                f"=== interrupted ({type(err).__name__}: {err}): the runs resume from their checkpoints next time",
+                flush=True,
+            )
             raise
         for h in payload["hashes"]:
             results.setdefault(h, "failed: the trainer returned no result for this run")

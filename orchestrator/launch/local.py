@@ -13,6 +13,7 @@ multiprocessing queue (the engine callback `view.QueueCallback`), feeding the li
 A worker that dies (killed, out of memory) fails only its item: its runs are marked failed in MLflow
 with the reason, a fresh worker replaces it, and the other items go on.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -23,8 +24,17 @@ import threading
 import time
 from contextlib import contextmanager
 
-from orchestrator.launch.items import (LaunchContext, WorkItem, blocked_by, devices_per_run, log_path,
-                                       mark_abandoned, payload_world_size, run_item, runnable)
+from orchestrator.launch.items import (
+    LaunchContext,
+    WorkItem,
+    blocked_by,
+    devices_per_run,
+    log_path,
+    mark_abandoned,
+    payload_world_size,
+    run_item,
+    runnable,
+)
 from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import QueueCallback, RunView
 
@@ -40,9 +50,11 @@ def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
         pass
     if gpus:
         if devices > gpus:
-            raise ValueError(f"the runs are planned on {devices} GPUs each (launch.resources.gpus) but this machine "
-                             f"has {gpus}: --set launch.resources.gpus={gpus} (or 1), and accumulation makes up the "
-                             "global batch")
+            raise ValueError(
+                f"the runs are planned on {devices} GPUs each (launch.resources.gpus) but this machine "
+                f"has {gpus}: --set launch.resources.gpus={gpus} (or 1), and accumulation makes up the "
+                "global batch"
+            )
         return gpus // devices, gpus
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, threads * devices)), 0
@@ -77,8 +89,9 @@ def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dic
             if world > 1:
                 from orchestrator.launch.ddp import run_item_ddp
 
-                results = run_item_ddp(payload, world, work=work, tracking_uri=uri, threads=threads,
-                                       callbacks=(callback,))
+                results = run_item_ddp(
+                    payload, world, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,)
+                )
             else:
                 results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,))
         except KeyboardInterrupt:
@@ -125,17 +138,23 @@ class _Pool:
             self.start(wid)
 
     def start(self, wid: int) -> None:
-        env = {"OMP_NUM_THREADS": str(self.ctx.threads), "MKL_NUM_THREADS": str(self.ctx.threads),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            "OMP_NUM_THREADS": str(self.ctx.threads),
+            "MKL_NUM_THREADS": str(self.ctx.threads),
+            "PYTHONUNBUFFERED": "1",
+        }
         if self.gpus:  # worker wid holds GPUs wid x devices ... (wid + 1) x devices - 1
             first = (wid * self.devices) % self.gpus
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + k) for k in range(self.devices))
         self.tasks[wid] = self.mp.Queue()
         # Not daemonic: a daemonic process may not start processes, and a worker starts DDP ranks and its
         # DataLoader's workers (data.num_workers > 0 at the paper scale); stop() ends every worker.
-        p = self.mp.Process(target=_worker, name=f"kdgrid-worker-{wid}", daemon=False,
-                            args=(wid, self.tasks[wid], self.events, str(self.ctx.work), self.ctx.tracking_uri,
-                                  self.ctx.threads, env))
+        p = self.mp.Process(
+            target=_worker,
+            name=f"kdgrid-worker-{wid}",
+            daemon=False,
+            args=(wid, self.tasks[wid], self.events, str(self.ctx.work), self.ctx.tracking_uri, self.ctx.threads, env),
+        )
         p.start()
         self.procs[wid] = p
 
@@ -171,8 +190,12 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     _, gpus = default_workers(ctx.threads, devices)
     names = ctx.names
     item_of = {h: it.id for it in items for h in it.hashes}
-    view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
-                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)")
+    view = RunView(
+        [r for it in items for r in it.runs],
+        item_of,
+        ctx.console,
+        title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)",
+    )
     events = mp.get_context("spawn").Queue()
     pool = _Pool(ctx, pool_size(ctx.workers, items, ctx.schedule), gpus, events, devices)
     planner = Planner(items, len(pool.procs), rates=ctx.rates, mode=ctx.schedule)
@@ -263,8 +286,9 @@ def memory_budget(ctx: LaunchContext) -> int:
     import torch
 
     if torch.cuda.is_available():
-        return int(0.9 * min(torch.cuda.get_device_properties(i).total_memory
-                             for i in range(torch.cuda.device_count())))
+        return int(
+            0.9 * min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+        )
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(0.8 * ram / max(1, ctx.workers))
 

@@ -10,11 +10,12 @@ the machine as it is (a loaded machine, a slower model than the store knew).
 With `schedule="plan"` it reproduces the earlier behaviour: items in plan order, whole, each on the first
 idle worker once its deps ended (items then come from `work_items` with its count-based balancing).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 from orchestrator.launch import costs, schedule
 from orchestrator.launch.items import WorkItem
@@ -31,8 +32,14 @@ class _Part:
 
 
 class Planner:
-    def __init__(self, items: Sequence[WorkItem], workers: int, rates: dict[str, float] | None = None,
-                 mode: str = "cost", lookahead: int = 1):
+    def __init__(
+        self,
+        items: Sequence[WorkItem],
+        workers: int,
+        rates: dict[str, float] | None = None,
+        mode: str = "cost",
+        lookahead: int = 1,
+    ):
         if mode not in SCHEDULES:
             raise ValueError(f"unknown schedule {mode!r}: one of {', '.join(SCHEDULES)}")
         self.mode, self.workers, self.lookahead = mode, workers, lookahead
@@ -83,9 +90,15 @@ class Planner:
         for gid in self.order:
             if gid in self.ended or not self.left[gid]:
                 continue
-            jobs.append(schedule.Job(
-                id=gid, members=tuple((r.hash, self.cost[r.hash] * f) for r in self.left[gid]),
-                shared=self.shared[gid] * f, deps=self._deps(gid), split=self.mode == "cost"))
+            jobs.append(
+                schedule.Job(
+                    id=gid,
+                    members=tuple((r.hash, self.cost[r.hash] * f) for r in self.left[gid]),
+                    shared=self.shared[gid] * f,
+                    deps=self._deps(gid),
+                    split=self.mode == "cost",
+                )
+            )
         return jobs
 
     def _state(self, now: float, busy: dict[int, str], progress) -> tuple[list[int], list[float], dict]:
@@ -118,8 +131,9 @@ class Planner:
         if not self.left[gid] and not any(p.group == gid for p in self.running.values()):
             self.ended.add(gid)
 
-    def assign(self, idle: Sequence[int], busy: dict[int, str], now: float | None = None,
-               progress=None) -> list[tuple[int, WorkItem]]:
+    def assign(
+        self, idle: Sequence[int], busy: dict[int, str], now: float | None = None, progress=None
+    ) -> list[tuple[int, WorkItem]]:
         """(worker, part) to start now on the idle workers. Groups must be pruned once ready."""
         now = time.monotonic() if now is None else now
         if self.mode == "plan":
@@ -153,14 +167,20 @@ class Planner:
         if not jobs:
             return [], 0.0
         free = [now] * self.workers
-        placed = schedule.plan(jobs, free, lookahead=self.lookahead) if self.mode == "cost" else [
-            schedule.Placement(j.id, tuple(m for m, _ in j.members), 0, now, now + j.cost) for j in jobs]
+        placed = (
+            schedule.plan(jobs, free, lookahead=self.lookahead)
+            if self.mode == "cost"
+            else [schedule.Placement(j.id, tuple(m for m, _ in j.members), 0, now, now + j.cost) for j in jobs]
+        )
         parts = []
         for p in sorted(placed, key=lambda p: (p.start, p.worker)):
             members = [r for r in self.left[p.job] if r.hash in set(p.members)]
             parts.append(self._start(p.job, members, now))
-        span = schedule.makespan(placed, free) if self.mode == "cost" else \
-            schedule.makespan(schedule.plan(jobs, free, lookahead=0), free)
+        span = (
+            schedule.makespan(placed, free)
+            if self.mode == "cost"
+            else schedule.makespan(schedule.plan(jobs, free, lookahead=0), free)
+        )
         return parts, span - now
 
     def _start(self, gid: str, members: list, now: float) -> WorkItem:

@@ -18,6 +18,7 @@ Ray Train's `TorchTrainer` inside its trial: one Train worker per device (GPUs w
 has them, else CPU workers with gloo), each a rank running `run_item`; Ray Train sets up the process
 group and the environment the trainer reads, and `TuneReportCallback` carries rank 0's reports to Tune.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,18 @@ import time
 
 from ray.tune import Callback
 
-from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, devices_per_run, log_path,
-                                       mark_abandoned, payload_world_size, run_item, runnable, stages)
+from orchestrator.launch.items import (
+    REPO_ROOT,
+    LaunchContext,
+    WorkItem,
+    devices_per_run,
+    log_path,
+    mark_abandoned,
+    payload_world_size,
+    run_item,
+    runnable,
+    stages,
+)
 from orchestrator.launch.planner import Planner
 from orchestrator.launch.view import RunView
 
@@ -48,9 +59,14 @@ def init_ray(address: str | None, tracking_uri: str) -> None:
     quiet = dict(logging_level="warning", log_to_driver=False)
     if address:
         # kdgrid's packages travel with the job, so the cluster trains the very code that planned the grid
-        ray.init(address=address, runtime_env={
-            "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
-            "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}, **quiet)
+        ray.init(
+            address=address,
+            runtime_env={
+                "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
+                "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri},
+            },
+            **quiet,
+        )
         return
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
@@ -96,8 +112,14 @@ class _Report:
 
     def on_epoch(self, run_hash, epoch, metrics) -> None:
         flat = {k.replace(".", "_"): float(v) for k, v in metrics.items()}
-        self.report({"kdgrid_event": json.dumps(["epoch", run_hash, epoch, metrics]), "run": run_hash,
-                     "epoch": epoch + 1, **flat})
+        self.report(
+            {
+                "kdgrid_event": json.dumps(["epoch", run_hash, epoch, metrics]),
+                "run": run_hash,
+                "epoch": epoch + 1,
+                **flat,
+            }
+        )
 
     def on_end(self, run_hash, status, reason) -> None:
         self.report({"kdgrid_event": json.dumps(["end", run_hash, status, reason])})
@@ -108,14 +130,19 @@ class _Report:
 DRIVER_CPU = 0.01
 
 
-
 def _train_worker(config: dict) -> None:
     """One rank of a DDP item inside Ray Train (torch.distributed is already set up by TorchTrainer)."""
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    results = run_item(config["payload"], work=config["work"], tracking_uri=config["uri"], threads=config["threads"],
-                       callbacks=(_Report(train=True),), rank=rank)
+    results = run_item(
+        config["payload"],
+        work=config["work"],
+        tracking_uri=config["uri"],
+        threads=config["threads"],
+        callbacks=(_Report(train=True),),
+        rank=rank,
+    )
     ray.train.report({"kdgrid_results": json.dumps(results), "done": True})
 
 
@@ -132,11 +159,16 @@ def _trainable(config: dict, payloads: dict, work: str, uri: str, threads: int, 
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config={"payload": payload, "work": work, "uri": uri, "threads": threads},
-            scaling_config=ScalingConfig(num_workers=world, use_gpu=gpu,
-                                         resources_per_worker={"CPU": max(0.01, threads - DRIVER_CPU / world)}),
+            scaling_config=ScalingConfig(
+                num_workers=world, use_gpu=gpu, resources_per_worker={"CPU": max(0.01, threads - DRIVER_CPU / world)}
+            ),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            run_config=RunConfig(name=f"ddp-{payload['id']}", storage_path=os.path.join(work, "ray", "train"),
-                                 callbacks=[TuneReportCallback()]))
+            run_config=RunConfig(
+                name=f"ddp-{payload['id']}",
+                storage_path=os.path.join(work, "ray", "train"),
+                callbacks=[TuneReportCallback()],
+            ),
+        )
         trainer.fit()
         return
     results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(_Report(),))
@@ -176,8 +208,12 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     hints = ctx.hints.get("ray") or {}  # a scale's `launch.ray: {cpus: .., gpus: ..}` per trial
     cpu, gpu = hints.get("cpus", ctx.threads), hints.get("gpus", 1 if _gpus() else 0)
     item_of = {h: it.id for it in items for h in it.hashes}
-    view = RunView([r for it in items for r in it.runs], item_of, ctx.console,
-                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Ray Tune trials")
+    view = RunView(
+        [r for it in items for r in it.runs],
+        item_of,
+        ctx.console,
+        title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Ray Tune trials",
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         with view:
@@ -192,8 +228,10 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                         if h in outcomes:
                             view.set_state(h, outcomes[h])
                 parts, span = planner.start_all()
-                later = sum(Planner(s, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
-                            for s in all_stages[k + 1:])
+                later = sum(
+                    Planner(s, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
+                    for s in all_stages[k + 1 :]
+                )
                 view.set_eta((span + later) * pace, len(parts))
                 t_stage = time.monotonic()
                 for p in parts:
@@ -203,28 +241,46 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
                 if not parts:
                     continue
                 payloads = {p.id: p.payload() for p in parts}
-                trainable = tune.with_parameters(_trainable, payloads=payloads, work=str(ctx.work),
-                                                 uri=ctx.tracking_uri, threads=ctx.threads, gpu=bool(gpu))
+                trainable = tune.with_parameters(
+                    _trainable,
+                    payloads=payloads,
+                    work=str(ctx.work),
+                    uri=ctx.tracking_uri,
+                    threads=ctx.threads,
+                    gpu=bool(gpu),
+                )
                 # a DDP item's trial only drives its TorchTrainer, whose workers hold the devices
-                trainable = tune.with_resources(trainable, lambda config: {"cpu": DRIVER_CPU} if payload_world_size(
-                    payloads[config["item"]]) > 1 else {"cpu": cpu, "gpu": gpu})
+                trainable = tune.with_resources(
+                    trainable,
+                    lambda config: (
+                        {"cpu": DRIVER_CPU}
+                        if payload_world_size(payloads[config["item"]]) > 1
+                        else {"cpu": cpu, "gpu": gpu}
+                    ),
+                )
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"item": tune.grid_search([p.id for p in parts])},
                     tune_config=tune.TuneConfig(max_concurrent_trials=ctx.workers, reuse_actors=False),
                     run_config=tune.RunConfig(
-                        name=f"kdgrid-{ctx.plan.scale}-{stamp}-stage{k}", storage_path=str(ctx.work / "ray"),
-                        verbose=0, callbacks=[_ViewCallback(view, {p.id: p.hashes for p in parts})],
-                        failure_config=tune.FailureConfig(max_failures=0)))
+                        name=f"kdgrid-{ctx.plan.scale}-{stamp}-stage{k}",
+                        storage_path=str(ctx.work / "ray"),
+                        verbose=0,
+                        callbacks=[_ViewCallback(view, {p.id: p.hashes for p in parts})],
+                        failure_config=tune.FailureConfig(max_failures=0),
+                    ),
+                )
                 for result in tuner.fit():
                     item_id = result.config["item"]
                     part = next(p for p in parts if p.id == item_id)
                     got = json.loads((result.metrics or {}).get("kdgrid_results", "{}"))
                     if result.error is not None or not got:
-                        reason = (f"Ray trial of {item_id} ended without results: "
-                                  f"{type(result.error).__name__ if result.error else 'no report'}: "
-                                  f"{str(result.error).strip().splitlines()[-1] if result.error else ''} "
-                                  f"(log {log_path(ctx.work, item_id)}, trial dir {result.path})")
+                        reason = (
+                            f"Ray trial of {item_id} ended without results: "
+                            f"{type(result.error).__name__ if result.error else 'no report'}: "
+                            f"{str(result.error).strip().splitlines()[-1] if result.error else ''} "
+                            f"(log {log_path(ctx.work, item_id)}, trial dir {result.path})"
+                        )
                         mark_abandoned(ctx, part.hashes, reason)
                         got = {h: f"failed: {reason}" for h in part.hashes}
                     for h, o in got.items():

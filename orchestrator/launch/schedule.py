@@ -14,10 +14,11 @@ soonest, the fewest parts on ties. The local launcher replans whenever an item e
 cuts a cohort over the workers that are free when its teacher finishes; the makespan of the plan is the
 grid's ETA.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 EPS = 1e-9
 
@@ -89,8 +90,9 @@ def lpt(members: Sequence[tuple[str, float]], starts: Sequence[float], shared: f
     return [(i, p) for i, p in enumerate(parts) if p]
 
 
-def plan(jobs: Sequence[Job], free_at: Sequence[float], done: Mapping[str, float] | None = None, *,
-         lookahead: int = 1) -> list[Placement]:
+def plan(
+    jobs: Sequence[Job], free_at: Sequence[float], done: Mapping[str, float] | None = None, *, lookahead: int = 1
+) -> list[Placement]:
     """Place every job on the workers (free from `free_at`); `done` gives the end time of jobs not in
     `jobs` that others need (running ones; deps found in neither are taken as finished at time 0)."""
     if not free_at:
@@ -103,8 +105,9 @@ def makespan(placements: Sequence[Placement], free_at: Sequence[float] = (0.0,))
     return max([p.end for p in placements] + list(free_at))
 
 
-def _plan(jobs: list[Job], free: list[float], done: dict[str, float], prio: dict[str, float],
-          lookahead: int) -> list[Placement]:
+def _plan(
+    jobs: list[Job], free: list[float], done: dict[str, float], prio: dict[str, float], lookahead: int
+) -> list[Placement]:
     ids = {j.id for j in jobs}
     out: list[Placement] = []
     todo = list(jobs)

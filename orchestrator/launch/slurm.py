@@ -22,6 +22,7 @@ experiments/slurm.example.yaml), with per-role overrides (`teacher:` / `student:
   the first one's jobs are pending or running submits nothing for their runs (they are reported
   "running elsewhere") and makes its students depend on those jobs.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,35 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.launch.items import (REPO_ROOT, LaunchContext, WorkItem, blocked_by, is_bad, kind,
-                                       log_path, mark_abandoned, run_item, runnable)
+from orchestrator.launch.items import (
+    REPO_ROOT,
+    LaunchContext,
+    WorkItem,
+    blocked_by,
+    is_bad,
+    kind,
+    log_path,
+    mark_abandoned,
+    run_item,
+    runnable,
+)
 from orchestrator.launch.view import RunView
 
-ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-         "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED"}
+ALIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "PREEMPTED",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,14 +187,24 @@ class ItemJob(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             single = env.num_nodes == 1
             digits = re.sub(r"\D", "", str(env.job_id)) or "0"
-            os.environ.update(RANK=str(rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-                              MASTER_ADDR="127.0.0.1" if single else env.hostnames[0],
-                              MASTER_PORT=str(20000 + int(digits) % 20000))
+            os.environ.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(env.num_tasks),
+                LOCAL_RANK=str(env.local_rank),
+                MASTER_ADDR="127.0.0.1" if single else env.hostnames[0],
+                MASTER_PORT=str(20000 + int(digits) % 20000),
+            )
             if single:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         try:
-            return run_item(self.payload, work=self.work, tracking_uri=self.tracking_uri, threads=self.threads,
-                            rank=rank, lock_wait_s=self.lock_wait_s)
+            return run_item(
+                self.payload,
+                work=self.work,
+                tracking_uri=self.tracking_uri,
+                threads=self.threads,
+                rank=rank,
+                lock_wait_s=self.lock_wait_s,
+            )
         finally:
             shutdown()
 
@@ -227,23 +261,42 @@ def _state(folder: Path, job_id: str) -> str:
         return "UNKNOWN"
 
 
-def _executor(cfg: SlurmConfig, res: Resources, ctx: LaunchContext, folder: Path, name: str,
-              after: list[str], array_size: int = 0):
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_timeouts,
-                               slurm_python=cfg.python or shlex.quote(sys.executable))
+def _executor(
+    cfg: SlurmConfig, res: Resources, ctx: LaunchContext, folder: Path, name: str, after: list[str], array_size: int = 0
+):
+    ex = submitit.AutoExecutor(
+        folder=folder,
+        cluster="slurm",
+        slurm_max_num_timeout=cfg.max_timeouts,
+        slurm_python=cfg.python or shlex.quote(sys.executable),
+    )
     threads = res.cpus_per_task or ctx.threads
-    setup = [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
-             f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}",
-             f"export MLFLOW_TRACKING_URI={shlex.quote(ctx.tracking_uri)}", *res.setup]
+    setup = [
+        f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}",
+        f"export MLFLOW_TRACKING_URI={shlex.quote(ctx.tracking_uri)}",
+        *res.setup,
+    ]
     additional = dict(res.additional)
     if after:
         additional["dependency"] = "afterany:" + ":".join(after)
     params: dict[str, Any] = dict(
-        name=name, timeout_min=res.timeout_min, nodes=res.nodes, tasks_per_node=res.tasks_per_node,
-        cpus_per_task=threads, gpus_per_node=res.gpus_per_node, mem_gb=res.mem_gb,
-        slurm_partition=res.partition, slurm_account=res.account, slurm_qos=res.qos,
-        slurm_constraint=res.constraint, slurm_signal_delay_s=res.signal_delay_s, slurm_setup=setup,
-        slurm_srun_args=res.srun_args or None, slurm_additional_parameters=additional or None)
+        name=name,
+        timeout_min=res.timeout_min,
+        nodes=res.nodes,
+        tasks_per_node=res.tasks_per_node,
+        cpus_per_task=threads,
+        gpus_per_node=res.gpus_per_node,
+        mem_gb=res.mem_gb,
+        slurm_partition=res.partition,
+        slurm_account=res.account,
+        slurm_qos=res.qos,
+        slurm_constraint=res.constraint,
+        slurm_signal_delay_s=res.signal_delay_s,
+        slurm_setup=setup,
+        slurm_srun_args=res.srun_args or None,
+        slurm_additional_parameters=additional or None,
+    )
     if array_size:
         params["slurm_array_parallelism"] = min(cfg.array_parallelism, array_size)
     if not res.gpus_per_node:
@@ -252,8 +305,9 @@ def _executor(cfg: SlurmConfig, res: Resources, ctx: LaunchContext, folder: Path
     return ex, threads
 
 
-def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], cfg: SlurmConfig,
-           view: RunView | None = None) -> list[Tracked]:
+def submit(
+    items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], cfg: SlurmConfig, view: RunView | None = None
+) -> list[Tracked]:
     """Submit every item, deps first. Runs that a live job of an earlier launch from the same folder
     holds are not submitted again: they are 'running elsewhere', that job is adopted (waited for) and
     serves as their students' dependency."""
@@ -271,11 +325,16 @@ def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], 
                 outcomes[h] = f"running elsewhere: Slurm job {old} of an earlier launch"
                 if view is not None:
                     view.set_state(h, outcomes[h], quiet=True)
-    tracked = [Tracked(submitit.SlurmJob(folder=folder, job_id=j), ledger.items.get(j, j), hs, adopted=True)
-               for j, hs in adopted.items()]
+    tracked = [
+        Tracked(submitit.SlurmJob(folder=folder, job_id=j), ledger.items.get(j, j), hs, adopted=True)
+        for j, hs in adopted.items()
+    ]
     if adopted:
-        ctx.console.print(f"{sum(map(len, adopted.values()))} run(s) already in Slurm job(s) of an earlier launch: "
-                          f"{', '.join(adopted)}; not submitted again", highlight=False)
+        ctx.console.print(
+            f"{sum(map(len, adopted.values()))} run(s) already in Slurm job(s) of an earlier launch: "
+            f"{', '.join(adopted)}; not submitted again",
+            highlight=False,
+        )
     for level in sorted({it.level for it in items}):
         # Items of one level that can share an array: same role (resources) and same dependency jobs (the
         # jobs of earlier levels, submitted just before, or adopted).
@@ -286,11 +345,19 @@ def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], 
                 continue
             after = tuple(sorted({job_of_run[d] for r in runs for d in r.deps if d in job_of_run}))
             batches.setdefault((it.role, after), []).append(
-                WorkItem(id=it.id, runs=runs, deps=it.deps, key=it.key, level=it.level))
+                WorkItem(id=it.id, runs=runs, deps=it.deps, key=it.key, level=it.level)
+            )
         for (role, after), subs in sorted(batches.items()):
             use_array = cfg.array and len(subs) > 1
-            ex, threads = _executor(cfg, cfg.resources(role), ctx, folder, f"kdgrid-{ctx.plan.scale}-{role}",
-                                    list(after), len(subs) if use_array else 0)
+            ex, threads = _executor(
+                cfg,
+                cfg.resources(role),
+                ctx,
+                folder,
+                f"kdgrid-{ctx.plan.scale}-{role}",
+                list(after),
+                len(subs) if use_array else 0,
+            )
             calls = [ItemJob(s.payload(), str(ctx.work), ctx.tracking_uri, threads, cfg.lock_wait_s) for s in subs]
             if use_array:
                 with ex.batch():
@@ -303,13 +370,16 @@ def submit(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], 
                 for h in s.hashes:
                     job_of_run[h] = ledger.runs[h] = job.job_id
                     outcomes[h] = f"submitted: Slurm job {job.job_id}" + (
-                        f" (after {', '.join(after)})" if after else "")
+                        f" (after {', '.join(after)})" if after else ""
+                    )
                     if view is not None:
                         view.set_state(h, outcomes[h], quiet=True)
             ledger.save()
-            ctx.console.print(f"submitted {len(subs)} {role} item(s) as Slurm job(s) "
-                              f"{', '.join(j.job_id for j in submitted)}"
-                              + (f" after {', '.join(after)}" if after else ""), highlight=False)
+            ctx.console.print(
+                f"submitted {len(subs)} {role} item(s) as Slurm job(s) "
+                f"{', '.join(j.job_id for j in submitted)}" + (f" after {', '.join(after)}" if after else ""),
+                highlight=False,
+            )
     return tracked
 
 
@@ -320,8 +390,10 @@ def _job_failure(t: Tracked, ctx: LaunchContext, err: BaseException) -> str:
     state = _state(Path(t.job.paths.folder), t.job.job_id)
     last = str(err).strip().splitlines()
     text = last[-1] if last else type(err).__name__
-    return (f"Slurm job {t.job.job_id} {state}: {text[:300]} (log {log_path(ctx.work, t.item)}, "
-            f"Slurm log {t.job.paths.stderr})")
+    return (
+        f"Slurm job {t.job.job_id} {state}: {text[:300]} (log {log_path(ctx.work, t.item)}, "
+        f"Slurm log {t.job.paths.stderr})"
+    )
 
 
 def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dict[str, int]) -> None:
@@ -340,8 +412,7 @@ def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dic
         for e in epochs:
             if e > seen.get(h, 0):
                 seen[h] = e
-                view.handle(("epoch", h, e - 1, {k: v for k, v in run.data.metrics.items()}
-                             if e == epochs[-1] else {}))
+                view.handle(("epoch", h, e - 1, {k: v for k, v in run.data.metrics.items()} if e == epochs[-1] else {}))
 
 
 def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
@@ -350,16 +421,20 @@ def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) 
     todo = [p for it in items if (p := runnable(it, outcomes, ctx.names)) is not None]
     item_of = {h: it.id for it in items for h in it.hashes}
     runs = {r.hash: r for it in items for r in it.runs}
-    view = RunView(list(runs.values()), item_of, ctx.console,
-                   title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs")
+    view = RunView(
+        list(runs.values()), item_of, ctx.console, title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs"
+    )
     for h, o in outcomes.items():
         if h in item_of:
             view.set_state(h, o, quiet=True)
     tracked = submit(todo, ctx, outcomes, cfg, view)
     if not ctx.wait:
-        ctx.console.print(f"{len(tracked)} Slurm job(s) hold the missing runs; follow them with squeue, or wait "
-                          "for them and the report with `kdgrid reproduce` and the same options (it submits "
-                          "nothing twice)", highlight=False)
+        ctx.console.print(
+            f"{len(tracked)} Slurm job(s) hold the missing runs; follow them with squeue, or wait "
+            "for them and the report with `kdgrid reproduce` and the same options (it submits "
+            "nothing twice)",
+            highlight=False,
+        )
         return outcomes
     seen: dict[str, int] = {}
     running: set[str] = set()

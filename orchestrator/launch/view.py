@@ -9,6 +9,7 @@ state change and per epoch. The launcher also gives it the grid's ETA (`set_eta`
 estimates, launch/planner.py): in the table's title, and as a line of its own in a log whenever the
 estimate is renewed (an item ended).
 """
+
 from __future__ import annotations
 
 import time
@@ -20,9 +21,17 @@ from rich.table import Table
 
 from orchestrator.launch.items import kind
 
-STYLE = {"queued": "dim", "submitted": "dim", "running": "cyan", "finished": "green", "skipped": "green",
-         "failed": "bold red", "blocked": "red", "running elsewhere": "yellow",
-         "deferred": "yellow"}
+STYLE = {
+    "queued": "dim",
+    "submitted": "dim",
+    "running": "cyan",
+    "finished": "green",
+    "skipped": "green",
+    "failed": "bold red",
+    "blocked": "red",
+    "running elsewhere": "yellow",
+    "deferred": "yellow",
+}
 
 
 @dataclass
@@ -59,15 +68,19 @@ def _fmt_time(s: float | None) -> str:
 class RunView:
     def __init__(self, runs, item_of: dict[str, str], console: Console | None = None, title: str = "kdgrid"):
         self.console = console or Console()
-        self.rows = {r.hash: Row(name=r.spec.name or r.spec.student.name, item=item_of.get(r.hash, ""),
-                                 epochs=r.spec.recipe.epochs) for r in runs}
+        self.rows = {
+            r.hash: Row(
+                name=r.spec.name or r.spec.student.name, item=item_of.get(r.hash, ""), epochs=r.spec.recipe.epochs
+            )
+            for r in runs
+        }
         self.title = title
         self.live: Live | None = None
         self.t0 = time.monotonic()
         self.eta_at: float | None = None  # monotonic time the grid should be done
 
     # ---- display --------------------------------------------------------------------------------
-    def __enter__(self) -> "RunView":
+    def __enter__(self) -> RunView:
         if self.console.is_terminal:
             self.live = Live(self, console=self.console, refresh_per_second=2, transient=False)
             self.live.start()
@@ -81,26 +94,48 @@ class RunView:
     def _line(self, h: str, text: str) -> None:
         if self.live is None:
             r = self.rows[h]
-            self.console.print(f"[{_fmt_time(time.monotonic() - self.t0)}] {h[:8]} {r.name} ({r.item}): {text}",
-                               markup=False, highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[{_fmt_time(time.monotonic() - self.t0)}] {h[:8]} {r.name} ({r.item}): {text}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def __rich__(self) -> Table:
         counts: dict[str, int] = {}
         for r in self.rows.values():
             counts[r.state] = counts.get(r.state, 0) + 1
         eta = "" if self.eta_at is None else f" - grid ETA {_fmt_time(max(0.0, self.eta_at - time.monotonic()))}"
-        t = Table(title=f"{self.title} - " + ", ".join(f"{n} {s}" for s, n in counts.items()) + eta,
-                  title_justify="left", expand=False)
+        t = Table(
+            title=f"{self.title} - " + ", ".join(f"{n} {s}" for s, n in counts.items()) + eta,
+            title_justify="left",
+            expand=False,
+        )
         for col in ("run", "name", "item", "state", "epoch", "top1", "best", "loss", "ETA"):
-            t.add_column(col, justify="right" if col in ("epoch", "top1", "best", "loss", "ETA") else "left",
-                         no_wrap=col != "state", overflow="fold")
+            t.add_column(
+                col,
+                justify="right" if col in ("epoch", "top1", "best", "loss", "ETA") else "left",
+                no_wrap=col != "state",
+                overflow="fold",
+            )
         for h, r in self.rows.items():
-            ep = f"{r.epoch}/{r.epochs}" if not (r.state == "running" and r.steps) else \
-                f"{r.epoch}/{r.epochs} {100 * r.step // r.steps}%"
+            ep = (
+                f"{r.epoch}/{r.epochs}"
+                if not (r.state == "running" and r.steps)
+                else f"{r.epoch}/{r.epochs} {100 * r.step // r.steps}%"
+            )
             state = r.state + (f": {r.detail}" if r.detail and r.state in ("failed", "blocked") else "")
-            t.add_row(h[:8], r.name, r.item, f"[{STYLE.get(r.state, '')}]{state}[/]", ep,
-                      "" if r.top1 is None else f"{r.top1:.2f}", "" if r.best is None else f"{r.best:.2f}",
-                      "" if r.loss is None else f"{r.loss:.3f}", _fmt_time(r.eta()))
+            t.add_row(
+                h[:8],
+                r.name,
+                r.item,
+                f"[{STYLE.get(r.state, '')}]{state}[/]",
+                ep,
+                "" if r.top1 is None else f"{r.top1:.2f}",
+                "" if r.best is None else f"{r.best:.2f}",
+                "" if r.loss is None else f"{r.loss:.3f}",
+                _fmt_time(r.eta()),
+            )
         return t
 
     # ---- updates --------------------------------------------------------------------------------
@@ -114,17 +149,27 @@ class RunView:
         if self.live is None:
             done = sum(r.state in ("finished", "skipped", "failed", "blocked") for r in self.rows.values())
             finish = time.strftime("%H:%M:%S", time.localtime(time.time() + max(0.0, seconds)))
-            self.console.print(f"[{_fmt_time(time.monotonic() - self.t0)}] grid: {done}/{len(self.rows)} runs "
-                               f"ended, {running} item(s) training, ETA {_fmt_time(seconds)} (about {finish})",
-                               markup=False, highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[{_fmt_time(time.monotonic() - self.t0)}] grid: {done}/{len(self.rows)} runs "
+                f"ended, {running} item(s) training, ETA {_fmt_time(seconds)} (about {finish})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def progress(self, hashes) -> float | None:
         """Fraction of these runs' steps done (None before any of them reported steps)."""
         rows = [self.rows[h] for h in hashes if h in self.rows]
         if not rows or not any(r.steps for r in rows):
             return None
-        done = sum(1.0 if r.state in ("finished", "failed") else
-                   (r.epoch * r.steps + r.step) / max(1, r.epochs * r.steps) if r.steps else 0.0 for r in rows)
+        done = sum(
+            1.0
+            if r.state in ("finished", "failed")
+            else (r.epoch * r.steps + r.step) / max(1, r.epochs * r.steps)
+            if r.steps
+            else 0.0
+            for r in rows
+        )
         return min(1.0, done / len(rows))
 
     def set_state(self, h: str, outcome: str, quiet: bool = False) -> None:
@@ -163,8 +208,12 @@ class RunView:
             r.best = metrics.get("val.best_top1", r.best)
             r.loss = metrics.get("train.loss", r.loss)
             r.eval_time = metrics.get("eval_time_s", r.eval_time)
-            self._line(h, f"epoch {r.epoch}/{r.epochs} top1 {r.top1:.2f} loss {r.loss:.3f}"
-                       if r.top1 is not None and r.loss is not None else f"epoch {r.epoch}/{r.epochs}")
+            self._line(
+                h,
+                f"epoch {r.epoch}/{r.epochs} top1 {r.top1:.2f} loss {r.loss:.3f}"
+                if r.top1 is not None and r.loss is not None
+                else f"epoch {r.epoch}/{r.epochs}",
+            )
         elif what == "end":
             _, _, status, reason = event
             self.set_state(h, status if not reason else f"{status}: {reason}")

@@ -10,12 +10,14 @@
 The report reads MLflow only: not the work directory, not checkpoints. The plan supplies the table
 definitions (code and data in this repository) and the content hashes to look up.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from orchestrator.report.build import Report, build_report
 
@@ -31,9 +33,14 @@ def render_markdown(plan: Any, tracking_uri: str, overrides: Iterable[str] = ())
     return render.markdown(build_report(plan, tracking_uri, tuple(overrides)))
 
 
-def write_reports(plan: Any, tracking_uri: str, out_dir: str | Path,
-                  formats: Iterable[str] = ("md", "html", "latex"), report: Report | None = None,
-                  overrides: Iterable[str] = ()) -> dict[str, Path]:
+def write_reports(
+    plan: Any,
+    tracking_uri: str,
+    out_dir: str | Path,
+    formats: Iterable[str] = ("md", "html", "latex"),
+    report: Report | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Path]:
     """Write report.md / report.html / report.tex (and figure4.png beside them) into `out_dir`.
     Returns {format: path}, with "figure" when there was a curve to draw."""
     from orchestrator.report import render
@@ -51,8 +58,11 @@ def write_reports(plan: Any, tracking_uri: str, out_dir: str | Path,
     for fmt in formats:
         if fmt not in EXT:
             raise ValueError(f"unknown report format {fmt!r}: md, latex or html")
-        text = {"md": lambda: render.markdown(report, fig), "latex": lambda: render.latex(report, fig),
-                "html": lambda: render.html(report)}[fmt]()
+        text = {
+            "md": lambda: render.markdown(report, fig),
+            "latex": lambda: render.latex(report, fig),
+            "html": lambda: render.html(report),
+        }[fmt]()
         path = out / f"report.{EXT[fmt]}"
         path.write_text(text, encoding="utf-8")
         paths[fmt] = path
@@ -65,21 +75,29 @@ def cmd_report(args) -> int:
 
     uri = args.tracking_uri or default_uri()
     # An unreachable server fails in seconds, not after MLflow's default minutes of retries.
-    for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+    for var, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+    ):
         os.environ.setdefault(var, value)
     from orchestrator.grid import load_recipes, recipe_names
 
     names = recipe_names(load_recipes(), args.recipe)  # "all" or "a,b": the recipes side by side
     if len(names) > 1:
         from orchestrator.report.recipes import cmd_report_recipes
+
         return cmd_report_recipes(args, names, uri)
     plan = _plan(args, names[0], uri)  # a GridError is printed by the CLI (exit code 2)
-    report = build_report(plan, uri, tuple(args.overrides), test=getattr(args, "test", "welch"),
-                          level=getattr(args, "level", 0.95))
+    report = build_report(
+        plan, uri, tuple(args.overrides), test=getattr(args, "test", "welch"), level=getattr(args, "level", 0.95)
+    )
     if report.error:  # every row would read "missing": say what is wrong instead
-        print(f"error: the MLflow store at {uri} could not be read: {report.error}\n"
-              f"(check --tracking-uri / $MLFLOW_TRACKING_URI; `kdgrid ui` serves a local store)", file=sys.stderr)
+        print(
+            f"error: the MLflow store at {uri} could not be read: {report.error}\n"
+            f"(check --tracking-uri / $MLFLOW_TRACKING_URI; `kdgrid ui` serves a local store)",
+            file=sys.stderr,
+        )
         return 1
     from orchestrator.report import export
 
@@ -106,8 +124,10 @@ def cmd_report(args) -> int:
         print(f"report logged on the grid's MLflow run {parent}", file=sys.stderr)
     if not report.complete:
         missing = report.total - report.counts.get("finished", 0)
-        print(f"\n{missing} of {report.total} planned runs have no final result yet. To train them:\n"
-              f"  {report.command}", file=sys.stderr if not args.out else sys.stdout)
+        print(
+            f"\n{missing} of {report.total} planned runs have no final result yet. To train them:\n  {report.command}",
+            file=sys.stderr if not args.out else sys.stdout,
+        )
     return 0
 
 
@@ -118,9 +138,16 @@ def _plan(args, recipe: str, uri: str):
     row_seeds = None
     if getattr(args, "added_seeds", False):
         from orchestrator.resolve import added_seeds
+
         row_seeds = added_seeds(args.scale, args.tables, args.seeds, recipe, list(args.overrides), uri)
-    return make_plan(scale=args.scale, tables=args.tables, seeds=args.seeds, recipe=recipe,
-                     overrides=list(args.overrides), row_seeds=row_seeds)
+    return make_plan(
+        scale=args.scale,
+        tables=args.tables,
+        seeds=args.seeds,
+        recipe=recipe,
+        overrides=list(args.overrides),
+        row_seeds=row_seeds,
+    )
 
 
 def cmd_ui(args) -> int:

@@ -8,14 +8,16 @@ the teacher's), seed by seed, then averaged over the seeds that have every colum
 `build` reads MLflow. The claim "the distilled student agrees more with the teacher than the undistilled
 one" is decided like the others (claims.compare) on the per-seed agreement with the teacher.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.report import claims as claims_mod
 from orchestrator.report.tables import TableModel
@@ -98,8 +100,9 @@ def _reader(tracking_uri: str) -> Callable[[str, str], dict | None]:
     return read
 
 
-def build(table: TableModel, tracking_uri: str, read: Callable[[str, str], dict | None] | None = None
-          ) -> list[Agreement]:
+def build(
+    table: TableModel, tracking_uri: str, read: Callable[[str, str], dict | None] | None = None
+) -> list[Agreement]:
     """One matrix per student size of DeiT's table whose distilled row has finished seeds."""
     read = read or _reader(tracking_uri)
     out = []
@@ -130,32 +133,51 @@ def build(table: TableModel, tracking_uri: str, read: Callable[[str, str], dict 
     return out
 
 
-def agreement_claim(agreements: list[Agreement], *, test: str = "welch", level: float = claims_mod.stats.LEVEL,
-                    effect: float | None = None) -> claims_mod.ClaimResult:
+def agreement_claim(
+    agreements: list[Agreement],
+    *,
+    test: str = "welch",
+    level: float = claims_mod.stats.LEVEL,
+    effect: float | None = None,
+) -> claims_mod.ClaimResult:
     """The distilled student (class+distil.) agrees with the teacher on more images than the undistilled one,
     per student size; agreement = 100 x (1 - disagreement) per seed. DeiT: 0.102 vs 0.133 disagreement (B)."""
     text = "The distilled student agrees more with the teacher than the undistilled one (DeiT's agreement table)"
     comps = []
     for a in agreements:
-        dist = {s: 100 * (1 - m[TEACHER, HEADS["top1"]]) for s, m in a.per_seed.items()
-                if (TEACHER, HEADS["top1"]) in m}
+        dist = {
+            s: 100 * (1 - m[TEACHER, HEADS["top1"]]) for s, m in a.per_seed.items() if (TEACHER, HEADS["top1"]) in m
+        }
         none = {s: 100 * (1 - m[TEACHER, NONE]) for s, m in a.per_seed.items() if (TEACHER, NONE) in m}
-        comps.append(claims_mod.compare(dist, none, "beats", round(100 * (0.133 - 0.102), 2), test=test, level=level,
-                                        effect=effect, labels=(f"{a.student} DeiT⚗ agreement %",
-                                                               f"{a.student} no distillation agreement %"),
-                                        rows=a.row_refs))
+        comps.append(
+            claims_mod.compare(
+                dist,
+                none,
+                "beats",
+                round(100 * (0.133 - 0.102), 2),
+                test=test,
+                level=level,
+                effect=effect,
+                labels=(f"{a.student} DeiT⚗ agreement %", f"{a.student} no distillation agreement %"),
+                rows=a.row_refs,
+            )
+        )
     if not comps:
         return claims_mod.ClaimResult("DeiT-agree", "deit", text, claims_mod.INCOMPLETE)
-    return claims_mod.ClaimResult("DeiT-agree", "deit", text, claims_mod.verdict([c.outcome for c in comps]), comps,
-                                  effect=effect)
+    return claims_mod.ClaimResult(
+        "DeiT-agree", "deit", text, claims_mod.verdict([c.outcome for c in comps]), comps, effect=effect
+    )
 
 
 def markdown_lines(agreements: list[Agreement]) -> list[str]:
     out = []
     for a in agreements:
         seeds = sorted(a.per_seed)
-        out += [f"**{a.student}** — fraction of validation images whose top-1 differs, mean over "
-                f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})", ""]
+        out += [
+            f"**{a.student}** — fraction of validation images whose top-1 differs, mean over "
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})",
+            "",
+        ]
         out.append("| | " + " | ".join(a.names) + " |")
         out.append("|" + "|".join("---" for _ in range(len(a.names) + 1)) + "|")
         out += ["| " + " | ".join(r) + " |" for r in a.rows()]
@@ -164,5 +186,9 @@ def markdown_lines(agreements: list[Agreement]) -> list[str]:
 
 
 def to_dict(a: Agreement) -> dict[str, Any]:
-    return {"student": a.student, "names": a.names, "seeds": sorted(a.per_seed),
-            "mean": [[a.mean(x, y) for y in a.names] for x in a.names]}
+    return {
+        "student": a.student,
+        "names": a.names,
+        "seeds": sorted(a.per_seed),
+        "mean": [[a.mean(x, y) for y in a.names] for x in a.names],
+    }

@@ -1,5 +1,6 @@
 """The report's model: the plan's tables filled from MLflow, Figure 4's curves, the claims, and what is
 still missing with the command that trains it."""
+
 from __future__ import annotations
 
 import shlex
@@ -48,10 +49,14 @@ class Report:
 
     def figure_png(self) -> bytes | None:
         if self.png is None and figure.has_data(self.curves):
-            paper = {r.curve: r.paper_acc1 for r in self.fig4.rows if r.curve and r.paper_acc1 is not None} \
-                if self.comparable and self.fig4 is not None else None
-            self.png = figure.plot(self.curves, title=f"Figure 4 — top-1 per epoch, scale '{self.scale}'",
-                                   paper_final=paper)
+            paper = (
+                {r.curve: r.paper_acc1 for r in self.fig4.rows if r.curve and r.paper_acc1 is not None}
+                if self.comparable and self.fig4 is not None
+                else None
+            )
+            self.png = figure.plot(
+                self.curves, title=f"Figure 4 — top-1 per epoch, scale '{self.scale}'", paper_final=paper
+            )
         return self.png
 
     def summary(self) -> str:
@@ -93,8 +98,10 @@ def describe_scale(plan: Any, protocols: list[dict[str, str]] | None = None) -> 
     subset = f", {d.train_subset} training images" if d.train_subset else ""
     subset += f", {d.val_subset} validation images" if d.val_subset else ""
     ep = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
-    setting = (f"{dataset} ({d.img_size}×{d.img_size}, {d.num_classes} classes{subset}), {ep} epochs, "
-               f"models: {', '.join(models)}")
+    setting = (
+        f"{dataset} ({d.img_size}×{d.img_size}, {d.num_classes} classes{subset}), {ep} epochs, "
+        f"models: {', '.join(models)}"
+    )
     comparable = plan.scale == "paper" and d.dataset == "imagenet" and not d.train_subset
     deviations = ""
     if protocols:
@@ -103,19 +110,33 @@ def describe_scale(plan: Any, protocols: list[dict[str, str]] | None = None) -> 
     if comparable:
         return f"Scale '{plan.scale}': the paper's setting — {setting}.{deviations}", True
     analog = "CPU analogs of the paper's models" if any(m.startswith("analog_") for m in models) else "models"
-    return (f"Scale '{plan.scale}': {analog} on {setting}. These accuracies are NOT comparable with the "
-            f"paper's ImageNet numbers; what carries over is the ORDERING of rows within a table and the sign "
-            f"of the differences between rows (see the rank column and the claims).{deviations}"), False
+    return (
+        f"Scale '{plan.scale}': {analog} on {setting}. These accuracies are NOT comparable with the "
+        f"paper's ImageNet numbers; what carries over is the ORDERING of rows within a table and the sign "
+        f"of the differences between rows (see the rank column and the claims).{deviations}"
+    ), False
 
 
-def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
-                 collected: Collected | None = None, *, test: str = "welch", level: float = claims_mod.stats.LEVEL,
-                 effect: float | None = None) -> Report:
+def build_report(
+    plan: Any,
+    tracking_uri: str,
+    overrides: tuple[str, ...] = (),
+    collected: Collected | None = None,
+    *,
+    test: str = "welch",
+    level: float = claims_mod.stats.LEVEL,
+    effect: float | None = None,
+) -> Report:
     """Everything the renderers show. `overrides`: the `--set` options the plan was made with (they go
     into the `kdgrid reproduce` hint)."""
     hashes = {r.hash: r.spec.recipe.epochs for r in plan.runs}
-    fig_hashes = [p.hash for t in plan.tables if str(t.table) == "fig4"
-                  for i in range(len(t.rows)) for p in plan.row_runs(t.table, i)]
+    fig_hashes = [
+        p.hash
+        for t in plan.tables
+        if str(t.table) == "fig4"
+        for i in range(len(t.rows))
+        for p in plan.row_runs(t.table, i)
+    ]
     if collected is None:
         collected = collect(plan.scale, tracking_uri, hashes, histories=fig_hashes)
     models = build_tables(plan, collected.get)
@@ -133,11 +154,28 @@ def build_report(plan: Any, tracking_uri: str, overrides: tuple[str, ...] = (),
         agreements = agreement.build(deit, tracking_uri)
         claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect))
     counts = Counter(collected.get(h).status for h in hashes)
-    protocols = [collected.get(r.hash).protocol for r in plan.runs
-                 if r.role == "student" and collected.get(r.hash).status == "finished"]
+    protocols = [
+        collected.get(r.hash).protocol
+        for r in plan.runs
+        if r.role == "student" and collected.get(r.hash).status == "finished"
+    ]
     note, comparable = describe_scale(plan, protocols or None)
     explicit_uri = tracking_uri if tracking_uri != default_uri() else None  # the hint names a store only if needed
-    return Report(scale=plan.scale, recipe=plan.recipe, seeds=plan.seeds, uri=tracking_uri, tables=tables,
-                  fig4=fig4, curves=curves, claims=claims, counts=counts,
-                  command=reproduce_command(plan, explicit_uri, tuple(overrides)), scale_note=note,
-                  comparable=comparable, error=collected.error, test=test, level=level, agreements=agreements)
+    return Report(
+        scale=plan.scale,
+        recipe=plan.recipe,
+        seeds=plan.seeds,
+        uri=tracking_uri,
+        tables=tables,
+        fig4=fig4,
+        curves=curves,
+        claims=claims,
+        counts=counts,
+        command=reproduce_command(plan, explicit_uri, tuple(overrides)),
+        scale_note=note,
+        comparable=comparable,
+        error=collected.error,
+        test=test,
+        level=level,
+        agreements=agreements,
+    )

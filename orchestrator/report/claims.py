@@ -10,6 +10,7 @@ contains 0 ("close": non-inferiority with a stated margin). A claim holds when e
 it; one contradicted comparison contradicts it; otherwise it is unresolved. For an unresolved comparison
 a power calculation gives the seeds per row that would resolve a difference of the paper's size.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,45 +52,102 @@ class ClaimDef:
 
 # What the paper claims, in its words where it has them (Sections 4.2 and 4.3).
 CLAIMS: tuple[ClaimDef, ...] = (
-    ClaimDef("T2-hard", "2", "Manifold distillation beats hard-label distillation from the same teacher "
-             "(every teacher/student pair of Table 2)",
-             (Pair(75.06, 74.39), Pair(81.48, 81.27), Pair(74.46, 73.86), Pair(80.25, 80.11))),
-    ClaimDef("T2-baseline", "2", "With CaiT-S24, manifold-distilled DeiT-Tiny and DeiT-Small outperform DeiT's "
-             "baseline (hard distillation from RegNetY-16GF), by 0.58 and 0.32 in the paper",
-             (Pair(75.06, 74.48), Pair(81.48, 81.16))),
-    ClaimDef("T2-weak-teacher", "2", "A much weaker teacher (CaiT-XXS24) still helps: its manifold DeiT-Tiny beats "
-             "the hard-distilled DeiT-Tiny of CaiT-XXS24 and of CaiT-S24, and is very close to DeiT's "
-             "RegNetY-16GF baseline",
-             (Pair(74.46, 73.86), Pair(74.46, 74.39), Pair(74.46, 74.48, "close"))),
-    ClaimDef("T3", "3", "Each term of the manifold loss contributes: the full loss (L_ci, L_cp, L_rs) beats "
-             "every leave-one-out combination",
-             (Pair(75.06, 74.62), Pair(75.06, 74.54), Pair(75.06, 74.63))),
-    ClaimDef("T4", "4", "alpha = 1, beta = 0.2 is the best choice of loss weights",
-             (Pair(75.06, 74.72), Pair(75.06, 74.90), Pair(75.06, 74.73))),
-    ClaimDef("T5", "5", "Applying the loss in the first four and last four blocks is best",
-             (Pair(75.06, 74.50), Pair(75.06, 74.30), Pair(75.06, 74.31))),
-    ClaimDef("T6-best", "6", "k = 192 randomly sampled patches is the best k",
-             (Pair(75.06, 74.62), Pair(75.06, 74.95), Pair(75.06, 74.81))),
-    ClaimDef("T6-rs-helps", "6", "L_rs contributes: every k > 0 beats k = 0",
-             (Pair(75.06, 74.62), Pair(74.95, 74.62), Pair(74.81, 74.62))),
-    ClaimDef("T7", "7", "Manifold distillation beats direct embedding transfer in the same blocks",
-             (Pair(74.46, 74.31), Pair(81.48, 81.41))),
+    ClaimDef(
+        "T2-hard",
+        "2",
+        "Manifold distillation beats hard-label distillation from the same teacher "
+        "(every teacher/student pair of Table 2)",
+        (Pair(75.06, 74.39), Pair(81.48, 81.27), Pair(74.46, 73.86), Pair(80.25, 80.11)),
+    ),
+    ClaimDef(
+        "T2-baseline",
+        "2",
+        "With CaiT-S24, manifold-distilled DeiT-Tiny and DeiT-Small outperform DeiT's "
+        "baseline (hard distillation from RegNetY-16GF), by 0.58 and 0.32 in the paper",
+        (Pair(75.06, 74.48), Pair(81.48, 81.16)),
+    ),
+    ClaimDef(
+        "T2-weak-teacher",
+        "2",
+        "A much weaker teacher (CaiT-XXS24) still helps: its manifold DeiT-Tiny beats "
+        "the hard-distilled DeiT-Tiny of CaiT-XXS24 and of CaiT-S24, and is very close to DeiT's "
+        "RegNetY-16GF baseline",
+        (Pair(74.46, 73.86), Pair(74.46, 74.39), Pair(74.46, 74.48, "close")),
+    ),
+    ClaimDef(
+        "T3",
+        "3",
+        "Each term of the manifold loss contributes: the full loss (L_ci, L_cp, L_rs) beats "
+        "every leave-one-out combination",
+        (Pair(75.06, 74.62), Pair(75.06, 74.54), Pair(75.06, 74.63)),
+    ),
+    ClaimDef(
+        "T4",
+        "4",
+        "alpha = 1, beta = 0.2 is the best choice of loss weights",
+        (Pair(75.06, 74.72), Pair(75.06, 74.90), Pair(75.06, 74.73)),
+    ),
+    ClaimDef(
+        "T5",
+        "5",
+        "Applying the loss in the first four and last four blocks is best",
+        (Pair(75.06, 74.50), Pair(75.06, 74.30), Pair(75.06, 74.31)),
+    ),
+    ClaimDef(
+        "T6-best",
+        "6",
+        "k = 192 randomly sampled patches is the best k",
+        (Pair(75.06, 74.62), Pair(75.06, 74.95), Pair(75.06, 74.81)),
+    ),
+    ClaimDef(
+        "T6-rs-helps",
+        "6",
+        "L_rs contributes: every k > 0 beats k = 0",
+        (Pair(75.06, 74.62), Pair(74.95, 74.62), Pair(74.81, 74.62)),
+    ),
+    ClaimDef(
+        "T7",
+        "7",
+        "Manifold distillation beats direct embedding transfer in the same blocks",
+        (Pair(74.46, 74.31), Pair(81.48, 81.41)),
+    ),
     # ViTKD (Yang et al., 2022): its abstract's two claims
-    ClaimDef("ViTKD", "vitkd", "ViTKD improves the student over its baseline (DeiT-T/S/B)",
-             tuple(Pair(_pick(s, "ViTKD"), _pick(s, "Baseline")) for s in _SIZES)),
-    ClaimDef("ViTKD+NKD", "vitkd", "ViTKD and logit distillation (NKD) are complementary: ViTKD + NKD beats ViTKD alone",
-             tuple(Pair(_pick(s, "ViTKD+NKD"), _pick(s, "ViTKD")) for s in _SIZES)),
+    ClaimDef(
+        "ViTKD",
+        "vitkd",
+        "ViTKD improves the student over its baseline (DeiT-T/S/B)",
+        tuple(Pair(_pick(s, "ViTKD"), _pick(s, "Baseline")) for s in _SIZES),
+    ),
+    ClaimDef(
+        "ViTKD+NKD",
+        "vitkd",
+        "ViTKD and logit distillation (NKD) are complementary: ViTKD + NKD beats ViTKD alone",
+        tuple(Pair(_pick(s, "ViTKD+NKD"), _pick(s, "ViTKD")) for s in _SIZES),
+    ),
     # DeiT (Touvron et al., 2021), Section 5.2 on its Table 5
-    ClaimDef("DeiT-hard", "deit", "Hard distillation beats soft (usual) distillation, on the class token",
-             tuple(Pair(_pick(s, "DeiT – hard distillation"), _pick(s, "DeiT – usual distillation"))
-                   for s in _SIZES)),
-    ClaimDef("DeiT-token", "deit", "The distillation token beats the class token: the distilled student's "
-             "distillation head beats its class head",
-             tuple(Pair(_pick(s, "DeiT⚗ – distil. embedding"), _pick(s, "DeiT⚗ – class embedding")) for s in _SIZES)),
-    ClaimDef("DeiT-fused", "deit", "The fused heads are best: class + distillation beats the class head and the "
-             "distillation head alone (in the paper, not at Ti: 74.5 vs 74.6)",
-             tuple(Pair(_pick(s, "DeiT⚗ – class+distillation"), _pick(s, other)) for s in _SIZES
-                   for other in ("DeiT⚗ – class embedding", "DeiT⚗ – distil. embedding"))),
+    ClaimDef(
+        "DeiT-hard",
+        "deit",
+        "Hard distillation beats soft (usual) distillation, on the class token",
+        tuple(Pair(_pick(s, "DeiT – hard distillation"), _pick(s, "DeiT – usual distillation")) for s in _SIZES),
+    ),
+    ClaimDef(
+        "DeiT-token",
+        "deit",
+        "The distillation token beats the class token: the distilled student's distillation head beats its class head",
+        tuple(Pair(_pick(s, "DeiT⚗ – distil. embedding"), _pick(s, "DeiT⚗ – class embedding")) for s in _SIZES),
+    ),
+    ClaimDef(
+        "DeiT-fused",
+        "deit",
+        "The fused heads are best: class + distillation beats the class head and the "
+        "distillation head alone (in the paper, not at Ti: 74.5 vs 74.6)",
+        tuple(
+            Pair(_pick(s, "DeiT⚗ – class+distillation"), _pick(s, other))
+            for s in _SIZES
+            for other in ("DeiT⚗ – class embedding", "DeiT⚗ – distil. embedding")
+        ),
+    ),
 )
 
 
@@ -141,8 +199,11 @@ class Comparison:
             size = f"{self.effect:+.2f}" if self.effect is not None else "?"
             if self.excludes_effect:
                 return out + f"; the interval excludes a {size} difference: this one is smaller"
-            out += (f"; a {size} difference needs {self.seeds_needed} seeds per row" if self.seeds_needed
-                    else f"; a {size} difference needs more than {stats.MAX_SEEDS} seeds per row")
+            out += (
+                f"; a {size} difference needs {self.seeds_needed} seeds per row"
+                if self.seeds_needed
+                else f"; a {size} difference needs more than {stats.MAX_SEEDS} seeds per row"
+            )
         return out
 
 
@@ -193,8 +254,9 @@ class ClaimResult:
     @property
     def open_rows(self) -> list[RowRef]:
         """The rows of the comparisons still open: where seeds would go."""
-        return list(dict.fromkeys(r for c in self.comparisons if c.outcome in ("unresolved", "untested")
-                                  for r in c.rows))
+        return list(
+            dict.fromkeys(r for c in self.comparisons if c.outcome in ("unresolved", "untested") for r in c.rows)
+        )
 
     def seeds_line(self) -> str:
         used = f"{self.seeds_used} seed{'s' if self.seeds_used != 1 else ''} per row (fewest)"
@@ -203,8 +265,10 @@ class ClaimResult:
         need = self.seeds_needed
         size = "the paper's size" if self.effect is None else f"{self.effect:g} points"
         if self.effect_excluded:
-            return (f"{used}; an interval already excludes a difference of {size}, so more seeds would narrow it "
-                    f"around a smaller one (`--effect` asks about a smaller size)")
+            return (
+                f"{used}; an interval already excludes a difference of {size}, so more seeds would narrow it "
+                f"around a smaller one (`--effect` asks about a smaller size)"
+            )
         if need is not None:
             return f"{used}; would need {need} per row to resolve a difference of {size}"
         return f"{used}; would need more than {stats.MAX_SEEDS} per row (or a spread to estimate from)"
@@ -222,12 +286,22 @@ def row_values(row: RowModel | None, metric: str = "last") -> dict[int, float]:
     return out
 
 
-def compare(a: dict[int, float], b: dict[int, float], relation: str = "beats", paper_diff: float | None = None,
-            *, test: str = "welch", level: float = stats.LEVEL, effect: float | None = None,
-            labels: tuple[str, str] = ("A", "B"), rows: tuple[RowRef, ...] = ()) -> Comparison:
+def compare(
+    a: dict[int, float],
+    b: dict[int, float],
+    relation: str = "beats",
+    paper_diff: float | None = None,
+    *,
+    test: str = "welch",
+    level: float = stats.LEVEL,
+    effect: float | None = None,
+    labels: tuple[str, str] = ("A", "B"),
+    rows: tuple[RowRef, ...] = (),
+) -> Comparison:
     """One comparison decided by the test, with the seeds an unresolved one would need."""
-    c = Comparison(labels[0], labels[1], relation, paper_diff, test=test, level=level, rows=rows,
-                   n_a=len(a), n_b=len(b))
+    c = Comparison(
+        labels[0], labels[1], relation, paper_diff, test=test, level=level, rows=rows, n_a=len(a), n_b=len(b)
+    )
     if not a or not b:
         return c
     c.diff = math.fsum(a.values()) / len(a) - math.fsum(b.values()) / len(b)
@@ -252,19 +326,23 @@ def compare(a: dict[int, float], b: dict[int, float], relation: str = "beats", p
 
 def basis(test: str = "welch", level: float = stats.LEVEL, margin: float = stats.CLOSE_MARGIN) -> str:
     """The report's statement of how claims are decided."""
-    how = ("Welch's t-test (two-sided; the rows' seeds as independent samples, unequal variances)"
-           if test == "welch" else
-           "a paired t-test (two-sided) over the seeds both rows have: a seed fixes data order, augmentation "
-           "and initialisation, so seed s of two rows saw the same batches")
-    return (f"Claims are decided on the final-epoch top-1 over seeds by {how}, at the {level:.0%} level: for each "
-            f"comparison, the mean difference A − B, its {level:.0%} confidence interval, n (seeds) per row and the "
-            f"paper's difference. A comparison supports the claim when the interval lies above 0, contradicts it "
-            f"when it lies below 0, and is unresolved when it contains 0 (\"close\": non-inferiority, the "
-            f"interval's lower end against −{margin:g} points). A claim is supported when every comparison "
-            f"supports it, contradicted when one contradicts it, else unresolved. For an unresolved comparison, the "
-            f"seeds per row needed to resolve a difference of the paper's size with {stats.POWER:.0%} power at the "
-            f"measured spread (noncentral t), unless its interval already excludes that difference (then the "
-            f"difference is smaller than the paper's, and seeds are not added for it).")
+    how = (
+        "Welch's t-test (two-sided; the rows' seeds as independent samples, unequal variances)"
+        if test == "welch"
+        else "a paired t-test (two-sided) over the seeds both rows have: a seed fixes data order, augmentation "
+        "and initialisation, so seed s of two rows saw the same batches"
+    )
+    return (
+        f"Claims are decided on the final-epoch top-1 over seeds by {how}, at the {level:.0%} level: for each "
+        f"comparison, the mean difference A − B, its {level:.0%} confidence interval, n (seeds) per row and the "
+        f"paper's difference. A comparison supports the claim when the interval lies above 0, contradicts it "
+        f'when it lies below 0, and is unresolved when it contains 0 ("close": non-inferiority, the '
+        f"interval's lower end against −{margin:g} points). A claim is supported when every comparison "
+        f"supports it, contradicted when one contradicts it, else unresolved. For an unresolved comparison, the "
+        f"seeds per row needed to resolve a difference of the paper's size with {stats.POWER:.0%} power at the "
+        f"measured spread (noncentral t), unless its interval already excludes that difference (then the "
+        f"difference is smaller than the paper's, and seeds are not added for it)."
+    )
 
 
 def verdict(outcomes: list[str]) -> str:
@@ -313,8 +391,15 @@ def row_label(table: TableModel, row: RowModel) -> str:
     return " · ".join(parts) if parts else f"row {row.index + 1}"
 
 
-def check(claim: ClaimDef, table: TableModel, metric: str = "last", *, test: str = "welch",
-          level: float = stats.LEVEL, effect: float | None = None) -> ClaimResult:
+def check(
+    claim: ClaimDef,
+    table: TableModel,
+    metric: str = "last",
+    *,
+    test: str = "welch",
+    level: float = stats.LEVEL,
+    effect: float | None = None,
+) -> ClaimResult:
     comps, absent = [], []
     for p in claim.pairs:
         ra, rb = find_row(table, p.a), find_row(table, p.b)
@@ -327,21 +412,45 @@ def check(claim: ClaimDef, table: TableModel, metric: str = "last", *, test: str
         if isinstance(p.a, (int, float)):
             paper = round(p.a - p.b, 2)
         else:
-            paper = round(ra.paper_acc1 - rb.paper_acc1, 2) if ra and rb and ra.paper_acc1 is not None \
-                and rb.paper_acc1 is not None else None
-        comps.append(compare(row_values(ra, metric), row_values(rb, metric), p.relation, paper,
-                             test=test, level=level, effect=effect, labels=(la, lb), rows=rows))
+            paper = (
+                round(ra.paper_acc1 - rb.paper_acc1, 2)
+                if ra and rb and ra.paper_acc1 is not None and rb.paper_acc1 is not None
+                else None
+            )
+        comps.append(
+            compare(
+                row_values(ra, metric),
+                row_values(rb, metric),
+                p.relation,
+                paper,
+                test=test,
+                level=level,
+                effect=effect,
+                labels=(la, lb),
+                rows=rows,
+            )
+        )
     note = f"not in this grid's table, so not compared: {'; '.join(absent)}" if absent else ""
-    return ClaimResult(claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, note=note,
-                       effect=effect)
+    return ClaimResult(
+        claim.id, claim.table, claim.text, verdict([c.outcome for c in comps]), comps, note=note, effect=effect
+    )
 
 
-def check_all(tables: list[TableModel], metric: str = "last", *, test: str = "welch", level: float = stats.LEVEL,
-              effect: float | None = None) -> list[ClaimResult]:
+def check_all(
+    tables: list[TableModel],
+    metric: str = "last",
+    *,
+    test: str = "welch",
+    level: float = stats.LEVEL,
+    effect: float | None = None,
+) -> list[ClaimResult]:
     """The claims whose table is in this report."""
     by_table = {t.table: t for t in tables}
-    return [check(c, by_table[c.table], metric, test=test, level=level, effect=effect)
-            for c in CLAIMS if c.table in by_table]
+    return [
+        check(c, by_table[c.table], metric, test=test, level=level, effect=effect)
+        for c in CLAIMS
+        if c.table in by_table
+    ]
 
 
 # ---- Figure 4 ------------------------------------------------------------------------------------
@@ -354,14 +463,22 @@ class Curve:
     seeds: int  # seeds with any point
 
 
-def figure4_claim(curves: dict[str, Curve], fig4: TableModel | None = None, *, test: str = "welch",
-                  level: float = stats.LEVEL, effect: float | None = None) -> ClaimResult:
+def figure4_claim(
+    curves: dict[str, Curve],
+    fig4: TableModel | None = None,
+    *,
+    test: str = "welch",
+    level: float = stats.LEVEL,
+    effect: float | None = None,
+) -> ClaimResult:
     """'[The manifold curve] surpasses the DeiT baselines at different training epochs': the manifold
     row's final epoch against each baseline's by the test, and (a note) at how many of the epochs all
     three curves reached the manifold mean is above both. More below than above makes a supported
     final-epoch test read as contradicted: the claim is about the curves."""
-    text = ("The manifold-distilled DeiT-Tiny is above both DeiT baselines (no distillation, hard "
-            "distillation) across training epochs")
+    text = (
+        "The manifold-distilled DeiT-Tiny is above both DeiT baselines (no distillation, hard "
+        "distillation) across training epochs"
+    )
     need = ("manifold", "none", "hard")
     rows = {r.curve: r for r in fig4.rows} if fig4 is not None else {}
     if any(n not in curves or not curves[n].epochs for n in need) or any(n not in rows for n in need):
@@ -375,14 +492,29 @@ def figure4_claim(curves: dict[str, Curve], fig4: TableModel | None = None, *, t
     m = rows["manifold"]
     for other in ("none", "hard"):
         o = rows[other]
-        paper = round(m.paper_acc1 - o.paper_acc1, 2) if m.paper_acc1 is not None and o.paper_acc1 is not None \
-            else None
-        comps.append(compare(row_values(m), row_values(o), "beats", paper, test=test, level=level, effect=effect,
-                             labels=("manifold (final epoch)", f"{other} (final epoch)"),
-                             rows=(("fig4", m.index), ("fig4", o.index))))
-    result = ClaimResult("F4", "fig4", text, verdict([c.outcome for c in comps]), comps,
-                         note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached",
-                         effect=effect)
+        paper = round(m.paper_acc1 - o.paper_acc1, 2) if m.paper_acc1 is not None and o.paper_acc1 is not None else None
+        comps.append(
+            compare(
+                row_values(m),
+                row_values(o),
+                "beats",
+                paper,
+                test=test,
+                level=level,
+                effect=effect,
+                labels=("manifold (final epoch)", f"{other} (final epoch)"),
+                rows=(("fig4", m.index), ("fig4", o.index)),
+            )
+        )
+    result = ClaimResult(
+        "F4",
+        "fig4",
+        text,
+        verdict([c.outcome for c in comps]),
+        comps,
+        note=f"manifold is above both baselines at {above} of the {len(common)} epochs all three reached",
+        effect=effect,
+    )
     if above * 2 < len(common) and result.verdict == SUPPORTED:
         result.verdict = CONTRADICTED
     return result

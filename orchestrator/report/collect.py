@@ -5,17 +5,18 @@ history of `val.top1` is fetched only for the runs Figure 4 draws. Nothing else 
 directory, not checkpoints. A missing store, or a SQLite file that does not exist yet, reads as empty
 (and is not created).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from trainer import tracking
 
 # MLflow run status -> what the report calls it
-_STATUS = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed",
-           "KILLED": "killed"}
+_STATUS = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "killed"}
 
 
 @dataclass
@@ -70,9 +71,9 @@ def store_absent(uri: str) -> bool:
     """A local store (SQLite file, file: folder, bare path) that does not exist yet: empty, and reading it
     must not create it."""
     if uri.startswith("sqlite:///"):
-        local = uri[len("sqlite:///"):]
+        local = uri[len("sqlite:///") :]
     elif uri.startswith("file:"):
-        local = uri[len("file:"):].removeprefix("//")
+        local = uri[len("file:") :].removeprefix("//")
     elif "://" not in uri:
         local = uri
     else:
@@ -109,19 +110,17 @@ def result_of(run, planned_epochs: int | None = None) -> RunResult:
         reason=data.tags.get(tracking.FAILURE),
         updated_ms=updated,
         tags=dict(data.tags),
-        protocol={k[len("protocol."):]: v for k, v in data.params.items() if k.startswith("protocol.")},
+        protocol={k[len("protocol.") :]: v for k, v in data.params.items() if k.startswith("protocol.")},
         heads={k: v for k, v in metrics.items() if k.endswith(("_cls_top1", "_dist_top1"))},
     )
 
 
-def collect(scale: str, tracking_uri: str, planned: dict[str, int | None],
-            histories: Iterable[str] = ()) -> Collected:
+def collect(scale: str, tracking_uri: str, planned: dict[str, int | None], histories: Iterable[str] = ()) -> Collected:
     """Results of the planned hashes ({hash: planned epochs}) in `scale`'s experiment.
 
     `histories`: hashes whose `val.top1` history (Figure 4's curves) is fetched too.
     """
-    out = Collected(uri=tracking_uri, scale=scale, results={h: RunResult(hash=h, epochs=e)
-                                                            for h, e in planned.items()})
+    out = Collected(uri=tracking_uri, scale=scale, results={h: RunResult(hash=h, epochs=e) for h, e in planned.items()})
     if store_absent(tracking_uri):
         return out
     try:

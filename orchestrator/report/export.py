@@ -4,6 +4,7 @@
 `--format json` prints the tables with their rows, the claims and the counts. The grid's MLflow run gets
 the same per table (tables/table3.csv, and tables/table3.json through mlflow.log_table).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,18 @@ def table_records(t: TableModel) -> list[dict[str, Any]]:
         rec["paper_acc1"] = r.paper_acc1
         rec.update(_stat(r.last, "top1_last"))
         rec.update(_stat(r.best, "top1_best"))
-        rec.update({"delta_last_paper": r.delta, "rank_grid": r.rank_grid, "rank_paper": r.rank_paper,
-                    "seeds_done": r.seeds_done, "seeds_planned": len(r.runs), "complete": r.complete,
-                    "status": r.status, "run_ids": " ".join(x.run_id or "-" for x in r.runs)})
+        rec.update(
+            {
+                "delta_last_paper": r.delta,
+                "rank_grid": r.rank_grid,
+                "rank_paper": r.rank_paper,
+                "seeds_done": r.seeds_done,
+                "seeds_planned": len(r.runs),
+                "complete": r.complete,
+                "status": r.status,
+                "run_ids": " ".join(x.run_id or "-" for x in r.runs),
+            }
+        )
         if t.has_teacher_acc:
             rec["teacher_acc1_paper"] = r.teacher_paper
             rec["teacher_acc1_grid"] = r.teacher_grid.mean if r.teacher_grid else None
@@ -63,10 +73,21 @@ def to_csv(report: Report) -> str:
 
 
 def to_json(report: Report) -> str:
-    return json.dumps({
-        "scale": report.scale, "recipe": report.recipe, "seeds": report.seeds, "generated": report.generated,
-        "counts": dict(report.counts), "complete": report.complete, "command": report.command,
-        "tables": [{"table": t.table, "heading": t.heading, "rows": table_records(t)} for t in all_tables(report)],
-        "claims": [{"id": c.id, "table": c.table, "claim": c.text, "verdict": c.verdict, "note": c.note}
-                   for c in report.claims],
-    }, indent=1, default=str)
+    return json.dumps(
+        {
+            "scale": report.scale,
+            "recipe": report.recipe,
+            "seeds": report.seeds,
+            "generated": report.generated,
+            "counts": dict(report.counts),
+            "complete": report.complete,
+            "command": report.command,
+            "tables": [{"table": t.table, "heading": t.heading, "rows": table_records(t)} for t in all_tables(report)],
+            "claims": [
+                {"id": c.id, "table": c.table, "claim": c.text, "verdict": c.verdict, "note": c.note}
+                for c in report.claims
+            ],
+        },
+        indent=1,
+        default=str,
+    )

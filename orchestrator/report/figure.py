@@ -1,6 +1,7 @@
 """Figure 4: top-1 per epoch for DeiT-Tiny without distillation, with hard and with manifold distillation,
 from the MLflow history of `val.top1` (mean over seeds, with a ±1 std band where several seeds reached
 an epoch). Drawn with matplotlib's Agg backend to PNG bytes."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,11 @@ import statistics
 from orchestrator.report.claims import Curve
 from orchestrator.report.tables import TableModel
 
-LABELS = {"none": "DeiT-Tiny, no distillation", "hard": "DeiT-Tiny, hard distillation",
-          "manifold": "DeiT-Tiny, manifold distillation (ours)"}
+LABELS = {
+    "none": "DeiT-Tiny, no distillation",
+    "hard": "DeiT-Tiny, hard distillation",
+    "manifold": "DeiT-Tiny, manifold distillation (ours)",
+}
 COLORS = {"none": "#7f7f7f", "hard": "#1f77b4", "manifold": "#d62728"}
 
 
@@ -27,10 +31,13 @@ def build_curves(table: TableModel) -> dict[str, Curve]:
                 for epoch, value in r.history:
                     per_epoch.setdefault(epoch, []).append(value)
         epochs = sorted(per_epoch)
-        out[name] = Curve(name=name, epochs=epochs,
-                          mean=[statistics.fmean(per_epoch[e]) for e in epochs],
-                          std=[statistics.stdev(per_epoch[e]) if len(per_epoch[e]) > 1 else None for e in epochs],
-                          seeds=seeds)
+        out[name] = Curve(
+            name=name,
+            epochs=epochs,
+            mean=[statistics.fmean(per_epoch[e]) for e in epochs],
+            std=[statistics.stdev(per_epoch[e]) if len(per_epoch[e]) > 1 else None for e in epochs],
+            seeds=seeds,
+        )
     return out
 
 
@@ -38,8 +45,9 @@ def has_data(curves: dict[str, Curve]) -> bool:
     return any(c.epochs for c in curves.values())
 
 
-def plot(curves: dict[str, Curve], title: str = "Figure 4", dpi: int = 110,
-         paper_final: dict[str, float] | None = None) -> bytes:
+def plot(
+    curves: dict[str, Curve], title: str = "Figure 4", dpi: int = 110, paper_final: dict[str, float] | None = None
+) -> bytes:
     """The figure as PNG bytes. `paper_final`: the paper's final top-1 per curve, drawn as dotted lines
     (only where the numbers are comparable: the paper's own scale)."""
     import matplotlib
@@ -56,12 +64,17 @@ def plot(curves: dict[str, Curve], title: str = "Figure 4", dpi: int = 110,
             continue
         color = COLORS.get(name)
         label = f"{LABELS.get(name, name)} ({c.seeds} seed{'s' if c.seeds != 1 else ''})"
-        ax.plot(c.epochs, c.mean, marker="o" if len(c.epochs) < 30 else None, ms=3, lw=1.6, color=color,
-                label=label)
+        ax.plot(c.epochs, c.mean, marker="o" if len(c.epochs) < 30 else None, ms=3, lw=1.6, color=color, label=label)
         band = [(e, m, s) for e, m, s in zip(c.epochs, c.mean, c.std) if s is not None]
         if band:
-            ax.fill_between([e for e, _, _ in band], [m - s for _, m, s in band], [m + s for _, m, s in band],
-                            color=color, alpha=0.18, lw=0)
+            ax.fill_between(
+                [e for e, _, _ in band],
+                [m - s for _, m, s in band],
+                [m + s for _, m, s in band],
+                color=color,
+                alpha=0.18,
+                lw=0,
+            )
         if paper_final and name in paper_final:
             ax.axhline(paper_final[name], color=color, ls=":", lw=1, label=f"paper, final: {paper_final[name]:g}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

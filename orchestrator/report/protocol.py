@@ -3,10 +3,11 @@
 Computed from what the runs logged (`protocol.*` params, trainer/protocol.py), not from the scale's name: a
 `--scale paper` run with one epoch and 16 images is an analog, and says so. Pure: no MLflow here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,7 @@ PAPER: tuple[Setting, ...] = (
     Setting("img_size", "image size", "224", "paper §4.2: 224×224"),
     Setting("train_images", "train images", "1281167", "ILSVRC-2012 train (paper §4.1: over 1.2 million)"),
     Setting("val_images", "val images", "50000", "ILSVRC-2012 val (paper §4.1: 50,000)"),
-    Setting("precision", "precision", "fp16 AMP", "DeiT main.py (torch.cuda.amp; V100s have no bf16)",
-            blocking=False),
+    Setting("precision", "precision", "fp16 AMP", "DeiT main.py (torch.cuda.amp; V100s have no bf16)", blocking=False),
 )
 
 
@@ -41,8 +41,9 @@ def _fmt(key: str, value: str) -> str:
         return value
 
 
-def deviations(protocols: Iterable[Mapping[str, str]], paper: tuple[Setting, ...] = PAPER
-               ) -> tuple[list[str], list[str], int]:
+def deviations(
+    protocols: Iterable[Mapping[str, str]], paper: tuple[Setting, ...] = PAPER
+) -> tuple[list[str], list[str], int]:
     """(blocking deviations, notes, runs read) over the runs' logged protocols.
 
     Each deviation reads "epochs 1 vs 300"; a setting that differs between runs lists their values
@@ -60,14 +61,24 @@ def deviations(protocols: Iterable[Mapping[str, str]], paper: tuple[Setting, ...
         shown = ", ".join(_fmt(s.key, v) if v is not None else "not logged" for v in seen)
         (blocking if s.blocking else notes).append(f"{s.label} {shown} vs {_fmt(s.key, s.paper)}")
     how = sorted({(p.get("world_size", "?"), p.get("accumulation", "?")) for p in protocols})
-    notes.append("trained as " + "; ".join(f"{w} device(s) × accumulation {a}" for w, a in how)
-                 + " (the global batch is what the optimiser sees; the split does not change the run)")
-    teachers = sorted({(p.get("teacher_source"), p.get("teacher_weights"), p.get("teacher_sha256"))
-                       for p in protocols if p.get("teacher_source")})
+    notes.append(
+        "trained as "
+        + "; ".join(f"{w} device(s) × accumulation {a}" for w, a in how)
+        + " (the global batch is what the optimiser sees; the split does not change the run)"
+    )
+    teachers = sorted(
+        {
+            (p.get("teacher_source"), p.get("teacher_weights"), p.get("teacher_sha256"))
+            for p in protocols
+            if p.get("teacher_source")
+        }
+    )
     for src, weights, sha in teachers:
         if src != "hub":
-            notes.append(f"teacher weights from {src} {weights} (sha256 {str(sha)[:12]}), not timm's hub weights "
-                         "the paper quotes")
+            notes.append(
+                f"teacher weights from {src} {weights} (sha256 {str(sha)[:12]}), not timm's hub weights "
+                "the paper quotes"
+            )
     return blocking, notes, len(protocols)
 
 
@@ -77,5 +88,4 @@ def banner(protocols: Iterable[Mapping[str, str]]) -> tuple[bool, str]:
     tail = f" Noted: {'; '.join(notes)}." if notes else ""
     if not blocking:
         return True, f"The {n} finished run(s) followed the paper's protocol.{tail}"
-    return False, (f"Deviations from the paper's protocol in the {n} finished run(s): {'; '.join(blocking)}."
-                   f"{tail}")
+    return False, (f"Deviations from the paper's protocol in the {n} finished run(s): {'; '.join(blocking)}.{tail}")

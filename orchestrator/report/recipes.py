@@ -6,6 +6,7 @@ recipe's full report as a section. Runs shared by the recipes
 (no distillation, hard distillation, the teachers) have the same content hash under each, so they are
 the same MLflow runs: trained once, shown in every section.
 """
+
 from __future__ import annotations
 
 import sys
@@ -67,16 +68,18 @@ def rows_by_recipe(reports: dict[str, Report]) -> list[str]:
     out = []
     for i, table in enumerate(reports[names[0]].tables):
         per = [reports[n].tables[i] if i < len(reports[n].tables) else None for n in names]
-        out += [f"### {table.heading}", "",
-                "| row | " + " | ".join(f"`{n}`" for n in names) + " | paper | runs |",
-                "|---|" + "---|" * (len(names) + 2)]
+        out += [
+            f"### {table.heading}",
+            "",
+            "| row | " + " | ".join(f"`{n}`" for n in names) + " | paper | runs |",
+            "|---|" + "---|" * (len(names) + 2),
+        ]
         for j, row in enumerate(table.rows):
             rows = [t.rows[j] if t is not None and j < len(t.rows) else None for t in per]
             cells = [acc_cell(r)[0] if r is not None else "" for r in rows]
             shared = shared_label(names, rows)
             paper = f"{row.paper_acc1:.2f}" if row.paper_acc1 is not None else ""
-            out.append("| " + " | ".join(md_escape(c) for c in [row_label(table, row), *cells, paper, shared])
-                       + " |")
+            out.append("| " + " | ".join(md_escape(c) for c in [row_label(table, row), *cells, paper, shared]) + " |")
         out.append("")
     return out
 
@@ -86,20 +89,33 @@ def markdown(reports: dict[str, Report], figures: dict[str, str] | None = None) 
 
     names = list(reports)
     first = reports[names[0]]
-    out = [f"# kdgrid report — scale `{first.scale}`, recipes {', '.join(f'`{n}`' for n in names)}, "
-           f"{first.seeds} seed{'s' if first.seeds != 1 else ''}", "",
-           f"> {first.scale_note}", "",
-           f"MLflow store: `{first.uri}` · generated {first.generated}", "",
-           "## Claims by recipe", "", render.claim_basis(first), "",
-           "| claim | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    out = [
+        f"# kdgrid report — scale `{first.scale}`, recipes {', '.join(f'`{n}`' for n in names)}, "
+        f"{first.seeds} seed{'s' if first.seeds != 1 else ''}",
+        "",
+        f"> {first.scale_note}",
+        "",
+        f"MLflow store: `{first.uri}` · generated {first.generated}",
+        "",
+        "## Claims by recipe",
+        "",
+        render.claim_basis(first),
+        "",
+        "| claim | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     ids = list(dict.fromkeys(c.id for r in reports.values() for c in r.claims))
     for cid in ids:
         out.append(f"| {cid} | " + " | ".join(_cell(reports[n], cid) for n in names) + " |")
     out.append("")
     if first.fig4 is not None:
         curves = [r.curve or r.key for r in first.fig4.rows]
-        out += ["## Figure 4's rows by recipe (final-epoch top-1, mean ± std over seeds)", "",
-                "| recipe | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+        out += [
+            "## Figure 4's rows by recipe (final-epoch top-1, mean ± std over seeds)",
+            "",
+            "| recipe | " + " | ".join(curves) + " |",
+            "|---|" + "---|" * len(curves),
+        ]
         for n in names:
             out.append(f"| `{n}` | " + " | ".join(_fig4_rows(reports[n])) + " |")
         paper = [f"{r.paper_acc1:g}" if r.paper_acc1 is not None else "" for r in first.fig4.rows]
@@ -120,8 +136,11 @@ def cmd_report_recipes(args, names: list[str], uri: str) -> int:
     from orchestrator.report.build import build_report
 
     if args.format != "md":
-        print(f"error: --format {args.format}: several recipes are reported side by side in Markdown only "
-              "(report one recipe at a time for LaTeX or HTML)", file=sys.stderr)
+        print(
+            f"error: --format {args.format}: several recipes are reported side by side in Markdown only "
+            "(report one recipe at a time for LaTeX or HTML)",
+            file=sys.stderr,
+        )
         return 2
     reports = {}
     for n in names:
@@ -146,6 +165,9 @@ def cmd_report_recipes(args, names: list[str], uri: str) -> int:
         sys.stdout.write(markdown(reports))
     missing = {n: r for n, r in reports.items() if not r.complete}
     for n, r in missing.items():
-        print(f"recipe {n}: {r.total - r.counts.get('finished', 0)} of {r.total} planned runs have no final result "
-              f"yet; to train them:\n  {r.command}", file=sys.stderr if not args.out else sys.stdout)
+        print(
+            f"recipe {n}: {r.total - r.counts.get('finished', 0)} of {r.total} planned runs have no final result "
+            f"yet; to train them:\n  {r.command}",
+            file=sys.stderr if not args.out else sys.stdout,
+        )
     return 0

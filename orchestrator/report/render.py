@@ -1,6 +1,7 @@
 """Render a Report as Markdown (the terminal), LaTeX (a standalone document) or HTML (one self-contained
 page: the tables, Figure 4 inlined as base64 PNG, the claims). Every format shows the same cells, built
 once by `grid()`."""
+
 from __future__ import annotations
 
 import base64
@@ -11,6 +12,7 @@ from orchestrator.report.claims import ClaimResult
 from orchestrator.report.claims import basis as claims_basis
 from orchestrator.report.figure import LABELS
 from orchestrator.report.tables import RowModel, TableModel
+
 
 def claim_basis(report: Report) -> str:
     return claims_basis(report.test, report.level)
@@ -57,8 +59,18 @@ def grid(t: TableModel) -> Grid:
         numeric = set(range(len(cells) - 7, len(cells) - 1))
         if teacher_at is not None:
             numeric |= {teacher_at, teacher_at + 1}
-        classes.append(["runs" if j == len(cells) - 1 else "" if j not in numeric or not c
-                        else "num" if c[:1].isdigit() or c[:1] in "+-" else "state" for j, c in enumerate(cells)])
+        classes.append(
+            [
+                "runs"
+                if j == len(cells) - 1
+                else ""
+                if j not in numeric or not c
+                else "num"
+                if c[:1].isdigit() or c[:1] in "+-"
+                else "state"
+                for j, c in enumerate(cells)
+            ]
+        )
         if r.last is not None and not r.complete:
             notes.append(f"* row {i}: mean over {r.seeds_done} of {len(r.runs)} seeds; " + "; ".join(r.notes))
         elif r.notes != r.short_notes:  # the reasons runs failed, which the cell leaves out
@@ -106,11 +118,13 @@ def md_escape(s: str) -> str:
 
 
 def markdown(report: Report, figure_path: str | None = None) -> str:
-    out = [f"# kdgrid report — scale `{report.scale}`, recipe `{report.recipe}`, "
-           f"{report.seeds} seed{'s' if report.seeds != 1 else ''}", ""]
+    out = [
+        f"# kdgrid report — scale `{report.scale}`, recipe `{report.recipe}`, "
+        f"{report.seeds} seed{'s' if report.seeds != 1 else ''}",
+        "",
+    ]
     out += [f"> **{'Comparable with the paper' if report.comparable else 'Analog numbers'}.** {report.scale_note}", ""]
-    out += [f"MLflow store: `{report.uri}` · generated {report.generated}", "",
-            f"**{report.summary()}.**", ""]
+    out += [f"MLflow store: `{report.uri}` · generated {report.generated}", "", f"**{report.summary()}.**", ""]
     if report.error:
         out += [f"**The store could not be read:** {report.error}", ""]
     if not report.complete:
@@ -150,11 +164,34 @@ def _where(c: ClaimResult) -> str:
 
 
 # ---- LaTeX ---------------------------------------------------------------------------------------
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-        "±": r"$\pm$", "Δ": r"$\Delta$", "α": r"$\alpha$", "β": r"$\beta$", "→": r"$\rightarrow$",
-        "≈": r"$\approx$", "≥": r"$\geq$", "×": r"$\times$", "·": r"$\cdot$", "−": "--", "–": "--", "—": "---",
-        "*": r"$^{*}$", "'": "'", "<": r"$<$", ">": r"$>$"}
+_TEX = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "→": r"$\rightarrow$",
+    "≈": r"$\approx$",
+    "≥": r"$\geq$",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "−": "--",
+    "–": "--",
+    "—": "---",
+    "*": r"$^{*}$",
+    "'": "'",
+    "<": r"$<$",
+    ">": r"$>$",
+}
 
 
 def tex(s: str) -> str:
@@ -167,30 +204,39 @@ def tex_tt(s: str) -> str:
 
 
 def latex(report: Report, figure_path: str | None = None) -> str:
-    out = [r"\documentclass[10pt]{article}", r"\usepackage[margin=1.5cm,landscape]{geometry}",
-           r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[T1]{fontenc}",
-           r"\usepackage[utf8]{inputenc}",
-           # a table wider than the page is scaled down to fit; narrower ones keep their size
-           r"\newsavebox{\fitbox}",
-           r"\newcommand{\fit}[1]{\sbox{\fitbox}{#1}\ifdim\wd\fitbox>\linewidth"
-           r"\resizebox{\linewidth}{!}{\usebox{\fitbox}}\else\usebox{\fitbox}\fi}",
-           r"\begin{document}",
-           rf"\section*{{kdgrid report --- scale \texttt{{{tex(report.scale)}}}, recipe "
-           rf"\texttt{{{tex(report.recipe)}}}, {report.seeds} seed{'s' if report.seeds != 1 else ''}}}",
-           rf"\noindent\textbf{{{'Comparable with the paper' if report.comparable else 'Analog numbers'}.}} "
-           f"{tex(report.scale_note)}\\par\\medskip",
-           rf"\noindent\raggedright MLflow store: {tex_tt(report.uri)}, generated {tex(report.generated)}. "
-           f"{tex(report.summary())}.\\par"]
+    out = [
+        r"\documentclass[10pt]{article}",
+        r"\usepackage[margin=1.5cm,landscape]{geometry}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"\usepackage[T1]{fontenc}",
+        r"\usepackage[utf8]{inputenc}",
+        # a table wider than the page is scaled down to fit; narrower ones keep their size
+        r"\newsavebox{\fitbox}",
+        r"\newcommand{\fit}[1]{\sbox{\fitbox}{#1}\ifdim\wd\fitbox>\linewidth"
+        r"\resizebox{\linewidth}{!}{\usebox{\fitbox}}\else\usebox{\fitbox}\fi}",
+        r"\begin{document}",
+        rf"\section*{{kdgrid report --- scale \texttt{{{tex(report.scale)}}}, recipe "
+        rf"\texttt{{{tex(report.recipe)}}}, {report.seeds} seed{'s' if report.seeds != 1 else ''}}}",
+        rf"\noindent\textbf{{{'Comparable with the paper' if report.comparable else 'Analog numbers'}.}} "
+        f"{tex(report.scale_note)}\\par\\medskip",
+        rf"\noindent\raggedright MLflow store: {tex_tt(report.uri)}, generated {tex(report.generated)}. "
+        f"{tex(report.summary())}.\\par",
+    ]
     if report.error:
         out.append(rf"\noindent\textbf{{The store could not be read:}} {tex(report.error)}\par")
     if not report.complete:
         out.append(rf"\noindent To train what is missing: {tex_tt(report.command)}\par")
     for t in report.tables:
         g = grid(t)
-        out += [r"\begin{table}[htbp]\centering\scriptsize\setlength{\tabcolsep}{3pt}",
-                rf"{{\normalsize\textbf{{{tex(t.heading)}}}}}\\[2pt] \emph{{{tex(t.caption)}}}\par\medskip",
-                r"\fit{\begin{tabular}{" + "l" * len(g.headers) + "}", r"\toprule",
-                " & ".join(rf"\textbf{{{tex(h)}}}" for h in g.headers) + r" \\", r"\midrule"]
+        out += [
+            r"\begin{table}[htbp]\centering\scriptsize\setlength{\tabcolsep}{3pt}",
+            rf"{{\normalsize\textbf{{{tex(t.heading)}}}}}\\[2pt] \emph{{{tex(t.caption)}}}\par\medskip",
+            r"\fit{\begin{tabular}{" + "l" * len(g.headers) + "}",
+            r"\toprule",
+            " & ".join(rf"\textbf{{{tex(h)}}}" for h in g.headers) + r" \\",
+            r"\midrule",
+        ]
         out += [" & ".join(tex(c) for c in row) + r" \\" for row in g.rows]
         out += [r"\bottomrule", r"\end{tabular}}"]
         if g.notes:
@@ -201,13 +247,18 @@ def latex(report: Report, figure_path: str | None = None) -> str:
         out.append(rf"{{\normalsize\textbf{{{tex(report.fig4.heading)}}}}}\par\medskip")
         if figure_path:
             out.append(rf"\includegraphics[width=0.6\linewidth]{{{figure_path}}}\par")
-        out.append(r"\begin{minipage}{0.8\linewidth}\small\raggedright "
-                   + r"\\ ".join(tex(line) for line in curve_lines(report)) + r"\end{minipage}")
+        out.append(
+            r"\begin{minipage}{0.8\linewidth}\small\raggedright "
+            + r"\\ ".join(tex(line) for line in curve_lines(report))
+            + r"\end{minipage}"
+        )
         out.append(r"\end{figure}")
     if report.claims:
         out += [r"\section*{Claims}", tex(claim_basis(report)), r"\begin{itemize}"]
         for c in report.claims:
-            out.append(rf"\item \textbf{{{tex(c.id)}}} ({tex(_where(c))}) {tex(c.text)} --- \textbf{{{tex(c.verdict)}}}")
+            out.append(
+                rf"\item \textbf{{{tex(c.id)}}} ({tex(_where(c))}) {tex(c.text)} --- \textbf{{{tex(c.verdict)}}}"
+            )
             lines = _claim_lines(c)
             if lines:
                 out += [r"\begin{itemize}"] + [rf"\item {tex(line)}" for line in lines] + [r"\end{itemize}"]
@@ -286,6 +337,12 @@ def html(report: Report) -> str:
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     png = report.figure_png()
     return env.from_string(_HTML).render(
-        r=report, tables=[(t, grid(t)) for t in report.tables], curves=curve_lines(report),
-        png=base64.b64encode(png).decode() if png else None, basis=claim_basis(report), where=_where,
-        claim_lines=_claim_lines, zip=zip)
+        r=report,
+        tables=[(t, grid(t)) for t in report.tables],
+        curves=curve_lines(report),
+        png=base64.b64encode(png).decode() if png else None,
+        basis=claim_basis(report),
+        where=_where,
+        claim_lines=_claim_lines,
+        zip=zip,
+    )

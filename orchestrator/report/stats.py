@@ -21,11 +21,12 @@ distribution under that difference is a noncentral t (scipy.stats.nct) with nonc
 effect / se(n) and the test's degrees of freedom at n seeds; `normal_seeds` is the textbook normal
 approximation, a lower bound, kept to check it against.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 LEVEL = 0.95
 POWER = 0.80
@@ -52,9 +53,15 @@ def _values(x: Mapping[int, float] | Sequence[float]) -> dict[int, float]:
     return dict(x) if isinstance(x, Mapping) else dict(enumerate(x))
 
 
-def decide(a: Mapping[int, float] | Sequence[float], b: Mapping[int, float] | Sequence[float],
-           relation: str = "beats", *, test: str = "welch", level: float = LEVEL,
-           margin: float = CLOSE_MARGIN) -> Decision | None:
+def decide(
+    a: Mapping[int, float] | Sequence[float],
+    b: Mapping[int, float] | Sequence[float],
+    relation: str = "beats",
+    *,
+    test: str = "welch",
+    level: float = LEVEL,
+    margin: float = CLOSE_MARGIN,
+) -> Decision | None:
     """The test of one comparison, on {seed: top-1} (or plain lists: seeds 0..n-1) of rows A and B.
     None when it cannot be run: fewer than two seeds in a row (paired: in common)."""
     from scipy import stats
@@ -106,16 +113,26 @@ def _std(x: Sequence[float]) -> float:
 
 def welch_se_df(s_a: float, n_a: int, s_b: float, n_b: int) -> tuple[float, float]:
     """Standard error of mean(A) - mean(B) and the Welch-Satterthwaite degrees of freedom."""
-    va, vb = s_a ** 2 / n_a, s_b ** 2 / n_b
+    va, vb = s_a**2 / n_a, s_b**2 / n_b
     se = math.sqrt(va + vb)
     if se == 0:
         return 0.0, float(n_a + n_b - 2)
-    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
     return se, df
 
 
-def power_at(n: int, effect: float, s_a: float, s_b: float, *, test: str = "welch", s_d: float | None = None,
-             relation: str = "beats", level: float = LEVEL, margin: float = CLOSE_MARGIN) -> float:
+def power_at(
+    n: int,
+    effect: float,
+    s_a: float,
+    s_b: float,
+    *,
+    test: str = "welch",
+    s_d: float | None = None,
+    relation: str = "beats",
+    level: float = LEVEL,
+    margin: float = CLOSE_MARGIN,
+) -> float:
     """Probability that the test at n seeds per row resolves a true difference `effect` in the claimed
     direction (noncentral t). Paired: `s_d` is the spread of the per-seed differences."""
     from scipy import stats
@@ -134,16 +151,25 @@ def power_at(n: int, effect: float, s_a: float, s_b: float, *, test: str = "welc
     return float(stats.nct.sf(tc, df, ncp))  # the interval clears the bound on the claimed side
 
 
-def seeds_needed(effect: float, s_a: float, s_b: float, *, test: str = "welch", s_d: float | None = None,
-                 relation: str = "beats", level: float = LEVEL, power: float = POWER,
-                 margin: float = CLOSE_MARGIN, max_seeds: int = MAX_SEEDS) -> int | None:
+def seeds_needed(
+    effect: float,
+    s_a: float,
+    s_b: float,
+    *,
+    test: str = "welch",
+    s_d: float | None = None,
+    relation: str = "beats",
+    level: float = LEVEL,
+    power: float = POWER,
+    margin: float = CLOSE_MARGIN,
+    max_seeds: int = MAX_SEEDS,
+) -> int | None:
     """Smallest n >= 2 seeds per row with power_at(n) >= power; None when more than max_seeds would be."""
     if effect == 0 and relation != "close":
         return None
 
     def ok(n: int) -> bool:
-        return power_at(n, effect, s_a, s_b, test=test, s_d=s_d, relation=relation, level=level,
-                        margin=margin) >= power
+        return power_at(n, effect, s_a, s_b, test=test, s_d=s_d, relation=relation, level=level, margin=margin) >= power
 
     if ok(2):
         return 2
@@ -162,4 +188,4 @@ def normal_seeds(effect: float, s_a: float, s_b: float, *, level: float = LEVEL,
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf
-    return (z(1 - (1 - level) / 2) + z(power)) ** 2 * (s_a ** 2 + s_b ** 2) / effect ** 2
+    return (z(1 - (1 - level) / 2) + z(power)) ** 2 * (s_a**2 + s_b**2) / effect**2

@@ -4,13 +4,15 @@ Each row keeps the paper's printed cells and Acc1 beside this grid's numbers ove
 final-epoch (`last_top1`) and best-epoch (`best_top1`) top-1 as mean ± sample std, the difference to the
 paper, how many seeds finished, the run ids, and, where a seed has no number yet, what it is doing instead.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from orchestrator.report.collect import RunResult
 
@@ -138,8 +140,7 @@ def _norm(s: Any) -> str:
     return "".join(str(s).lower().split())
 
 
-def run_status_text(r: RunResult, deps: Sequence[RunResult] = (), now: float | None = None,
-                    reason: bool = True) -> str:
+def run_status_text(r: RunResult, deps: Sequence[RunResult] = (), now: float | None = None, reason: bool = True) -> str:
     """One seed's state in words, in place of its number (`reason`: with a failure's reason)."""
     epochs = f"/{r.epochs}" if r.epochs else ""
     if r.status == "missing":
@@ -188,8 +189,9 @@ def _columns(table: Any) -> list[tuple[str, str, str | None]]:
     return [(_attr(c, "header"), _attr(c, "field"), _attr(c, "format")) for c in _attr(table, "columns", [])]
 
 
-def build_table(table: Any, row_runs: Callable[[int], Sequence[Any]], results: Callable[[str], RunResult],
-                now: float | None = None) -> TableModel:
+def build_table(
+    table: Any, row_runs: Callable[[int], Sequence[Any]], results: Callable[[str], RunResult], now: float | None = None
+) -> TableModel:
     """One table model. `row_runs(i)`: the planned runs (one per seed) of row i; `results(hash)`."""
     cols = _columns(table)
     shown = [c for c in cols if c[1] not in ACC_FIELDS and c[1] not in TEACHER_ACC_FIELDS]
@@ -206,23 +208,38 @@ def build_table(table: Any, row_runs: Callable[[int], Sequence[Any]], results: C
                 notes.append(f"seed {p.seed}: {run_status_text(r, deps, now)}")
                 short.append(f"seed {p.seed}: {run_status_text(r, deps, now, reason=False)}")
         paper = _attr(row, "paper_acc1")
-        m = RowModel(index=i, key=str(_attr(row, "key", i)), cells=_cells(row, shown),
-                     paper_acc1=float(paper) if paper is not None else None, seeds=[p.seed for p in planned],
-                     runs=runs, notes=notes, short_notes=short, curve=_attr(row, "curve"), head=head,
-                     last=stat([r.top1(head, "last") for r in runs if r.finished]),
-                     best=stat([r.top1(head, "best") for r in runs if r.finished]))
+        m = RowModel(
+            index=i,
+            key=str(_attr(row, "key", i)),
+            cells=_cells(row, shown),
+            paper_acc1=float(paper) if paper is not None else None,
+            seeds=[p.seed for p in planned],
+            runs=runs,
+            notes=notes,
+            short_notes=short,
+            curve=_attr(row, "curve"),
+            head=head,
+            last=stat([r.top1(head, "last") for r in runs if r.finished]),
+            best=stat([r.top1(head, "best") for r in runs if r.finished]),
+        )
         if teacher_field is not None:
             t = _attr(row, teacher_field)
             m.teacher_paper = float(t) if t is not None else None
             m.teacher_grid, m.teacher_note = _teacher_acc(planned, runs, results)
         rows.append(m)
     _rank(rows)
-    return TableModel(table=str(_attr(table, "table")), title=str(_attr(table, "title", "")),
-                      caption=str(_attr(table, "caption", "")), columns=[(h, f) for h, f, _ in shown], rows=rows)
+    return TableModel(
+        table=str(_attr(table, "table")),
+        title=str(_attr(table, "title", "")),
+        caption=str(_attr(table, "caption", "")),
+        columns=[(h, f) for h, f, _ in shown],
+        rows=rows,
+    )
 
 
-def _teacher_acc(planned: Sequence[Any], runs: Sequence[RunResult], results: Callable[[str], RunResult]
-                 ) -> tuple[Stat | None, str | None]:
+def _teacher_acc(
+    planned: Sequence[Any], runs: Sequence[RunResult], results: Callable[[str], RunResult]
+) -> tuple[Stat | None, str | None]:
     """This grid's teacher accuracy: the teacher runs' own `last_top1` when the grid trains them,
     else the `teacher.top1` its students measured at step 0 (the same frozen weights for every seed)."""
     values, notes, seen = [], [], set()

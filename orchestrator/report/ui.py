@@ -1,4 +1,5 @@
 """`kdgrid ui`: the MLflow UI (`mlflow server`) on the same store as the grid, loopback-only by default."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,20 @@ from trainer import tracking
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     root = tracking._artifact_root(uri)  # artifacts beside a SQLite store, where the trainer puts them
     if root:
         cmd += ["--artifacts-destination", root]

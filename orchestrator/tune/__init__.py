@@ -5,6 +5,7 @@ the best configurations over seeds and report where the paper's choice lands.
 - `search.py`: trials as kdgrid runs, the teacher first, ASHA and the budget, resume with Tune's restore;
 - `report.py`: the re-runs and the report (markdown, CSV, a plot per searched field), from MLflow.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,9 +22,15 @@ def cmd_tune(args) -> int:
     setup = prepare(args.search, args.scale, args.recipe, tuple(args.overrides))
     uri = absolute_uri(args.tracking_uri)
     work = Path(args.workdir).expanduser().resolve()
-    opts = Options(trials=args.trials, workers=args.workers, threads=args.threads,
-                   budget_cpu_hours=args.budget_cpu_hours, budget_gpu_hours=args.budget_gpu_hours,
-                   time_budget_s=args.time_budget_s, ray_address=args.ray_address)
+    opts = Options(
+        trials=args.trials,
+        workers=args.workers,
+        threads=args.threads,
+        budget_cpu_hours=args.budget_cpu_hours,
+        budget_gpu_hours=args.budget_gpu_hours,
+        time_budget_s=args.time_budget_s,
+        ray_address=args.ray_address,
+    )
     experiment = experiment_dir(setup, work, args.trials)
     if not args.report_only:
         run_search(setup, uri, work, opts, console)
@@ -37,8 +44,15 @@ def cmd_tune(args) -> int:
     if args.time_budget_s is not None:
         budget.append(f"{args.time_budget_s:g} s wall")
     out = args.out or str(Path("reports") / f"search-{setup.search.search}-{setup.plan.scale}")
-    paths = report.write(setup, uri, out, args.rerun_top, args.seeds,
-                         "Budget: " + ", ".join(budget) + f"; Tune experiment `{experiment.name}`.", experiment)
+    paths = report.write(
+        setup,
+        uri,
+        out,
+        args.rerun_top,
+        args.seeds,
+        "Budget: " + ", ".join(budget) + f"; Tune experiment `{experiment.name}`.",
+        experiment,
+    )
     print(paths["md"].read_text())
     console.print("search report written: " + ", ".join(str(p) for p in paths.values()), highlight=False)
     return 0

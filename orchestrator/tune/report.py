@@ -8,6 +8,7 @@ re-runs are planned runs (content hashes: seed 0 of a top configuration is its t
 ordinary local launcher, as cohorts sharing one teacher forward per seed. Top configurations and the
 paper's choice are compared with Welch's t-test over their seeds (orchestrator.report.stats.decide).
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tune.search import (CONFIG, SEARCH, SEARCH_ROLE, STOPPED_BY, STOPPED_EPOCH, Setup, config_label, label,
-                                      run_spec, search_runs)
+from orchestrator.tune.search import (
+    CONFIG,
+    SEARCH,
+    SEARCH_ROLE,
+    STOPPED_BY,
+    STOPPED_EPOCH,
+    Setup,
+    config_label,
+    label,
+    run_spec,
+    search_runs,
+)
 from trainer import tracking
 
 
@@ -67,8 +78,10 @@ def collect(c, setup: Setup, experiment: Path | None = None, seeds: int = 0) -> 
     that resolved to a run of the grid or of another search replayed it: it is still this search's trial)."""
     trials = tune_trials(experiment)
     paper = dict(setup.search.paper)
-    paper_hashes = {run_spec(setup.base.spec, paper, s, key=setup.key, role="paper", parent=None).content_hash()
-                    for s in range(seeds)}
+    paper_hashes = {
+        run_spec(setup.base.spec, paper, s, key=setup.key, role="paper", parent=None).content_hash()
+        for s in range(seeds)
+    }
     found = {run.data.tags.get(tracking.HASH): run for run in search_runs(c, setup.plan.scale, setup.key)}
     extra = (set(trials) | paper_hashes) - set(found)
     if extra:
@@ -83,11 +96,27 @@ def collect(c, setup: Setup, experiment: Path | None = None, seeds: int = 0) -> 
         status = {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running"}.get(run.info.status, "killed")
         if tags.get(STOPPED_BY) and status != "finished":
             status = "stopped"
-        epochs = int(tags.get(STOPPED_EPOCH, hist[-1][0] if hist else 0)) if status == "stopped" else (
-            hist[-1][0] if hist else 0)
+        epochs = (
+            int(tags.get(STOPPED_EPOCH, hist[-1][0] if hist else 0))
+            if status == "stopped"
+            else (hist[-1][0] if hist else 0)
+        )
         top1 = dict(hist).get(epochs, hist[-1][1] if hist else None)
-        out.append(SearchRun(h or "", run.info.run_id, run.info.run_name or "", config,
-                             int(tags.get(tracking.SEED, 0)), role, status, tags.get(STOPPED_BY), epochs, top1, hist))
+        out.append(
+            SearchRun(
+                h or "",
+                run.info.run_id,
+                run.info.run_name or "",
+                config,
+                int(tags.get(tracking.SEED, 0)),
+                role,
+                status,
+                tags.get(STOPPED_BY),
+                epochs,
+                top1,
+                hist,
+            )
+        )
     return out
 
 
@@ -98,8 +127,10 @@ def _cfg_key(config: dict) -> str:
 def ranked_trials(runs: list[SearchRun]) -> list[SearchRun]:
     """Finished seed-0 trials, best final top-1 first (one per configuration)."""
     seen, out = set(), []
-    for r in sorted((r for r in runs if r.role == "trial" and r.seed == 0 and r.status == "finished"
-                     and r.top1 is not None), key=lambda r: -r.top1):
+    for r in sorted(
+        (r for r in runs if r.role == "trial" and r.seed == 0 and r.status == "finished" and r.top1 is not None),
+        key=lambda r: -r.top1,
+    ):
         if _cfg_key(r.config) not in seen:
             seen.add(_cfg_key(r.config))
             out.append(r)
@@ -125,18 +156,28 @@ def rerun_plan(setup: Setup, runs: list[SearchRun], top: int, seeds: int, parent
     return dataclasses.replace(setup.plan, runs=list(setup.teachers) + list(planned.values()), seeds=seeds)
 
 
-def rerun(setup: Setup, uri: str, work: Path, top: int, seeds: int, workers: int | None, console,
-          experiment: Path | None = None) -> None:
+def rerun(
+    setup: Setup,
+    uri: str,
+    work: Path,
+    top: int,
+    seeds: int,
+    workers: int | None,
+    console,
+    experiment: Path | None = None,
+) -> None:
     from orchestrator.launch import execute, summarize
     from orchestrator.tune.search import ensure_parent
 
     c = tracking.client(uri)
     parent = ensure_parent(c, setup)
     plan = rerun_plan(setup, collect(c, setup, experiment, seeds), top, seeds, parent)
-    console.print(f"re-running the top {top} configuration(s) and the paper's choice over {seeds} seed(s)",
-                  highlight=False)
-    outcomes, ctx, items = execute(plan, launcher="local", work=work, tracking_uri=uri, workers=workers,
-                                   console=console)
+    console.print(
+        f"re-running the top {top} configuration(s) and the paper's choice over {seeds} seed(s)", highlight=False
+    )
+    outcomes, ctx, items = execute(
+        plan, launcher="local", work=work, tracking_uri=uri, workers=workers, console=console
+    )
     if items:
         summarize(outcomes, ctx, items)
 
@@ -169,8 +210,10 @@ def groups(setup: Setup, runs: list[SearchRun], top: int, seeds: int) -> list[Gr
             by_spec[(_cfg_key(r.config), r.seed)] = r
     paper_cfg = dict(setup.search.paper)
     # a run found under another config key can still be the paper's spec (same content hash)
-    paper_hashes = {run_spec(setup.base.spec, paper_cfg, s, key=setup.key, role="paper", parent=None).content_hash()
-                    for s in range(seeds)}
+    paper_hashes = {
+        run_spec(setup.base.spec, paper_cfg, s, key=setup.key, role="paper", parent=None).content_hash()
+        for s in range(seeds)
+    }
     out = []
     for role, cfg in [("top", r.config) for r in ranked_trials(runs)[:top]] + [("paper", paper_cfg)]:
         vals = {s: by_spec[(_cfg_key(cfg), s)].top1 for s in range(seeds) if (_cfg_key(cfg), s) in by_spec}
@@ -196,8 +239,15 @@ def paper_rank(setup: Setup, runs: list[SearchRun]) -> dict[str, Any] | None:
     tied = sum(v == paper.top1 for v in others)
     below = len(others) - above - tied
     pct = 100.0 * (below + 0.5 * tied) / len(others) if others else 100.0
-    return {"rank": above + 1, "of": len(others) + 1, "above": above, "tied": tied, "below": below,
-            "percentile": pct, "top1": paper.top1}
+    return {
+        "rank": above + 1,
+        "of": len(others) + 1,
+        "above": above,
+        "tied": tied,
+        "below": below,
+        "percentile": pct,
+        "top1": paper.top1,
+    }
 
 
 def _fmt(v: float | None, std: float | None = None) -> str:
@@ -221,32 +271,48 @@ def markdown(setup: Setup, runs: list[SearchRun], top: int, seeds: int, budget_n
     stopped = [r for r in trials if r.status == "stopped"]
     failed = [r for r in trials if r.status == "failed"]
     keys = list(s.space)
-    lines = [f"# Search `{s.search}`: {s.title}", "",
-             f"Scale `{setup.plan.scale}`, recipe `{setup.plan.recipe}`, base row `{s.base}` "
-             f"({setup.epochs} epochs); search file `{setup.source}`.", "",
-             "Space: " + "; ".join(f"`{k}` {p.text()}" for k, p in s.space.items()) + ".", "",
-             f"Ray Tune: random search (BasicVariantGenerator, seed {s.random_state}); ASHA over per-epoch val "
-             f"top-1 (grace {s.grace_period} epoch(s), reduction factor {s.reduction_factor:g}). "
-             + budget_note, "",
-             f"**{len(trials)} trial(s)**: {len(finished)} finished, "
-             f"{sum(r.stopped_by == 'ASHA' for r in stopped)} stopped early by the scheduler (ASHA), "
-             + (f"{sum(r.stopped_by != 'ASHA' for r in stopped)} stopped by the budget, "
-                if any(r.stopped_by != 'ASHA' for r in stopped) else "") + f"{len(failed)} failed.", ""]
+    lines = [
+        f"# Search `{s.search}`: {s.title}",
+        "",
+        f"Scale `{setup.plan.scale}`, recipe `{setup.plan.recipe}`, base row `{s.base}` "
+        f"({setup.epochs} epochs); search file `{setup.source}`.",
+        "",
+        "Space: " + "; ".join(f"`{k}` {p.text()}" for k, p in s.space.items()) + ".",
+        "",
+        f"Ray Tune: random search (BasicVariantGenerator, seed {s.random_state}); ASHA over per-epoch val "
+        f"top-1 (grace {s.grace_period} epoch(s), reduction factor {s.reduction_factor:g}). " + budget_note,
+        "",
+        f"**{len(trials)} trial(s)**: {len(finished)} finished, "
+        f"{sum(r.stopped_by == 'ASHA' for r in stopped)} stopped early by the scheduler (ASHA), "
+        + (
+            f"{sum(r.stopped_by != 'ASHA' for r in stopped)} stopped by the budget, "
+            if any(r.stopped_by != "ASHA" for r in stopped)
+            else ""
+        )
+        + f"{len(failed)} failed.",
+        "",
+    ]
     rank = paper_rank(setup, runs)
     gs = groups(setup, runs, top, seeds)
     paper = gs[-1]
     lines += ["## The paper's choice among the trials", ""]
     pl = config_label(dict(s.paper))
     if rank:
-        lines.append(f"The paper's choice ({pl}, seed 0, trained beside the trials: {rank['top1']:.2f}) ranks "
-                     f"**{rank['rank']} of {rank['of']}** among the finished trials by final top-1: "
-                     f"{rank['above']} above it, {rank['tied']} tied, {rank['below']} below "
-                     f"(percentile {rank['percentile']:.0f}).")
+        lines.append(
+            f"The paper's choice ({pl}, seed 0, trained beside the trials: {rank['top1']:.2f}) ranks "
+            f"**{rank['rank']} of {rank['of']}** among the finished trials by final top-1: "
+            f"{rank['above']} above it, {rank['tied']} tied, {rank['below']} below "
+            f"(percentile {rank['percentile']:.0f})."
+        )
     else:
         lines.append(f"The paper's choice ({pl}) has no finished seed-0 run yet.")
-    lines += ["", f"## Top configurations over {seeds} seed(s)", "",
-              "| | configuration | seeds | final top-1 (mean ± std) | per seed | − paper's choice, 95% CI (Welch) |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Top configurations over {seeds} seed(s)",
+        "",
+        "| | configuration | seeds | final top-1 (mean ± std) | per seed | − paper's choice, 95% CI (Welch) |",
+        "|---|---|---|---|---|---|",
+    ]
     from orchestrator.report.stats import decide
 
     for i, g in enumerate(gs):
@@ -262,13 +328,19 @@ def markdown(setup: Setup, runs: list[SearchRun], top: int, seeds: int, budget_n
     if paper.mean is not None and len(means) > 1:
         pos = next(i for i, g in enumerate(means) if g is paper) + 1
         lines += ["", f"By the mean over seeds the paper's choice places {pos} of {len(means)} among these."]
-    lines += ["", "## Every trial", "", "| rank | " + " | ".join(f"`{k.split('.')[-1]}`" for k in keys)
-              + " | final top-1 | state | run |", "|---" * (len(keys) + 4) + "|"]
+    lines += [
+        "",
+        "## Every trial",
+        "",
+        "| rank | " + " | ".join(f"`{k.split('.')[-1]}`" for k in keys) + " | final top-1 | state | run |",
+        "|---" * (len(keys) + 4) + "|",
+    ]
     order = {r.hash: i + 1 for i, r in enumerate(finished)}
     for r in sorted(trials, key=lambda r: (order.get(r.hash, 10**6), -(r.top1 or 0))):
         cells = [_value_cell(r.config.get(k)) for k in keys]
-        lines.append(f"| {order.get(r.hash, '–')} | " + " | ".join(cells)
-                     + f" | {_fmt(r.top1)} | {r.state} | `{r.hash[:8]}` |")
+        lines.append(
+            f"| {order.get(r.hash, '–')} | " + " | ".join(cells) + f" | {_fmt(r.top1)} | {r.state} | `{r.hash[:8]}` |"
+        )
     lines += ["", "![top-1 against each searched field](search.png)", ""]
     return "\n".join(lines)
 
@@ -297,8 +369,13 @@ def plot(setup: Setup, runs: list[SearchRun], dpi: int = 110) -> bytes:
         fin = [r for r in trials if r.status == "finished" and k in r.config]
         stp = [r for r in trials if r.status == "stopped" and k in r.config]
         ax.scatter([x_of(r.config[k]) for r in fin], [r.top1 for r in fin], c="#1f77b4", label="finished")
-        ax.scatter([x_of(r.config[k]) for r in stp], [r.top1 for r in stp], facecolors="none", edgecolors="#7f7f7f",
-                   label="stopped by ASHA (top-1 when stopped)")
+        ax.scatter(
+            [x_of(r.config[k]) for r in stp],
+            [r.top1 for r in stp],
+            facecolors="none",
+            edgecolors="#7f7f7f",
+            label="stopped by ASHA (top-1 when stopped)",
+        )
         pv = s.paper.get(k)
         if paper is not None and pv is not None:
             ax.scatter([x_of(pv)], [paper.top1], marker="*", s=180, c="#d62728", label="paper's choice", zorder=3)
@@ -309,8 +386,13 @@ def plot(setup: Setup, runs: list[SearchRun], dpi: int = 110) -> bytes:
             ax.xaxis.set_minor_formatter(NullFormatter())
         if cats is None:  # the whole searched range, whatever was sampled
             pad = (p.high / p.low) ** 0.04 if p.log else None
-            ax.set_xlim(*((p.low / pad, p.high * pad) if p.log else (p.low - 0.04 * (p.high - p.low),
-                                                                      p.high + 0.04 * (p.high - p.low))))
+            ax.set_xlim(
+                *(
+                    (p.low / pad, p.high * pad)
+                    if p.log
+                    else (p.low - 0.04 * (p.high - p.low), p.high + 0.04 * (p.high - p.low))
+                )
+            )
         if cats is not None:
             ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=7)
         ax.set_xlabel(k.split(".")[-1] if cats is None or not isinstance(p.options[0], dict) else "block set")
@@ -331,13 +413,25 @@ def trials_csv(setup: Setup, runs: list[SearchRun]) -> str:
     w = csv.writer(buf)
     w.writerow(["hash", "role", "seed", *keys, "top1", "epochs", "status", "stopped_by", "run_id"])
     for r in runs:
-        w.writerow([r.hash, r.role, r.seed, *[json.dumps(r.config.get(k)) for k in keys], r.top1, r.epochs, r.status,
-                    r.stopped_by or "", r.run_id])
+        w.writerow(
+            [
+                r.hash,
+                r.role,
+                r.seed,
+                *[json.dumps(r.config.get(k)) for k in keys],
+                r.top1,
+                r.epochs,
+                r.status,
+                r.stopped_by or "",
+                r.run_id,
+            ]
+        )
     return buf.getvalue()
 
 
-def write(setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_note: str = "",
-          experiment: Path | None = None) -> dict[str, Path]:
+def write(
+    setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_note: str = "", experiment: Path | None = None
+) -> dict[str, Path]:
     """report.md, search.png and trials.csv in `out`, also logged under `report/` of the search's run."""
     from orchestrator.tune.search import ensure_parent
 
@@ -355,5 +449,16 @@ def write(setup: Setup, uri: str, out: str | Path, top: int, seeds: int, budget_
     return paths
 
 
-__all__ = ["collect", "tune_trials", "ranked_trials", "rerun", "rerun_plan", "groups", "paper_rank", "markdown", "plot", "write",
-           "SearchRun"]
+__all__ = [
+    "collect",
+    "tune_trials",
+    "ranked_trials",
+    "rerun",
+    "rerun_plan",
+    "groups",
+    "paper_rank",
+    "markdown",
+    "plot",
+    "write",
+    "SearchRun",
+]

@@ -26,6 +26,7 @@
   stopped by ASHA under the killed driver after Tune last saved its state, replays its epochs from MLflow
   to Tune instead of training again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,11 @@ class Setup:
         return self.base.spec.recipe.epochs
 
     def ident(self, trials: int) -> str:
-        raw = json.dumps([self.search.model_dump(mode="json"), trials, list(self.overrides), self.base.hash],
-                         sort_keys=True, default=str)
+        raw = json.dumps(
+            [self.search.model_dump(mode="json"), trials, list(self.overrides), self.base.hash],
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 
@@ -94,8 +98,9 @@ def prepare(path: str | Path, scale: str = "mini", recipe: str | None = None, ov
         raise GridError([(src, "base", f"no row {search.base!r}: rows of that table are {', '.join(keys)}")])
     problems = check_values(search, base.spec)
     if problems:
-        raise GridError([(src, w, r + f" [base {search.base} at scale {plan.scale}, recipe {plan.recipe}]")
-                         for w, r in problems])
+        raise GridError(
+            [(src, w, r + f" [base {search.base} at scale {plan.scale}, recipe {plan.recipe}]") for w, r in problems]
+        )
     teachers = [plan.run(d) for d in base.deps]
     return Setup(search, src, plan, base, teachers, tuple(overrides))
 
@@ -120,18 +125,26 @@ def config_label(config: dict[str, Any]) -> str:
     return " ".join(label(k, v) for k, v in config.items())
 
 
-def run_spec(base: ExperimentSpec, config: dict[str, Any], seed: int, *, key: str, role: str,
-             parent: str | None) -> ExperimentSpec:
+def run_spec(
+    base: ExperimentSpec, config: dict[str, Any], seed: int, *, key: str, role: str, parent: str | None
+) -> ExperimentSpec:
     """The kdgrid spec of one trial (or re-run): the base with the sampled fields, its display tags."""
     spec = apply(base, config)
     spec = spec.model_copy(update={"seed": seed})
     name = f"search {key.split('/')[-1]} · {config_label(config)}" + (f" · seed {seed}" if seed else "")
     tags = {k: v for k, v in base.tags.items() if k not in (tracking.TABLES, tracking.ROWS, tracking.NOTE)}
-    tags.update({tracking.ROLE: "student", tracking.SEED: str(seed), SEARCH: key, SEARCH_ROLE: role,
-                 CONFIG: json.dumps(config, sort_keys=True, default=list),
-                 tracking.NOTE: f"**Search `{key}`**, {role}: {config_label(config)}; seed {seed}. The base row's "
-                                f"spec with these fields changed; a normal kdgrid run (content hash, checkpoints).",
-                 tracking.SOURCE: "kdgrid tune"})
+    tags.update(
+        {
+            tracking.ROLE: "student",
+            tracking.SEED: str(seed),
+            SEARCH: key,
+            SEARCH_ROLE: role,
+            CONFIG: json.dumps(config, sort_keys=True, default=list),
+            tracking.NOTE: f"**Search `{key}`**, {role}: {config_label(config)}; seed {seed}. The base row's "
+            f"spec with these fields changed; a normal kdgrid run (content hash, checkpoints).",
+            tracking.SOURCE: "kdgrid tune",
+        }
+    )
     if parent:
         tags[tracking.PARENT] = parent
     return spec.model_copy(update={"name": name, "tags": tags})
@@ -140,19 +153,35 @@ def run_spec(base: ExperimentSpec, config: dict[str, Any], seed: int, *, key: st
 def ensure_parent(c, setup: Setup) -> str:
     """The search's own MLflow run (found again by its `kdgrid.search` tag); trials nest under it."""
     exp = tracking.experiment_id(c, setup.plan.scale)
-    found = tracking.retry(c.search_runs, [exp], filter_string=f"tags.`{SEARCH}` = '{setup.key}' and "
-                                                                f"tags.`{tracking.ROLE}` = 'search'", max_results=1)
+    found = tracking.retry(
+        c.search_runs,
+        [exp],
+        filter_string=f"tags.`{SEARCH}` = '{setup.key}' and tags.`{tracking.ROLE}` = 'search'",
+        max_results=1,
+    )
     if found:
         return found[0].info.run_id
     s = setup.search
-    note = (f"**Search `{s.search}`** ({setup.source}): {s.title}. Base row `{s.base}` at scale "
-            f"{setup.plan.scale}, recipe `{setup.plan.recipe}`; space: "
-            + "; ".join(f"`{k}` {p.text()}" for k, p in s.space.items())
-            + ". Ray Tune, random search, ASHA over per-epoch val top-1.")
-    run = tracking.retry(c.create_run, exp, run_name=f"search · {s.search} · {setup.plan.scale} · {setup.plan.recipe}",
-                         tags={tracking.ROLE: "search", SEARCH: setup.key, tracking.SCALE: setup.plan.scale,
-                               tracking.RECIPE: setup.plan.recipe, tracking.NOTE: note,
-                               tracking.SOURCE: "kdgrid tune", tracking.SOURCE_TYPE: "LOCAL"})
+    note = (
+        f"**Search `{s.search}`** ({setup.source}): {s.title}. Base row `{s.base}` at scale "
+        f"{setup.plan.scale}, recipe `{setup.plan.recipe}`; space: "
+        + "; ".join(f"`{k}` {p.text()}" for k, p in s.space.items())
+        + ". Ray Tune, random search, ASHA over per-epoch val top-1."
+    )
+    run = tracking.retry(
+        c.create_run,
+        exp,
+        run_name=f"search · {s.search} · {setup.plan.scale} · {setup.plan.recipe}",
+        tags={
+            tracking.ROLE: "search",
+            SEARCH: setup.key,
+            tracking.SCALE: setup.plan.scale,
+            tracking.RECIPE: setup.plan.recipe,
+            tracking.NOTE: note,
+            tracking.SOURCE: "kdgrid tune",
+            tracking.SOURCE_TYPE: "LOCAL",
+        },
+    )
     tracking.retry(c.set_terminated, run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -162,9 +191,15 @@ def search_runs(c, scale: str, key: str) -> list:
     exp = tracking.retry(c.get_experiment_by_name, tracking.experiment_name(scale))
     if exp is None:
         return []
-    return list(tracking.retry(c.search_runs, [exp.experiment_id],
-                               filter_string=f"tags.`{SEARCH}` = '{key}' and tags.`{tracking.ROLE}` = 'student'",
-                               max_results=5000, order_by=["attributes.start_time ASC"]))
+    return list(
+        tracking.retry(
+            c.search_runs,
+            [exp.experiment_id],
+            filter_string=f"tags.`{SEARCH}` = '{key}' and tags.`{tracking.ROLE}` = 'student'",
+            max_results=5000,
+            order_by=["attributes.start_time ASC"],
+        )
+    )
 
 
 def mark_stopped(c, run_id: str, by: str, epoch: int) -> None:
@@ -216,9 +251,16 @@ class _Report:
         print(f"=== epoch {epoch} reported to Tune" + (" (replayed from MLflow)" if replayed else ""), flush=True)
         wall = time.monotonic() - self.t
         self.t = time.monotonic()
-        self.report({"epoch": epoch, METRIC: float(top1), "run": self.hash, "replayed": replayed,
-                     "cost_cpu_s": 0.0 if replayed else float(cpu_s),
-                     "cost_gpu_s": 0.0 if replayed or not self.gpu else wall})
+        self.report(
+            {
+                "epoch": epoch,
+                METRIC: float(top1),
+                "run": self.hash,
+                "replayed": replayed,
+                "cost_cpu_s": 0.0 if replayed else float(cpu_s),
+                "cost_gpu_s": 0.0 if replayed or not self.gpu else wall,
+            }
+        )
 
     def replay(self, upto: int) -> None:
         """Epochs 1..upto from MLflow (a run resumed from its checkpoint, or finished before)."""
@@ -253,8 +295,7 @@ class _Report:
         pass
 
 
-def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str, parent: str,
-           deps: list[str]) -> None:
+def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str, parent: str, deps: list[str]) -> None:
     """One Tune trial: the sampled spec trained (or resumed, or found finished) as a kdgrid run."""
     from orchestrator.launch.items import kind, run_item, wait_for_locks
     from trainer.spec import parse_experiment
@@ -262,8 +303,13 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
     base_spec = parse_experiment(base, "search base")
     spec = run_spec(base_spec, config, 0, key=key, role="trial", parent=parent)
     h = spec.content_hash()
-    payload = {"id": f"trial-{h[:12]}", "specs": [spec.model_dump(mode="json")], "hashes": [h], "deps": {h: deps},
-               "scale": spec.scale}
+    payload = {
+        "id": f"trial-{h[:12]}",
+        "specs": [spec.model_dump(mode="json")],
+        "hashes": [h],
+        "deps": {h: deps},
+        "scale": spec.scale,
+    }
     rep = _Report(h, spec.recipe.epochs, uri, spec.scale)
     stopped = _stopped_epoch(uri, spec.scale, h)
     if stopped:  # the scheduler stopped it under a driver that was killed before Tune saved that: it stays stopped
@@ -374,8 +420,15 @@ def train_teachers(setup: Setup, uri: str, work: Path, parent: str, console) -> 
     for t in setup.teachers:
         t.spec.tags.setdefault(tracking.PARENT, parent)  # a new teacher nests under the search
     plan = dataclasses.replace(setup.plan, runs=list(setup.teachers))
-    outcomes, ctx, items = execute(plan, launcher="local", work=work, tracking_uri=uri, workers=1,
-                                   threads=max(1, (os.cpu_count() or 1)), console=console)
+    outcomes, ctx, items = execute(
+        plan,
+        launcher="local",
+        work=work,
+        tracking_uri=uri,
+        workers=1,
+        threads=max(1, (os.cpu_count() or 1)),
+        console=console,
+    )
     if items:
         summarize(outcomes, ctx, items)
     elsewhere = [h for h, o in outcomes.items() if kind(o) == "running elsewhere"]
@@ -415,36 +468,64 @@ def run_search(setup: Setup, uri: str, work: Path, opts: Options, console) -> Pa
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = opts.workers or gpus or max(1, cpus // max(1, opts.threads))
         trainable = tune.with_parameters(
-            _trial, base=setup.base.spec.model_dump(mode="json"), work=str(work), uri=uri, threads=opts.threads,
-            key=setup.key, parent=parent, deps=list(setup.base.deps))
+            _trial,
+            base=setup.base.spec.model_dump(mode="json"),
+            work=str(work),
+            uri=uri,
+            threads=opts.threads,
+            key=setup.key,
+            parent=parent,
+            deps=list(setup.base.deps),
+        )
         trainable = tune.with_resources(trainable, {"cpu": opts.threads, "gpu": 1 if gpus else 0})
         path = experiment_dir(setup, work, opts.trials)
         if tune.Tuner.can_restore(str(path)):
             console.print(f"resuming the search from {path} (Tune restore: finished trials are kept)", highlight=False)
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
+            tuner = tune.Tuner.restore(
+                str(path), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            )
         else:
             s = setup.search
-            asha = RecordingASHA(epochs=setup.epochs, uri=uri, scale=setup.plan.scale, time_attr="epoch",
-                                 metric=METRIC, mode="max", max_t=setup.epochs,
-                                 grace_period=min(s.grace_period, setup.epochs), reduction_factor=s.reduction_factor)
+            asha = RecordingASHA(
+                epochs=setup.epochs,
+                uri=uri,
+                scale=setup.plan.scale,
+                time_attr="epoch",
+                metric=METRIC,
+                mode="max",
+                max_t=setup.epochs,
+                grace_period=min(s.grace_period, setup.epochs),
+                reduction_factor=s.reduction_factor,
+            )
             stop = CostBudget(opts.budget_cpu_hours, opts.budget_gpu_hours, uri, setup.plan.scale, setup.key)
             tuner = tune.Tuner(
                 trainable,
                 param_space={k: p.domain() for k, p in s.space.items()},
                 tune_config=tune.TuneConfig(
-                    scheduler=asha, search_alg=BasicVariantGenerator(random_state=s.random_state, max_concurrent=workers),
-                    num_samples=opts.trials, reuse_actors=False,
-                    time_budget_s=opts.time_budget_s),
-                run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0, stop=stop,
-                                          failure_config=tune.FailureConfig(max_failures=0)))
-        console.print(f"search {setup.key}: up to {opts.trials} trial(s), {workers} at a time; Tune experiment {path}",
-                      highlight=False)
+                    scheduler=asha,
+                    search_alg=BasicVariantGenerator(random_state=s.random_state, max_concurrent=workers),
+                    num_samples=opts.trials,
+                    reuse_actors=False,
+                    time_budget_s=opts.time_budget_s,
+                ),
+                run_config=tune.RunConfig(
+                    name=path.name,
+                    storage_path=str(path.parent),
+                    verbose=0,
+                    stop=stop,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        console.print(
+            f"search {setup.key}: up to {opts.trials} trial(s), {workers} at a time; Tune experiment {path}",
+            highlight=False,
+        )
         grid = tuner.fit()
         errors = [r for r in grid if r.error is not None]
         for r in errors:
-            console.print(f"trial failed: {r.config}: {str(r.error).strip().splitlines()[-1]}", highlight=False,
-                          markup=False)
+            console.print(
+                f"trial failed: {r.config}: {str(r.error).strip().splitlines()[-1]}", highlight=False, markup=False
+            )
         mark_budget_stops(c, setup, grid)
     finally:
         if not opts.ray_address:

@@ -17,6 +17,7 @@ the key and the reason: the key is a field of the spec (`check_fields`, from the
 the range is one the distribution accepts, and every bound and every option, applied to the base row's
 spec, is a valid spec (`check_values`: pydantic's own field checks, e.g. alpha >= 0, k within the batch).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,20 @@ from orchestrator.grid import GridError, display_path
 from trainer.spec import ExperimentSpec, format_validation_error
 
 # name -> (number of arguments, kind); kinds: continuous ranges, integer ranges, a list of options
-DISTRIBUTIONS = {"uniform": (2, "float"), "loguniform": (2, "float"), "randint": (2, "int"),
-                 "lograndint": (2, "int"), "choice": (1, "choice")}
-NOT_SEARCHABLE = {"seed": "seeds are not searched: the report re-runs the top configurations with --seeds",
-                  "name": "display only (not part of a run)", "scale": "display only (not part of a run)",
-                  "recipe_name": "display only (not part of a run)", "tags": "display only (not part of a run)"}
+DISTRIBUTIONS = {
+    "uniform": (2, "float"),
+    "loguniform": (2, "float"),
+    "randint": (2, "int"),
+    "lograndint": (2, "int"),
+    "choice": (1, "choice"),
+}
+NOT_SEARCHABLE = {
+    "seed": "seeds are not searched: the report re-runs the top configurations with --seeds",
+    "name": "display only (not part of a run)",
+    "scale": "display only (not part of a run)",
+    "recipe_name": "display only (not part of a run)",
+    "tags": "display only (not part of a run)",
+}
 _CALL = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.S)
 
 
@@ -97,8 +107,9 @@ class SearchSpec(BaseModel):
     @classmethod
     def _parse(cls, raw: Any) -> Any:
         if not isinstance(raw, dict) or not raw:
-            raise ValueError("a mapping of spec fields to distributions, e.g. "
-                             "'distillation.manifold.alpha: loguniform(0.1, 10)'")
+            raise ValueError(
+                "a mapping of spec fields to distributions, e.g. 'distillation.manifold.alpha: loguniform(0.1, 10)'"
+            )
         return {str(k): v if isinstance(v, Param) else parse_param(str(k), v) for k, v in raw.items()}
 
     def keys_label(self) -> str:
@@ -112,12 +123,14 @@ def parse_param(key: str, text: Any) -> Param:
         name, args = next(iter(text.items()))
         return _param(key, name, [args] if name == "choice" else args if isinstance(args, list) else [args])
     if not isinstance(text, str):
-        raise ValueError(f"{key}: {text!r} is not a distribution: write one of "
-                         f"{', '.join(f'{d}(...)' for d in DISTRIBUTIONS)}")
+        raise ValueError(
+            f"{key}: {text!r} is not a distribution: write one of {', '.join(f'{d}(...)' for d in DISTRIBUTIONS)}"
+        )
     m = _CALL.match(text)
     if not m:
-        raise ValueError(f"{key}: {text!r} is not a distribution: write e.g. loguniform(0.1, 10) or "
-                         "choice([0, 96, 192])")
+        raise ValueError(
+            f"{key}: {text!r} is not a distribution: write e.g. loguniform(0.1, 10) or choice([0, 96, 192])"
+        )
     name, inner = m.groups()
     if name not in DISTRIBUTIONS:
         raise ValueError(f"{key}: unknown distribution {name!r}: one of {', '.join(DISTRIBUTIONS)}")
@@ -181,7 +194,7 @@ def field_problem(key: str, mapping_options: bool = False) -> str | None:
     parts = key.split(".")
     model: type[BaseModel] | None = ExperimentSpec
     for i, part in enumerate(parts):
-        here = ".".join(parts[:i + 1])
+        here = ".".join(parts[: i + 1])
         if model is None:
             return f"{'.'.join(parts[:i])} is a value, it has no field {part!r}"
         fields = model.model_fields
@@ -194,8 +207,10 @@ def field_problem(key: str, mapping_options: bool = False) -> str | None:
             return f"{here} is an execution detail, not part of what is trained"
         model = _model_of(fields[part].annotation)
     if model is not None and not mapping_options:
-        return (f"{key} is a group of fields ({', '.join(model.model_fields)}): search one of them, or give "
-                "choice([...]) of mappings to set several at once")
+        return (
+            f"{key} is a group of fields ({', '.join(model.model_fields)}): search one of them, or give "
+            "choice([...]) of mappings to set several at once"
+        )
     if model is None and mapping_options:
         return f"{key} is a single value: choice options that are mappings need a group of fields"
     return None

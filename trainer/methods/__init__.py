@@ -15,6 +15,7 @@ A method is one module of this package. It declares, in one `Method` subclass:
 The objective (trainer/objective.py), the Student wrapper, the footprint and the planner iterate over the
 registry and never name a method. Methods combine: a spec may set several (hard KD + manifold, ViTKD + NKD).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ def row_labels() -> dict[str, str]:
 
 
 def split_row_method(method: str) -> list[str]:
-    """"vitkd+nkd" -> ["vitkd", "nkd"]; "none" -> []."""
+    """ "vitkd+nkd" -> ["vitkd", "nkd"]; "none" -> []."""
     return [] if method == "none" else [p.strip() for p in method.split("+")]
 
 
@@ -160,19 +161,33 @@ def block_pair_problems(key: str, cfg, s, t, spec) -> list[tuple[str, str]]:
     """Paired-block feature losses: transformer teacher, blocks within depth, equal patch counts."""
     here = f"distillation.{key}"
     if t.kind == "cnn":
-        return [("teacher.name", f"{t.name} is a CNN: it has no patch tokens for the {key} loss "
-                                 f"(use kd: hard/soft only, or a transformer teacher)")]
+        return [
+            (
+                "teacher.name",
+                f"{t.name} is a CNN: it has no patch tokens for the {key} loss "
+                f"(use kd: hard/soft only, or a transformer teacher)",
+            )
+        ]
     if s.kind == "cnn":
         return []
     problems = []
     for side, info, blocks in (("student", s, cfg.student_blocks), ("teacher", t, cfg.teacher_blocks)):
         for i, b in enumerate(blocks):
             if b > info.depth:
-                problems.append((f"{here}.{side}_blocks[{i}]",
-                                 f"block {b} is beyond {info.name}'s depth {info.depth} (indices are 1-based)"))
+                problems.append(
+                    (
+                        f"{here}.{side}_blocks[{i}]",
+                        f"block {b} is beyond {info.name}'s depth {info.depth} (indices are 1-based)",
+                    )
+                )
     if s.num_patches != t.num_patches:
-        problems.append((here, f"student {s.name} has {s.num_patches} patches but teacher {t.name} has "
-                               f"{t.num_patches}: the {key} loss pairs patches one to one"))
+        problems.append(
+            (
+                here,
+                f"student {s.name} has {s.num_patches} patches but teacher {t.name} has "
+                f"{t.num_patches}: the {key} loss pairs patches one to one",
+            )
+        )
     return problems
 
 

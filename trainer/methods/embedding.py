@@ -1,11 +1,12 @@
 """Direct embedding transfer (FitNets; Table 7's baseline of Jia et al.): MSE between paired blocks'
 patch tokens, through a learned Linear(c_S, c_T) per pair where the widths differ."""
+
 from __future__ import annotations
 
 from torch import nn
 
 from trainer import losses
-from trainer.methods import LossInputs, Method, blocks_text, block_pair_problems, register, zero_based
+from trainer.methods import LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
 from trainer.methods.manifold import BLOCK_ROW_FIELDS
 from trainer.spec_base import Block, StrictModel, Weight, model_validator
 
@@ -18,7 +19,7 @@ class EmbeddingSpec(StrictModel):
     weight: Weight = 1.0
 
     @model_validator(mode="after")
-    def _paired(self) -> "EmbeddingSpec":
+    def _paired(self) -> EmbeddingSpec:
         if len(self.student_blocks) != len(self.teacher_blocks):
             raise ValueError("student_blocks and teacher_blocks must have the same length (paired in order)")
         return self

@@ -6,6 +6,7 @@ The soft KL is averaged over the batch (`kd_reduction` unset, as kdgrid always d
 code does (`reduction='sum' ... / outputs_kd.numel()`), over every element of the batch's logits
 (`kd_reduction: elements`, the batch mean divided by the number of classes).
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -48,8 +49,9 @@ class LogitKD(Method):
         return 1 - d.kd_weight
 
     def loss(self, d, x: LossInputs):
-        kd = losses.kd_loss(x.kd_logits, x.t_logits, kind=d.kd, tau=d.tau,
-                            reduction=getattr(d, "kd_reduction", None) or "batch")
+        kd = losses.kd_loss(
+            x.kd_logits, x.t_logits, kind=d.kd, tau=d.tau, reduction=getattr(d, "kd_reduction", None) or "batch"
+        )
         return d.kd_weight * kd, {"kd": kd}
 
     def resolve_row(self, name: str, row, recipe, hard) -> dict[str, Any]:

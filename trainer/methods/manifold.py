@@ -1,11 +1,12 @@
 """Fine-grained manifold distillation (Jia et al., 2021, Eq. 9-13): relation maps of paired blocks' patch
 tokens (the raw residual stream, class/distillation tokens dropped), with the recipe's logit distillation."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from trainer import losses
-from trainer.methods import FLOAT, LossInputs, Method, blocks_text, block_pair_problems, register, zero_based
+from trainer.methods import FLOAT, LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
 from trainer.spec_base import Block, Field, Strict, StrictModel, Weight, field_validator, model_validator
 
 Term = Literal["ci", "cp", "rs"]
@@ -57,7 +58,7 @@ class ManifoldSpec(StrictModel):
         return tuple(t for t in ("ci", "cp", "rs") if t in terms)  # canonical order
 
     @model_validator(mode="after")
-    def _canonical(self) -> "ManifoldSpec":
+    def _canonical(self) -> ManifoldSpec:
         if len(self.student_blocks) != len(self.teacher_blocks):
             raise ValueError(
                 f"student_blocks has {len(self.student_blocks)} blocks but teacher_blocks has "
@@ -90,8 +91,13 @@ class Manifold(Method):
     order = 10
     fields = {"manifold": (ManifoldSpec | None, None)}
     rows = {"manifold": "Manifold"}
-    row_fields = {"terms": tuple[Term, ...] | None, "alpha": Weight | None, "beta": Weight | None, "k": K | None,
-                  **BLOCK_ROW_FIELDS}
+    row_fields = {
+        "terms": tuple[Term, ...] | None,
+        "alpha": Weight | None,
+        "beta": Weight | None,
+        "k": K | None,
+        **BLOCK_ROW_FIELDS,
+    }
     recipe_rows = True
     terms = ("mf_ci", "mf_cp", "mf_rs", "mf_exact")
 
@@ -106,19 +112,33 @@ class Manifold(Method):
         if s.kind == "cnn":
             out.append(("student.name", f"{s.name} is a CNN: it has no patch tokens for a feature loss"))
         out += block_pair_problems(self.key, m, s, t, spec)
-        if t.kind != "cnn" and s.kind != "cnn" and s.num_patches \
-                and m.k > spec.recipe.batch_size * s.num_patches:
-            out.append(("distillation.manifold.k", f"k={m.k} is larger than the batch's {spec.recipe.batch_size} x "
-                                                   f"{s.num_patches} = {spec.recipe.batch_size * s.num_patches} patches"))
+        if t.kind != "cnn" and s.kind != "cnn" and s.num_patches and m.k > spec.recipe.batch_size * s.num_patches:
+            out.append(
+                (
+                    "distillation.manifold.k",
+                    f"k={m.k} is larger than the batch's {spec.recipe.batch_size} x "
+                    f"{s.num_patches} = {spec.recipe.batch_size * s.num_patches} patches",
+                )
+            )
         return out
 
     def loss(self, m, x: LossInputs):
-        weights = {"ci": m.term_scale.ci * m.weight, "cp": m.term_scale.cp * m.alpha * m.weight,
-                   "rs": m.term_scale.rs * m.beta * m.weight}
-        mf = losses.manifold_loss(x.student, x.teacher, terms=m.terms, weights=weights, k=m.k,
-                                  reduction=m.reduction, layer_reduce=m.layer_reduce,
-                                  exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
-                                  generator=x.generator)
+        weights = {
+            "ci": m.term_scale.ci * m.weight,
+            "cp": m.term_scale.cp * m.alpha * m.weight,
+            "rs": m.term_scale.rs * m.beta * m.weight,
+        }
+        mf = losses.manifold_loss(
+            x.student,
+            x.teacher,
+            terms=m.terms,
+            weights=weights,
+            k=m.k,
+            reduction=m.reduction,
+            layer_reduce=m.layer_reduce,
+            exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
+            generator=x.generator,
+        )
         total = mf.pop("total")
         return total, {f"mf_{k}": v for k, v in mf.items()}
 
@@ -135,8 +155,10 @@ class Manifold(Method):
         return {**recipe.logit.model_dump(), "manifold": loss}
 
     def describe(self, m):
-        parts = [f"terms={'+'.join(m.terms)} α={m.alpha:g} β={m.beta:g} k={m.k}",
-                 f"blocks s{blocks_text(m.student_blocks)} t{blocks_text(m.teacher_blocks)}"]
+        parts = [
+            f"terms={'+'.join(m.terms)} α={m.alpha:g} β={m.beta:g} k={m.k}",
+            f"blocks s{blocks_text(m.student_blocks)} t{blocks_text(m.teacher_blocks)}",
+        ]
         if m.reduction != "paper":
             parts.append(f"reduction={m.reduction}")
         if m.layers is not None:

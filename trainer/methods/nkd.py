@@ -6,6 +6,7 @@ Two parts on the student's logits: the target class's log-probability weighted b
 of it, and the distributions over the non-target classes (each renormalised without the target) matched by
 cross-entropy at temperature `temp`. Under Mixup/CutMix the target is the soft label's argmax, as there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,7 @@ def nkd_loss(logit_s: Tensor, logit_t: Tensor, target: Tensor, *, temp: float = 
     keep = torch.ones_like(logit_s, dtype=torch.bool).scatter_(1, label[:, None], False)
     non_s, non_t = logit_s[keep].view(n, c - 1), logit_t[keep].view(n, c - 1)
     non = (F.softmax(non_t / temp, dim=1) * F.log_softmax(non_s / temp, dim=1)).sum(dim=1).mean()
-    return target_part - gamma * temp ** 2 * non
+    return target_part - gamma * temp**2 * non
 
 
 class NKDSpec(StrictModel):

@@ -12,6 +12,7 @@ released code (yzd-v/cls_KD, `mmcls/models/dis_losses/vitkd.py`, and the DeiT co
   ViTKD + NKD, a separate method).
 The masks are drawn per image from the run's own generator, so a run's randomness is its own.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.methods import (FINAL, FLOAT, LossInputs, Method, blocks_text, block_pair_problems, register,
-                             zero_based)
+from trainer.methods import FINAL, FLOAT, LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
 from trainer.spec_base import Block, Field, StrictModel, Weight
 
 Ratio = Annotated[float, Field(gt=0, lt=1)]
 
 
 # ---- the maths, pure -------------------------------------------------------------------------------
-def random_token_mask(n: int, length: int, ratio: float, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> Tensor:
+def random_token_mask(
+    n: int,
+    length: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """(n, length) float mask, 1 on the int(length * (1 - ratio))-th and later tokens of a random order per
     row (so length - int(length * (1 - ratio)) tokens of every image are masked), 0 elsewhere."""
     device = generator.device if generator is not None else device
@@ -88,8 +93,9 @@ class ViTKDModule(nn.Module):
         self.align_low = nn.ModuleList(nn.Linear(c_s, c_t) for _ in range(mimicked)) if differ else None
         self.align_high = nn.Linear(c_s, c_t) if differ else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c_t))
-        self.generation = nn.Sequential(nn.Conv2d(c_t, c_t, 3, padding=1), nn.ReLU(inplace=True),
-                                        nn.Conv2d(c_t, c_t, 3, padding=1))
+        self.generation = nn.Sequential(
+            nn.Conv2d(c_t, c_t, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c_t, c_t, 3, padding=1)
+        )
 
     def forward(self, low: list[Tensor], high: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         if self.align_low is not None:
@@ -154,5 +160,7 @@ class ViTKD(Method):
         return {"vitkd": {}}
 
     def describe(self, v):
-        return [f"vitkd α={v.alpha:g} β={v.beta:g} λ={v.lam:g} mimic s{blocks_text(v.student_blocks)} "
-                f"t{blocks_text(v.teacher_blocks)} + generation on the final tokens"]
+        return [
+            f"vitkd α={v.alpha:g} β={v.beta:g} λ={v.lam:g} mimic s{blocks_text(v.student_blocks)} "
+            f"t{blocks_text(v.teacher_blocks)} + generation on the final tokens"
+        ]
