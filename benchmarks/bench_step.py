@@ -21,6 +21,7 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (
             ("teacher", teacher_forward),
             ("student", student_step),
-            ("distill", lambda: distill_step([solo], r)),
-            ("cohort", lambda: distill_step(members, r)),
+            ("distill", partial(distill_step, [solo], r)),
+            ("cohort", partial(distill_step, members, r)),
         ):
             t0 = time.perf_counter()
             fn()
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     per_student = (c - t) / args.cohort
     print(
         f"{args.scale} scale, {spec.teacher.name} -> {spec.student.name} "
-        f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, kd {spec.distillation.kd}), "
+        f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, "
+        f"kd {spec.distillation.kd}), "
         f"batch {spec.recipe.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds"
     )
     rows = [
