@@ -1,4 +1,4 @@
-"""DeiT's training input pipeline at 224 px on this CPU: images/s per loader worker, and the cores per GPU.
+"""DeiT's training input pipeline at 224 px on this CPU: images/s per loader core, and the cores per GPU.
 
     python -m benchmarks.bench_input                              # 512 generated JPEGs, 1 and 2 workers
     python -m benchmarks.bench_input --gpu-json bench_gpu.json    # + cores per GPU at bench_gpu's step rate
@@ -6,7 +6,8 @@
 
 The images: an ImageFolder of ImageNet-like JPEGs (500x375, the quality chosen for ~110 KB, ImageNet's mean
 train file size; 1/f-noise texture under random shapes), generated once into --dir. Each loader path reads
-one epoch from a fresh loader (worker start-up included; torch threads 1 in every worker, as PyTorch sets):
+one epoch per round from a fresh loader (worker start-up included; torch threads 1 in every worker, as
+PyTorch sets), interleaved over --rounds:
 
 - kdgrid: trainer.data.build's FolderData for experiments/paper.yaml's data spec, the loader kdgrid trains
   with (DeiT's transform from timm: random-resized crop, flip, RandAugment, normalisation, random erasing);
@@ -14,8 +15,10 @@ one epoch from a fresh loader (worker start-up included; torch threads 1 in ever
   and without it;
 - torchvision: decode_image + v2 transforms on uint8 tensors (torchvision's RandAugment, not timm's).
 
-Where the time goes: kdgrid's transform stage by stage in this process, and JPEG decode alone (PIL, PIL's
-draft() reduced-size decode, torchvision's decode_jpeg).
+Each prints its wall images/s and the CPU time per image in its workers and in the trainer process; the
+per-core rate (1000 / kdgrid's worker CPU ms per image) drives the cores table, since on a shared machine
+other processes stretch the wall time but not the CPU time. Where the time goes: kdgrid's transform stage
+by stage in this process, and JPEG decode alone (PIL, PIL's draft() reduced-size decode, torchvision).
 """
 
 from __future__ import annotations
