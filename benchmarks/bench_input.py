@@ -409,7 +409,7 @@ def print_gpu(per_core: float, gpu_json: str | None) -> dict:
     row(
         "gpu",
         "published RTX 3090 bound: CaiT-S24 infer + DeiT-Ti dist. train",
-        f"{bound:.0f} images/s -> {math.ceil(bound / per_core)} loader workers",
+        f"{bound:.0f} images/s -> {math.ceil(bound / per_core)} loader workers (+1 core: the trainer)",
     )
     out["published_bound_images_per_s"] = bound
     return out
