@@ -4,6 +4,8 @@
   (--no-naive: without the naive map);
 - bench_step: a distillation step vs a teacher forward plus a student step, and a cohort's step;
 - bench_gpu: the paper-shape step on a GPU (its tiny CPU mode where there is none);
+- bench_input: DeiT's paper-scale input pipeline (JPEG decode + augmentation) per loader core, and the
+  cores per GPU it needs;
 - bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
   first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs;
 - bench_startup: the start-up version check vs the same versions through importlib.metadata;
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_gpu, bench_grid, bench_loss, bench_startup, bench_step, bench_tracking
+from benchmarks import bench_gpu, bench_grid, bench_input, bench_loss, bench_startup, bench_step, bench_tracking
 
 
 def main(argv: list[str]) -> int:
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> int:
         ("loss", bench_loss, quick + no_naive),
         ("step", bench_step, quick),
         ("gpu", bench_gpu, gpu),
+        ("input", bench_input, quick),
         ("grid", bench_grid, []),
         ("startup", bench_startup, []),
         ("tracking", bench_tracking, tracking),
