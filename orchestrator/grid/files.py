@@ -92,6 +92,12 @@ def scale_names() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem != "recipes" and not p.stem.endswith(".example"))
 
 
+def unknown_scale(ref: str) -> tuple[str, str, str]:
+    """The problem of a `--scale` name that names no scale, as (file, field, reason)."""
+    reason = f"no scale {ref!r}: scales are {', '.join(scale_names())}, or give a path to a scale YAML"
+    return display_path(EXPERIMENTS / f"{ref}.yaml"), "--scale", reason
+
+
 def scale_file(ref: str | Path) -> Path | None:
     """The file of a scale by name (experiments/<name>.yaml) or path; None for a name that is no scale."""
     if is_path_ref(ref):

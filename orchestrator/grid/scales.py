@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.grid.errors import GridError, invalid, read_yaml
-from orchestrator.grid.files import EXPERIMENTS, display_path, scale_file, scale_names
+from orchestrator.grid.files import display_path, scale_file, unknown_scale
 from orchestrator.grid.rows import check_model
 from trainer import strict_yaml
 from trainer.problems import SpecError, validation_problems
@@ -180,9 +180,7 @@ def scale_path(ref: str | Path) -> Path:
     """The file of a scale by name or path; GridError naming the known scales when there is none."""
     path = scale_file(ref)
     if path is None:
-        where = display_path(EXPERIMENTS / f"{ref}.yaml")
-        reason = f"no scale {ref!r}: scales are {', '.join(scale_names())}, or give a path to a scale YAML"
-        raise GridError([(where, "--scale", reason)])
+        raise GridError([unknown_scale(str(ref))])
     return path
 
 
