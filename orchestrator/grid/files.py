@@ -46,7 +46,8 @@ def is_path_ref(ref: str | Path) -> bool:
 
 
 def is_table_file(path: Path) -> bool:
-    """A table file has `table:` and `rows:` at its top (ablations/ may hold other YAML, e.g. searches)."""
+    """A table file has `table:` and `rows:` at its top (ablations/ may hold other YAML, e.g. searches).
+    A sniff, read leniently: a table with a problem (a duplicate key) is still found, and load_table says why."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):

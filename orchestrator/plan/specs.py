@@ -48,18 +48,18 @@ class Context:
         return self.book.recipes[self.recipe_name]
 
 
-def student_settings(ctx: Context, table: AblationTable | None, row: AblationRow) -> tuple[dict, float]:
-    """(recipe, drop_path) of a row's student: the scale's, the table's own at this scale, the recipe's."""
+def student_protocol(ctx: Context, table: AblationTable | None, row: AblationRow) -> tuple[dict, dict, float]:
+    """(data, recipe, drop_path) of a row's student: the scale's, overridden by the table's own settings at
+    this scale (another paper's protocol), then by the named recipe's for the rows that take one."""
     sc, rec = ctx.scale, ctx.recipe
     own = table.scales.get(sc.scale) if table is not None else None
-    drop_path = sc.student.drop_path
-    recipe = sc.student.recipe.model_dump()
+    data, recipe, drop_path = sc.data.model_dump(), sc.student.recipe.model_dump(), sc.student.drop_path
     if own is not None:
         recipe = deep_merge(recipe, own.recipe)
         drop_path = own.drop_path.get(row.student, drop_path)
     if uses_recipe(row.method):  # the recipe's own batch at this scale (the released script's 64 per GPU)
         recipe.update(rec.student.recipe.get(sc.scale, {}))
-    return recipe, drop_path
+    return data, recipe, drop_path
 
 
 def row_distillation(ctx: Context, row: AblationRow, drop_path: float) -> tuple[dict[str, Any], float]:
@@ -186,7 +186,7 @@ class Resolver:
             )
             self.problems.append((table_src, f"rows[{i}].student", reason))
             return None
-        recipe, drop_path = student_settings(ctx, table, row)
+        data, recipe, drop_path = student_protocol(ctx, table, row)
         distillation, drop_path = row_distillation(ctx, row, drop_path)
         teacher = None
         if row.method != "none":
@@ -197,7 +197,7 @@ class Resolver:
             seed=0,
             student=dict(name=m.name, kwargs=m.kwargs, drop_path=drop_path),
             teacher=teacher,
-            data=ctx.scale.data.model_dump(),
+            data=data,
             recipe=recipe,
             distillation=distillation,
         )
