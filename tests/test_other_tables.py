@@ -140,7 +140,7 @@ def test_other_tables_are_found_by_their_content(tmp_path):
     assert {"deit", "vitkd"} <= set(grid.EXTRA_TABLES) and grid.TABLE_FILES["vitkd"] == "vitkd.yaml"
     (tmp_path / "search.yaml").write_text("search: {alpha: [0.5, 1]}\n")
     (tmp_path / "t.yaml").write_text("table: x\ntitle: t\ncolumns: []\nrows: []\n")
-    assert not grid._is_table(tmp_path / "search.yaml") and grid._is_table(tmp_path / "t.yaml")
+    assert not grid.is_table_file(tmp_path / "search.yaml") and grid.is_table_file(tmp_path / "t.yaml")
 
 
 @pytest.mark.parametrize("tables", ["deit", "vitkd", "deit,vitkd,2"])

@@ -33,7 +33,7 @@ def test_reproduce_with_no_arguments_plans_the_default_recipe(tmp_path):
     out = kdgrid("plan", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"scale mini · recipe {book.default} · tables 2,3,4,5,6,7,fig4" in out.stdout
-    assert "layers=sum" in out.stdout and "reduction=released" in out.stdout  # paper-mean's settings
+    assert "layers=sum" in out.stdout and "reduction=mean" in out.stdout  # paper-mean's settings
 
 
 def test_the_old_recipe_name_plans_the_same_runs(tmp_path):

@@ -17,20 +17,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from trainer import methods
+from trainer import methods, strict_yaml
 from trainer.methods import embedding, manifold
+from trainer.problems import SpecError, validation_problems
 from trainer.spec_base import NOT_HASHED, Block, Positive, StrictModel, Weight  # noqa: F401 (re-exported)
-
-
-class SpecError(ValueError):
-    """A spec that cannot run, with where (file, field path) and why."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        where = f"{source}: " if source else ""
-        lines = [f"{where}{path or '<root>'}: {reason}" for path, reason in problems]
-        super().__init__("invalid spec\n  " + "\n  ".join(lines))
 
 
 class ModelSpec(StrictModel):
@@ -164,8 +154,9 @@ def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None =
         if recipe.global_batch % per_step:
             raise ValueError(
                 f"global_batch: {recipe.global_batch} cannot be split over world_size {world_size} x batch_size "
-                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count (launch.resources.gpus) "
-                f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size"
+                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count "
+                f"(launch.resources.gpus) that divides {recipe.global_batch // recipe.batch_size}, "
+                "or another batch_size"
             )
         acc = recipe.global_batch // per_step
     if stated is not None and stated != acc:
@@ -270,6 +261,8 @@ def _hashed(model: BaseModel) -> Any:
         value = getattr(model, name)
         if value is None and field.default is None:
             continue
+        if "hash_as" in extra:  # a renamed value hashes as before
+            value = extra["hash_as"].get(value, value)
         out[name] = _hashed_value(value)
     return out
 
@@ -304,41 +297,21 @@ def cross_field_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    problems = []
-    for e in err.errors():
-        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-            # cross-field errors carry their own path: "distillation.manifold.k: ..."
-            head, sep, rest = msg.partition(": ")
-            if sep and " " not in head and not path:
-                path, msg = head, rest
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        full = ".".join(p for p in (prefix, path) if p)
-        problems.append((full, msg))
-    return problems
+format_validation_error = validation_problems  # the name callers have used: (field path, reason) per error
 
 
 def parse_experiment(data: Any, source: str | None = None, prefix: str = "") -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, prefix), source) from None
+        raise SpecError(validation_problems(err, prefix, ExperimentSpec), source) from None
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
-    """Read a spec file (YAML, safe_load), validate it, and check that what it names exists."""
+    """Read a spec file (YAML as safe_load reads it, duplicate keys refused), validate it, and check that
+    what it names exists."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError([("", f"no such file {path}")], str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError([("", f"not valid YAML: {err}")], str(path)) from None
-    spec = parse_experiment(data, str(path))
+    spec = parse_experiment(strict_yaml.read(path), str(path))
     problems = resource_problems(spec)
     if problems:
         raise SpecError(problems, str(path))
