@@ -164,7 +164,8 @@ def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None =
         if recipe.global_batch % per_step:
             raise ValueError(
                 f"global_batch: {recipe.global_batch} cannot be split over world_size {world_size} x batch_size "
-                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count (launch.resources.gpus) "
+                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count "
+                f"(launch.resources.gpus) "
                 f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size"
             )
         acc = recipe.global_batch // per_step
@@ -347,10 +348,10 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
 
 def resource_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """What the run needs from disk: the dataset and any teacher checkpoint file."""
-    from trainer.data import dataset_problem
+    from trainer.dataset_files import dataset_problem
 
     problems = []
-    msg = dataset_problem(spec.data)
+    msg = dataset_problem(spec.data.dataset, spec.data.root)
     if msg:
         problems.append(("data.root", msg))
     if spec.teacher is not None and spec.teacher.source == "checkpoint":
