@@ -122,7 +122,13 @@ class RecipeSpec(StrictModel):
     clip_grad: Positive | None = None
     ema: bool = False
     ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99996
-    amp: bool = True  # bf16 autocast on GPU (losses in float32); ignored on CPU
+    amp: bool = True  # mixed precision on CUDA where `precision` is unset; ignored on CPU
+    # fp16 (autocast + GradScaler, as DeiT and the released ManifoldKD code) | bf16 (autocast) | fp32, on every
+    # device, CPU included. Unset (None), `amp` decides as it did before this field: fp16 on CUDA, fp32 on CPU
+    # or with `amp: false` (trainer.precision.effective; kdgrid's CUDA autocast was bf16 until then). Hashed
+    # only when set, so runs planned before it keep their hashes; with `amp: false`, fp32 is that same run
+    # (normalised to unset) and fp16/bf16 a contradiction. Losses are float32 under any of them.
+    precision: Literal["fp16", "bf16", "fp32"] | None = None
     compile: bool = Field(False, json_schema_extra=NOT_HASHED)
     log_every: int = Field(50, ge=1, json_schema_extra=NOT_HASHED)
 
@@ -133,6 +139,10 @@ class RecipeSpec(StrictModel):
                 f"global_batch: {self.global_batch} is not a multiple of batch_size {self.batch_size} "
                 "(the per-device micro-batch)"
             )
+        if self.precision is not None and not self.amp:
+            if self.precision != "fp32":
+                raise ValueError(f"precision: {self.precision} with amp: false: mixed precision is on or off, not both")
+            self.__dict__["precision"] = None  # amp: false already trains in fp32: the same run, the same hash
         if self.world_size is not None:
             self.__dict__["accumulation"] = accumulation_steps(self, self.world_size, self.accumulation)
         return self
@@ -320,10 +330,10 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
 
 def resource_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """What the run needs from disk: the dataset and any teacher checkpoint file."""
-    from trainer.data import dataset_problem
+    from trainer.dataset_files import dataset_problem
 
     problems = []
-    msg = dataset_problem(spec.data)
+    msg = dataset_problem(spec.data.dataset, spec.data.root)
     if msg:
         problems.append(("data.root", msg))
     if spec.teacher is not None and spec.teacher.source == "checkpoint":

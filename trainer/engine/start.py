@@ -1,0 +1,136 @@
+"""Starting a cohort: which runs this process trains (claimed against MLflow and the run locks), the data
+and precision they share, each member built and resumed from its checkpoint with its MLflow run opened,
+and the teacher loaded and measured."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import data as data_mod
+from trainer import dataset_inputs, tracking, workdir
+from trainer.distributed import DistEnv, broadcast_flags
+from trainer.engine.cohort import Cohort
+from trainer.engine.member import Member, build_member, precision_of
+from trainer.engine.runlog import backfill, log_datasets, log_start
+from trainer.engine.teacher import evaluate_teacher, load_teacher
+from trainer.protocol import run_protocol
+from trainer.spec import ExperimentSpec, accumulation_steps
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where this process trains and records: its place in the job, the work directory, MLflow (a client on
+    rank 0 only), and whether finished runs train again (`force`)."""
+
+    env: DistEnv
+    wd: Path
+    client: Any
+    tracking_uri: str | None
+    force: bool = False
+
+
+def claim(specs: list[ExperimentSpec], session: Session, results: dict[str, str]):
+    """Which runs to train: not finished in MLflow, not locked by another process (rank 0 decides).
+    Returns (specs to train, the locks taken); the others' outcomes go into `results`."""
+    todo, locks = [], {}
+    for s in dict((s.content_hash(), s) for s in specs).values():
+        ok = True
+        if session.env.main:
+            ok = _claim_one(s, session, locks, results)
+        todo.append((s, ok))
+    flags = broadcast_flags([ok for _, ok in todo], session.env.device)
+    return [s for (s, _), ok in zip(todo, flags) if ok], locks
+
+
+def _claim_one(s: ExperimentSpec, session: Session, locks: dict, results: dict[str, str]) -> bool:
+    h = s.content_hash()
+    run = tracking.runs_by_hash(session.client, s.scale, [h]).get(h)
+    if run is not None and run.info.status == "FINISHED" and not session.force:
+        results[h] = "skipped: finished in MLflow"
+        return False
+    lock = workdir.RunLock(workdir.run_dir(session.wd, h))
+    try:
+        lock.acquire()
+    except workdir.LockHeld as err:
+        results[h] = f"locked: {err}"
+        return False
+    locks[h] = lock
+    return True
+
+
+def new_cohort(spec: ExperimentSpec, env: DistEnv, callbacks: tuple) -> Cohort:
+    """The cohort's data, in micro-batches that make up the global batch on this world size, its precision
+    and mixup; no member yet. Raises ValueError when the protocol cannot be met here."""
+    accumulation = accumulation_steps(spec.recipe, env.world_size)
+    train_data, val_data = data_mod.build(spec.data, spec.recipe.batch_size, env.rank, env.world_size, accumulation)
+    cohort = Cohort(
+        spec=spec,
+        members=[],
+        train_data=train_data,
+        val_data=val_data,
+        env=env,
+        precision=precision_of(spec, env.device),
+        accumulation=accumulation,
+        callbacks=callbacks,
+        mixup=data_mod.mixup_fn(spec.data),
+    )
+    if cohort.steps == 0:
+        raise ValueError(
+            f"the training set has fewer images than one global batch of {spec.recipe.global_batch_at(env.world_size)}"
+        )
+    return cohort
+
+
+def open_members(cohort: Cohort, specs: list[ExperimentSpec], session: Session, cpu0: float) -> None:
+    """Each run opened into `cohort.members` (so that a failure half-way closes those already open), then the
+    teacher loaded and measured; the set-up's CPU seconds since `cpu0` are split evenly among the runs."""
+    for s in specs:
+        cohort.members.append(_open_member(s, cohort, session))
+    if cohort.spec.teacher is not None:
+        cohort.teacher = load_teacher(cohort.spec, session.wd, session.tracking_uri, cohort.env.device)
+        taps = {b for m in cohort.members for b in m.t_taps}
+        cohort.t_blocks = tuple(sorted(taps, key=lambda t: (isinstance(t, str), str(t).zfill(9))))
+        evaluate_teacher(cohort)
+    share = (time.process_time() - cpu0) / len(cohort.members)
+    if cohort.env.main:
+        for m in cohort.members:
+            m.run.log_metrics({"cost.setup_cpu_s": share}, step=m.start_epoch)
+
+
+def protocol(cohort: Cohort) -> dict[str, Any]:
+    """How this process runs the cohort's members (run_protocol's arguments but the spec)."""
+    return dict(
+        world_size=cohort.env.world_size,
+        accumulation=cohort.accumulation,
+        precision=cohort.precision.label,
+        train_images=dataset_inputs.count(cohort.train_data),
+        val_images=dataset_inputs.count(cohort.val_data),
+    )
+
+
+def _open_member(s: ExperimentSpec, cohort: Cohort, session: Session) -> Member:
+    """A member built, resumed from its checkpoint when there is one, and its MLflow run opened."""
+    env = cohort.env
+    m = build_member(s, env, session.wd, cohort.steps)
+    ckpt_path = m.dir / "checkpoint.pt"
+    run_id = None
+    if ckpt_path.exists() and not session.force:
+        ckpt = workdir.load(ckpt_path)
+        m.restore(ckpt)
+        run_id = ckpt.get("run_id")
+    if env.main:
+        m.dir.mkdir(parents=True, exist_ok=True)
+        (m.dir / "spec.yaml").write_text(s.to_yaml())
+        m.run = tracking.RunLog.open(session.client, s, m.hash, run_id, new=session.force)
+        log_start(m, env, run_protocol(s, **protocol(cohort)), cohort.precision.name)
+        log_datasets(m, cohort.train_data, cohort.val_data)
+        m.run.start_system_metrics(torch.device(env.device).index or 0 if env.device.startswith("cuda") else None)
+        backfill(m)
+    for cb in cohort.callbacks:
+        cb.on_start(m.hash, s, m.start_epoch, cohort.steps)
+    return m
