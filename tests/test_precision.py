@@ -39,7 +39,7 @@ def test_precision_is_hashed_only_where_it_changes_the_run():
     no_amp = parse_experiment(_with_recipe(amp=False))
     again = parse_experiment(_with_recipe(amp=False, precision="fp32"))
     assert again.recipe.precision is None and again.content_hash() == no_amp.content_hash()
-    with pytest.raises(SpecError, match="recipe: precision: bf16 with amp: false"):
+    with pytest.raises(SpecError, match="recipe.precision: bf16 with amp: false"):
         parse_experiment(_with_recipe(amp=False, precision="bf16"))
     with pytest.raises(SpecError, match="recipe.precision"):
         parse_experiment(_with_recipe(precision="fp8"))
