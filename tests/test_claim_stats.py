@@ -218,6 +218,65 @@ def test_smaller_than_the_papers_is_a_verdict_and_asks_for_no_more_seeds():
     assert C.claim_result("V", "vitkd", "t", [shared], Q.Design(), effect=0.1).open_rows == [("vitkd", 0)]
 
 
+def test_next_seeds_is_what_resolve_adds():
+    """The round's decision: verdicts, and the open claims' rows to raise to their next look."""
+    design = Q.design_for(3, 10)
+    rows = (("3", 0), ("3", 1))
+    decided = C.claim_result(
+        "A",
+        "3",
+        "t",
+        [
+            C.compare(
+                dict(enumerate(sample(80, 0.1, 3))),
+                dict(enumerate(sample(70, 0.1, 3))),
+                "beats",
+                0.5,
+                rows=rows,
+                design=design,
+            )
+        ],
+        design,
+    )
+    open_ = C.claim_result(
+        "B",
+        "3",
+        "t",
+        [
+            C.compare(
+                dict(enumerate(sample(75, 1.0, 4))),
+                dict(enumerate(sample(75, 1.0, 4))),
+                "beats",
+                0.0,
+                rows=rows,
+                design=design,
+            )
+        ],
+        design,
+    )
+    last = C.claim_result(
+        "C",
+        "3",
+        "t",
+        [
+            C.compare(
+                dict(enumerate(sample(75, 1.0, 10))),
+                dict(enumerate(sample(75, 1.0, 10))),
+                "beats",
+                0.0,
+                rows=rows,
+                design=design,
+            )
+        ],
+        design,
+    )
+    step = C.next_seeds([decided, open_, last])
+    assert step.verdicts == {"A": C.SUPPORTED, "B": C.UNRESOLVED, "C": C.UNRESOLVED}
+    assert step.rows == {"B": {("3", 0): 6, ("3", 1): 6}}
+    assert "supported at 3 seeds" in step.done["A"] and "the last look (10" in step.done["C"]
+    assert Q.design_for(1, 10).looks == (3, 4, 6, 8, 10) and Q.design_for(5, 20).looks[0] == 5
+
+
 def test_no_look_before_the_first_looks_seeds():
     c = C.compare({0: 75.0, 1: 75.2}, {0: 74.0, 1: 74.1}, "beats", 0.5, rows=(("3", 0), ("3", 1)))
     assert c.outcome == "untested" and c.seeds_needed == 3 and "no test before 3 seeds" in c.describe()

@@ -281,6 +281,34 @@ class ClaimResult:
         return f"{used}, look {self.look + 1} of {len(self.design.looks)}: the next look is at {need} seeds per row"
 
 
+@dataclass
+class NextSeeds:
+    """What `--resolve` needs from one round's claims."""
+
+    verdicts: dict[str, str]  # claim -> its verdict now
+    rows: dict[str, dict[RowRef, int]]  # claim still open -> {row: seeds it should have at the claim's next look}
+    done: dict[str, str]  # claim that gets no more seeds -> why
+
+
+def next_seeds(results: list[ClaimResult]) -> NextSeeds:
+    """Pure: every claim's verdict, and for each claim still open the rows to raise and to how many seeds
+    (its next look). A claim with a verdict, at its last look, or with rows missing gets none. The loop
+    raises the rows of the claims it can pay for (a row shared by claims: the larger number)."""
+    out = NextSeeds({c.id: c.verdict for c in results}, {}, {})
+    for c in results:
+        if c.resolved:
+            out.done[c.id] = f"{c.verdict} at {c.seeds_used} seeds per row"
+        elif c.verdict == INCOMPLETE:
+            out.done[c.id] = "rows missing"
+        elif c.seeds_needed is None:
+            out.done[c.id] = f"the last look ({c.design.looks[-1]} seeds per row) without a verdict"
+        elif c.open_rows:
+            out.rows[c.id] = dict.fromkeys(c.open_rows, c.seeds_needed)
+        else:
+            out.done[c.id] = "no row to add seeds to"
+    return out
+
+
 def row_values(row: RowModel | None, metric: str = "last") -> dict[int, float]:
     """{seed: final-epoch (or best-epoch) top-1} of a row's finished seeds."""
     if row is None:

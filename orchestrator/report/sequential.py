@@ -232,8 +232,9 @@ def _norm_sf(c: float) -> float:
 
 
 def design_for(seeds: int = FIRST_LOOK, max_seeds: int = MAX_SEEDS, level: float = 0.95, **kw) -> Design:
-    """The design of a grid trained with `seeds` per row and `--max-seeds`: looks from the first to the last."""
-    return Design(schedule(seeds, max_seeds), level, **kw)
+    """The design of a grid trained with `seeds` per row (`--seeds`; one seed: a first look at 3) and
+    `--max-seeds`: looks from the grid's seeds to the last. Fixed before any result is seen."""
+    return Design(schedule(seeds if seeds >= 2 else FIRST_LOOK, max_seeds), level, **kw)
 
 
 # ---- vectorised decisions ------------------------------------------------------------------------
