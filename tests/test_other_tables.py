@@ -54,7 +54,8 @@ def test_a_row_reads_its_head_and_claims_pick_rows_by_their_cells():
     assert heads["DeiT⚗ – class embedding"].last.mean == pytest.approx(54.1)
     assert heads["DeiT⚗ – distil. embedding"].last.mean == pytest.approx(57.2)
     assert heads["DeiT⚗ – class+distillation"].last.mean == pytest.approx(56.1)
-    result = {c.id: c for c in claims.check_all([model])}
+    one_look = claims.sequential.Design(looks=(3,))  # the fixed-sample test at the 3 seeds
+    result = {c.id: c for c in claims.check_all([model], design=one_look)}
     assert result["DeiT-hard"].verdict == claims.SUPPORTED  # 55 vs 51 at every size
     assert result["DeiT-token"].verdict == claims.SUPPORTED  # 57.x vs 54.x
     assert result["DeiT-fused"].verdict == claims.CONTRADICTED  # 56.1 < 57.2
@@ -76,7 +77,8 @@ def test_claims_leave_out_rows_a_cut_table_does_not_have(tmp_path):
         lambda i: plan.row_runs("vitkd", i),
         lambda h: _result(h, 60.0 + 2 * (plan.run(h).spec.distillation.vitkd is not None) + 0.1 * plan.run(h).seed),
     )
-    c = next(c for c in claims.check_all([model]) if c.id == "ViTKD")
+    two = claims.sequential.Design(looks=(2,))  # the fixed-sample test at the 2 seeds
+    c = next(c for c in claims.check_all([model], design=two) if c.id == "ViTKD")
     assert len(c.comparisons) == 1 and "DeiT-Small" in c.note and c.verdict == claims.SUPPORTED
 
 
