@@ -24,10 +24,10 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 HOST_CA_BUNDLE=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 PROBE=trainer/__init__.py # the file that gets a one-line change to time the rebuild
-fresh=0 run=1
+fresh=0 run=1 nocache=()
 for arg in "$@"; do
   case "$arg" in
-    --fresh) fresh=1 ;;
+    --fresh) fresh=1 nocache=(--no-cache) ;;
     --no-run) run=0 ;;
     *) echo "usage: docker/build_local.sh [--fresh] [--no-run]" >&2; exit 2 ;;
   esac
@@ -40,12 +40,12 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 disk() { df -h --output=avail /var/lib | tail -1 | tr -d ' '; }
 
 [ "$(id -u)" = 0 ] || { echo "[image] run as root: debootstrap needs it, and podman keeps its images in /var/lib/containers" >&2; exit 2; }
-missing=""
-for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
-if [ -n "$missing" ]; then
-  say "apt-get install$missing"
+missing=()
+for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ "$run" = 0 ] || [ -x "$HOST_VENV/bin/mlflow" ] || {
   echo "[image] no $HOST_VENV/bin/mlflow for the host's tracking server: scripts/bootstrap.sh run, or set HOST_VENV" >&2
@@ -132,7 +132,7 @@ build() {
 }
 
 say "podman build -f docker/Dockerfile --build-arg BASE=$BASE_IMAGE -t $IMAGE ."
-build build.log $([ "$fresh" = 1 ] && echo --no-cache)
+build build.log "${nocache[@]}"
 first_s=$build_s first_n="$nrebuilt of $steps steps"
 image_size=$(pm image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=si --suffix=B)
 layers=$(pm history --no-trunc --format '{{.Size}}|{{.CreatedBy}}' "$IMAGE" | awk -F'|' '$1 !~ /^0 ?B$/ {
