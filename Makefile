@@ -1,6 +1,6 @@
 # The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
 # ranges, pinned to the tested set by requirements/lock.txt).
-.PHONY: reproduce test check docs plan report ui bench lock
+.PHONY: reproduce test check docs plan report ui bench lock image
 
 reproduce:  ## the mini reproduction: local launcher, MLflow in ./kdgrid.db, report in ./reports
 	scripts/bootstrap.sh run
@@ -35,3 +35,7 @@ bench:
 
 lock:  ## refresh requirements/lock.txt: the newest releases within pyproject.toml's ranges (then run make test)
 	scripts/lock.sh
+
+image:  ## slow, opt-in, not run by CI (as root): the cluster image built with podman on a debootstrap base, run, timed
+	scripts/bootstrap.sh run
+	docker/build_local.sh $(ARGS)
