@@ -134,7 +134,7 @@ def test_the_docs_walkthrough_trains_the_plugin_method_and_reports_its_table(tmp
         results.append(venv.run(line, lab, timeout=1800))
         assert results[-1].returncode == 0, f"{line}\n{results[-1].stdout[-3000:]}\n{results[-1].stderr[-3000:]}"
     _, plan, run = results
-    assert "5 run(s)" in plan.stdout and "cosine w=0.5" in plan.stdout
+    assert "→ 5 unique runs after deduplication" in plan.stdout and "│ cosine " in plan.stdout
     assert "runs: 5 finished" in run.stdout
     report = (lab / "reports" / "report.md").read_text()
     assert "**5 planned runs: 5 finished.**" in report

@@ -111,7 +111,7 @@ def test_the_installed_wheel_reproduces_a_smoke_table_from_any_folder(tmp_path_f
     assert check.returncode == 0, check.stdout + check.stderr
     plan = venv.run(f"kdgrid plan --scale smoke --tables fig4 {LESS_DATA}", work)
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert "4 run(s)" in plan.stdout
+    assert "→ 4 unique runs after deduplication" in plan.stdout
 
     run = venv.run(f"kdgrid reproduce --scale smoke --tables fig4 --seeds 1 --workers 2 {LESS_DATA}", work, 1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
