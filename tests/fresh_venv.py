@@ -77,13 +77,9 @@ def fresh_venv(path: Path, wheel: Path) -> Venv:
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True, timeout=600)
     venv = Venv(path)
     python = path / "bin" / "python"
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
-        check=True,
-        capture_output=True,
-        env=venv.env,
-        timeout=600,
-    )
+    for pip_args in (["uninstall", "-y", "setuptools"], ["install", "-q", "--no-deps", str(wheel)]):
+        # Python 3.11's venv adds an old setuptools, which would shadow the locked one that builds plug-ins.
+        subprocess.run([python, "-m", "pip", *pip_args], check=True, capture_output=True, env=venv.env, timeout=600)
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
