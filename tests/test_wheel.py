@@ -28,16 +28,18 @@ LESS_DATA = "--set data.train_subset=256 --set data.val_subset=128 --set teacher
 def test_the_wheel_installs_the_library_and_the_grid_yaml_only(tmp_path_factory):
     wheel, _ = dists(tmp_path_factory)
     names = zipfile.ZipFile(wheel).namelist()
-    assert {n.split("/")[0] for n in names} == {"orchestrator", "trainer", "kdgrid-0.1.0.dist-info"}
+    info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"  # kdgrid-<version>.dist-info
+    assert {n.split("/")[0] for n in names} == {"orchestrator", "trainer", info}
     assert sorted(n.removeprefix("orchestrator/grid/data/") for n in names if n.endswith(".yaml")) == GRID_YAML
     assert "orchestrator/grid/files.py" in names and "trainer/methods/__init__.py" in names
-    entry_points = zipfile.ZipFile(wheel).read("kdgrid-0.1.0.dist-info/entry_points.txt").decode()
+    entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "kdgrid = orchestrator.cli:main" in entry_points
 
 
 def test_the_sdist_keeps_the_checkout_layout_and_twine_passes_both(tmp_path_factory):
     wheel, sdist = dists(tmp_path_factory)
-    names = {n.removeprefix("kdgrid-0.1.0/") for n in tarfile.open(sdist).getnames()}
+    top = sdist.name.removesuffix(".tar.gz") + "/"  # kdgrid-<version>/
+    names = {n.removeprefix(top) for n in tarfile.open(sdist).getnames()}
     assert set(GRID_YAML) <= names  # the source stays at the top; the wheel above was built from this sdist
     assert {"pyproject.toml", "setup.py", "README.md", "requirements/lock.txt"} <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "orchestrator/grid/data/")) for n in names)
