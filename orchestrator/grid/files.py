@@ -1,6 +1,8 @@
 """Where the grid's YAML lives: the paper's tables and the other tables (`ablations/`), the scales and the
-recipe book (`experiments/`). Every lookup of a file by name goes through here, so that shipping them as
-package data (issue 30) changes this module alone.
+recipe book (`experiments/`). Every lookup of a file by name goes through here.
+
+In a checkout (an editable install included) they are the checkout's top-level folders, next to the code;
+an installed wheel carries them as package data, `orchestrator/grid/data/` (setup.py maps them there).
 
 Other tables are found by content, lazily (on the first lookup, not at import): a file of `ablations/` is a
 table when it has `table:` and `rows:` at its top (the folder also holds searches).
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ABLATIONS = REPO / "ablations"
-EXPERIMENTS = REPO / "experiments"
+REPO = Path(__file__).resolve().parents[2]  # the checkout (site-packages, when installed)
+_PACKAGED = Path(__file__).resolve().parent / "data"  # a wheel's package data (pip installs wheels as folders)
+GRID_ROOT = _PACKAGED if (_PACKAGED / "experiments").is_dir() else REPO  # holds experiments/ and ablations/
+ABLATIONS = GRID_ROOT / "ablations"
+EXPERIMENTS = GRID_ROOT / "experiments"
 RECIPES_FILE = EXPERIMENTS / "recipes.yaml"
 
 # The paper's tables in order, and the file each lives in. `--tables all` (the default) is the paper's.
@@ -31,10 +35,11 @@ TABLE_ALIASES = {
 
 
 def display_path(path: str | Path) -> str:
-    """A path as the user should read it: relative to the repository when inside it."""
+    """A path as the user should read it: the grid's own files as `experiments/...`, `ablations/...` (in a
+    checkout, any file inside it relative to it), others as given."""
     p = Path(path)
     try:
-        return str(p.resolve().relative_to(REPO))
+        return str(p.resolve().relative_to(GRID_ROOT))
     except ValueError:
         return str(path)
 

@@ -1,6 +1,7 @@
 """Distillation methods as plug-ins, registered as timm registers models (`@register`).
 
-A method is one module of this package. It declares, in one `Method` subclass:
+A method is one module of this package, or of another installed package that names it under the
+`kdgrid.methods` entry-point group. It declares, in one `Method` subclass:
 - `fields`: the `DistillationSpec` fields it owns (its pydantic spec, or flat fields such as DeiT's
   kd/tau/kd_weight); `trainer.spec` builds `DistillationSpec` from every registered method;
 - `student_taps` / `teacher_taps`: the features it needs (0-based blocks' raw residual stream, or `FINAL`,
@@ -128,10 +129,20 @@ REGISTRY: dict[str, Method] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a method to the registry (one instance; methods hold no state)."""
+    """Class decorator: add a method to the registry (one instance; methods hold no state). Its key, spec
+    fields and row methods must be its own: a plug-in may not silently replace another method's."""
     method = cls()
-    if method.key in REGISTRY:
-        raise ValueError(f"distillation method {method.key!r} registered twice")
+    for other in REGISTRY.values():
+        clash = (
+            ({method.key} & {other.key})
+            | (set(method.fields) & set(other.fields))
+            | (set(method.rows) & set(other.rows))
+        )
+        if clash:
+            raise ValueError(
+                f"distillation method {cls.__module__}.{cls.__qualname__} takes {', '.join(sorted(clash))}, "
+                f"already {type(other).__module__}.{type(other).__qualname__}'s"
+            )
     REGISTRY[method.key] = method
     return cls
 
@@ -260,13 +271,21 @@ def blocks_text(b) -> str:
     return "{" + ",".join(str(x) for x in b) + "}"
 
 
+PLUGIN_GROUP = "kdgrid.methods"  # entry points of other packages' method modules (docs/plugins.md)
+
+
 def _discover() -> None:
-    """Import every module of this package: each registers its method (a new method is one new file)."""
+    """Import every module of this package, then the modules other installed packages name under the
+    `kdgrid.methods` entry-point group: each registers its method (a new method is one new file, here or in
+    a lab's own package)."""
     import importlib
     import pkgutil
 
+    from trainer.plugins import load_group
+
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         importlib.import_module(f"{__name__}.{info.name}")
+    load_group(PLUGIN_GROUP)
 
 
 _discover()
