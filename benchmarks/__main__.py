@@ -9,7 +9,8 @@
 - bench_grid: wall time and CPU-seconds per stage of the grid in ./kdgrid.db (run `make reproduce`
   first), or, with `python -m benchmarks.bench_grid --run`, cohorts + dedup vs independent runs;
 - bench_startup: the start-up version check vs the same versions through importlib.metadata;
-- bench_tracking: 8 processes writing to one SQLite store and through `mlflow server`: lost metrics.
+- bench_tracking: 8, 32 and 64 processes writing to SQLite and through `mlflow server` on SQLite and on
+  PostgreSQL: lost metrics, errors, time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     quick = ["--quick"] if "--quick" in argv else []
-    tracking = ["--epochs", "10"] if quick else []
+    tracking = ["--writers", "8"] if quick else []
     no_naive = ["--no-naive"] if "--no-naive" in argv else []
     gpu = [] if torch.cuda.is_available() and not quick else ["--cpu-tiny"]
     for name, bench, args in (

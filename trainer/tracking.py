@@ -39,13 +39,17 @@ def experiment_name(scale: str) -> str:
     return f"kdgrid-{scale}"
 
 
-_TRANSIENT = ("database is locked", "database table is locked", "database is busy")  # SQLite's own words
+_TRANSIENT = (
+    *("database is locked", "database table is locked", "database is busy"),  # SQLite's own words
+    "queuepool limit",  # `mlflow server`'s connection pool stayed full for 30 s (a 400, which MLflow does not retry)
+)
 
 
 def retry(fn: Callable, *args, **kwargs):
     """SQLite allows one writer at a time: several training processes retry (for up to ~1 min, on top of
-    MLflow's 20 s busy timeout) instead of failing or losing a metric. Anything else is raised at once
-    (MLflow's HTTP client retries a busy or unreachable server itself)."""
+    MLflow's 20 s busy timeout) instead of failing or losing a metric; so do writers that an overloaded
+    `mlflow server` turns away (64 writers at once, benchmarks.bench_tracking). Anything else is raised at
+    once (MLflow's HTTP client retries a 5xx or an unreachable server itself)."""
     delay = 0.05
     for attempt in range(30):
         try:
@@ -83,6 +87,9 @@ def enable_wal(uri: str) -> bool:
 def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
+    # MLflow prints "View run ... at: URL" to stdout on closing a run of a server: stdout is kdgrid's
+    # (`kdgrid report --format json` writes its data there). MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false restores it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=uri or default_uri())
 
 
