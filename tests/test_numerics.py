@@ -196,3 +196,34 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.test_numerics --write")
     write()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_checkpoint_of_another_numerics_version_is_trained_afresh_in_a_new_run(tmp_path, monkeypatch, capfd):
+    """A run half-trained by code of another numerics version is not resumed into this code's numbers: its
+    checkpoint is passed over and a new MLflow run trains it from the start; the old one is closed."""
+    from tests.test_checkpoints import _StopAfter, small_spec, train
+    from trainer import tracking
+    from trainer.engine.runlog import RESUME_WARNING
+
+    monkeypatch.setenv("KDGRID_SYSTEM_METRICS_INTERVAL", "0")
+    spec, work, uri = small_spec(), tmp_path / "runs", f"sqlite:///{tmp_path / 'm.db'}"
+    h = parse_experiment(spec).content_hash()
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, work, uri, callbacks=(_StopAfter(1),))
+    c = tracking.client(uri)
+    old = tracking.runs_by_hash(c, "test", [h])[h]
+    c.update_run(old.info.run_id, "RUNNING")  # as a SIGKILLed process leaves it
+    version = numerics.NUMERICS_VERSION
+    monkeypatch.setattr(numerics, "NUMERICS_VERSION", version + 1)  # the code now computes other numbers
+    capfd.readouterr()
+    assert train(spec, work, uri) == {h: "finished"}
+    assert f"holds numerics version {version}: starting afresh" in capfd.readouterr().err
+
+    new = tracking.runs_by_hash(c, "test", [h])[h]
+    assert new.info.run_id != old.info.run_id and new.info.status == "FINISHED"
+    assert new.data.tags[numerics.TAG] == str(version + 1) and "starting afresh" in new.data.tags[RESUME_WARNING]
+    assert [m.step for m in c.get_metric_history(new.info.run_id, "val.top1")] == [1, 2, 3]
+    old = c.get_run(old.info.run_id)
+    assert old.info.status == "KILLED" and old.data.tags[numerics.TAG] == str(version)
