@@ -155,8 +155,10 @@ def _run_to_reopen(session: Session, s: ExperimentSpec, h: str, run_id: str | No
         except Exception:  # the store was reset since the checkpoint was written
             prior = None
     prior = prior or tracking.runs_by_hash(c, s.scale, [h]).get(h)
-    if prior is None or numerics.matches(prior.data.tags):
-        return (prior.info.run_id if prior else None), False
+    if prior is None:
+        return None, True
+    if numerics.matches(prior.data.tags):
+        return prior.info.run_id, False
     if prior.info.status in ("RUNNING", "SCHEDULED"):
         tracking.retry(c.set_terminated, prior.info.run_id, "KILLED")
     return None, True
