@@ -237,6 +237,14 @@ class RunLog:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """`text` as the artifact `artifact_file` (e.g. failure/traceback.txt), no local file needed."""
+        retry(self.c.log_text, self.run_id, text, artifact_file)
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` is logged already (what a resumed run must not log again)."""
+        return {m.step for m in retry(self.c.get_metric_history, self.run_id, key)}
+
     def log_datasets(self, datasets: Iterable[tuple[Any, str]]) -> None:
         """(mlflow Dataset entity, context) pairs, e.g. "training" / "validation": the UI's Dataset column.
         MLflow keeps one input per (dataset, context), so logging again on resume adds nothing."""

@@ -3,14 +3,15 @@
 Each epoch goes in micro-batches: every batch is augmented once and goes through the teacher once, then
 each member takes its own step. Nothing syncs the host inside a step except at logging intervals
 (`recipe.log_every`), where the loss terms are read and checked finite. A member that fails (an error in
-its step, a non-finite loss) leaves the cohort with its reason; the others go on.
+its step, a non-finite loss, a full disk at its checkpoint) leaves the cohort with its reason; the others
+go on.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,12 @@ def run_epochs(c: Cohort) -> None:
         for m in active:
             if m.failed:
                 continue
-            metrics = end_epoch(c, m, epoch, share)
-            if c.env.main:  # measurements of this process, not results: logged, not checkpointed
-                m.run.log_metrics(meter.metrics(m.hash, len(active)), step=epoch + 1)
+            # A full disk fails this run at its checkpoint. Not on one rank alone: the others would wait for it
+            # in its next all-reduce, so there the error ends the job (each run FAILED with the reason).
+            with member_guard(m) if c.env.world_size == 1 else nullcontext():
+                metrics = end_epoch(c, m, epoch, share, meter.metrics(m.hash, len(active)))
+            if m.failed:
+                continue
             for cb in c.callbacks:
                 cb.on_epoch(m.hash, epoch, metrics)
 
@@ -137,7 +141,7 @@ def member_guard(m: Member):
     """One student's failure does not stop its cohort: an error fails that member's run with its reason."""
     try:
         yield
-    except NonFiniteLoss as err:  # a diagnosis, not a bug: no traceback
+    except (NonFiniteLoss, workdir.DiskFull) as err:  # a diagnosis, not a bug: no traceback
         fail(m, f"{type(err).__name__}: {err}", None)
     except Exception as err:
         fail(m, f"{type(err).__name__}: {err}", traceback.format_exc())
@@ -158,9 +162,11 @@ def _report_progress(c: Cohort, active: list[Member], epoch: int, step: int, ela
             cb.on_progress(m.hash, epoch, step + 1, values)
 
 
-def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float) -> dict[str, float]:
+def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float, measured: dict[str, float]) -> dict[str, float]:
     """The epoch's metrics (train loss terms, validation, EMA's, lr, time and CPU cost), checkpointed first,
-    then logged: a kill in between loses no epoch and logs none twice (runlog.backfill)."""
+    then logged with this process's `measured` throughput (logged, not checkpointed): a kill in between loses
+    no epoch and logs none twice (runlog.backfill), and an epoch MLflow holds already (trained again from an
+    older checkpoint, to the same numbers) is not logged again."""
     t_eval, cpu_eval = time.perf_counter(), time.process_time()
     metrics = {f"train.{k}": v.item() for k, v in mean_terms(m).items()}
     last = epoch + 1 == m.epochs and c.env.world_size == 1  # a rank's predictions are a shard: single process only
@@ -179,8 +185,10 @@ def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float) -> dict[str,
     m.history.append({"epoch": epoch + 1, **metrics})
     m.start_epoch = epoch + 1
     if c.env.main:
-        workdir.save_atomic(m.state(epoch + 1), m.dir / "checkpoint.pt")
-        m.run.log_metrics(metrics, step=epoch + 1)
+        workdir.save_checkpoint(m.state(epoch + 1), m.dir / "checkpoint.pt", epoch + 1)
+        if epoch + 1 not in m.logged:
+            m.run.log_metrics(metrics | measured, step=epoch + 1)
+            m.logged.add(epoch + 1)
     return metrics
 
 

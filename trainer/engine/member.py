@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer import methods, models, tracking, workdir
+from trainer import methods, models, numerics, tracking, workdir
 from trainer.distributed import DistEnv
 from trainer.precision import Precision, effective
 from trainer.spec import ExperimentSpec
@@ -89,6 +89,7 @@ class Member:
     best_top1: float = -1.0
     history: list = field(default_factory=list)
     run: tracking.RunLog | None = None
+    logged: set[int] = field(default_factory=set)  # the epochs MLflow holds: a re-run epoch is not logged again
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     count: int = 0
     failed: str | None = None
@@ -105,6 +106,7 @@ class Member:
     def state(self, epoch_done: int) -> dict:
         return {
             "format": 1,
+            "numerics": numerics.NUMERICS_VERSION,
             "hash": self.hash,
             "epoch": epoch_done,
             "model": self.core.state_dict(),

@@ -1,21 +1,26 @@
-"""A member's MLflow run: what it logs when it starts (spec, protocol, environment, datasets), the epochs a
-kill kept from MLflow, its end (final weights, metrics, predictions) or its failure with the reason."""
+"""A member's MLflow run: what it logs when it starts (spec, protocol, numerics version, environment,
+datasets), the epochs a kill kept from MLflow, what a resume passed over, its end (final weights, metrics,
+predictions) or its failure with the reason (tag `kdgrid.failure`) and traceback (failure/traceback.txt)."""
 
 from __future__ import annotations
 
 import json
 import platform
 import subprocess
+import sys
+import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer import tracking, workdir
+from trainer import numerics, tracking, workdir
 from trainer.distributed import DistEnv
 from trainer.engine.member import Member
 
+TRACEBACK = "failure/traceback.txt"  # the artifact a failed run's traceback is logged as
+RESUME_WARNING = "kdgrid.resume_warning"  # why a resume passed over a checkpoint (corrupt, truncated, ...)
 PACKAGES = ("torch", "torchvision", "timm", "mlflow", "pydantic", "ray", "submitit", "kdgrid")
 
 
@@ -53,10 +58,12 @@ def _git() -> dict[str, str]:
 
 
 def log_start(m: Member, env: DistEnv, proto: dict[str, Any], precision: str) -> None:
-    """The spec as params, the protocol that runs it (`protocol.*`: the report's banner), what the engine
-    made of it (`effective.*`: lr, world size, precision ...), the environment as tags, the spec file."""
+    """The spec as params, the protocol that runs it (`protocol.*`: the report's banner, with the numerics
+    version), what the engine made of it (`effective.*`: lr, world size, precision ...), the environment and
+    the numerics version as tags, the spec file."""
     params = m.spec.model_dump(mode="json", exclude={"tags", "name"})
-    params["protocol"] = proto  # what ran (world size, accumulation, images, versions): the report's banner
+    # what ran (world size, accumulation, images, versions): the report's banner
+    params["protocol"] = {**proto, "numerics_version": numerics.NUMERICS_VERSION}
     params["effective"] = {
         "lr": m.lr,
         "world_size": env.world_size,
@@ -66,7 +73,8 @@ def log_start(m: Member, env: DistEnv, proto: dict[str, Any], precision: str) ->
         "content_hash": m.hash,
     }
     m.run.log_params(params)
-    m.run.set_tags({f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)})
+    tags = {f"env.{k}": v for k, v in environment(env).items()} | {tracking.LOG: str(m.dir)}
+    m.run.set_tags(tags | {numerics.TAG: numerics.NUMERICS_VERSION})
     m.run.log_artifact(m.dir / "spec.yaml")
 
 
@@ -77,13 +85,24 @@ def log_datasets(m: Member, train_data, val_data) -> None:
 
 
 def backfill(m: Member) -> None:
-    """Log the checkpointed epochs MLflow has not seen (a kill between checkpoint and logging)."""
-    if not m.history:
-        return
-    logged = {x.step for x in tracking.retry(m.run.c.get_metric_history, m.run.run_id, "val.top1")}
+    """Which epochs MLflow holds (`m.logged`: an epoch trained again after a resume from an older checkpoint
+    is not logged twice), and the checkpointed epochs it has not seen, logged now (a kill between checkpoint
+    and logging)."""
+    m.logged = m.run.logged_steps("val.top1")
     for entry in m.history:
-        if entry["epoch"] not in logged:
+        if entry["epoch"] not in m.logged:
             m.run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+            m.logged.add(entry["epoch"])
+
+
+def warn_resume(m: Member, rejected: list[str]) -> None:
+    """Why checkpoints were passed over (corrupt, truncated, another numerics version), and from which epoch
+    the run goes on: printed, and kept on its MLflow run as the tag `kdgrid.resume_warning`."""
+    where = f"resuming from epoch {m.start_epoch}" if m.start_epoch else "starting afresh"
+    text = f"{'; '.join(rejected)}: {where}"
+    print(f"warning: run {m.hash[:8]}: {text}", file=sys.stderr, flush=True)
+    if m.run is not None:
+        m.run.set_tags({RESUME_WARNING: text})
 
 
 def log_predictions(m: Member, name: str, predictions: dict) -> None:
@@ -95,20 +114,39 @@ def log_predictions(m: Member, name: str, predictions: dict) -> None:
 
 
 def fail(m: Member, reason: str, tb: str | None) -> None:
-    """The member leaves its cohort; its run ends FAILED with `reason` (the traceback, if any, in error.txt)."""
+    """The member leaves its cohort; its run ends FAILED with `reason` and the traceback, if any."""
     m.failed = reason
     if m.run is not None:
         if tb:
-            (m.dir / "error.txt").write_text(tb)
+            _keep_traceback(m, tb)
         m.run.finish("FAILED", reason)
 
 
 def interrupted(members: list[Member], done: set[str], err: BaseException) -> None:
-    """Close the runs an exception cut short: KILLED for an interrupt or exit, FAILED otherwise."""
-    status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    """Close the runs an exception cut short: KILLED for an interrupt or exit, FAILED otherwise (with the
+    traceback)."""
+    reason = f"{type(err).__name__}: {err}"
+    killed = isinstance(err, (KeyboardInterrupt, SystemExit))
     for m in members:
-        if m.hash not in done and m.run is not None and not m.failed:
-            m.run.finish(status, f"{type(err).__name__}: {err}")
+        if m.hash in done or m.run is None or m.failed:
+            continue
+        if killed:
+            m.run.finish("KILLED", reason)
+        else:
+            fail(m, reason, "".join(traceback.format_exception(err)))
+
+
+def _keep_traceback(m: Member, tb: str) -> None:
+    """The traceback as the run's artifact failure/traceback.txt and in its directory's error.txt; a failure
+    to keep it (the full disk that failed the run) does not hide the failure itself."""
+    try:
+        (m.dir / "error.txt").write_text(tb)
+    except OSError:
+        pass
+    try:
+        m.run.log_text(tb, TRACEBACK)
+    except Exception as err:
+        print(f"warning: run {m.hash[:8]}: its traceback could not be logged ({err})", file=sys.stderr)
 
 
 def finish(m: Member) -> None:
@@ -124,6 +162,7 @@ def finish(m: Member) -> None:
     m.run.log_artifact(m.dir / "checkpoint.pt", "checkpoints")
     (m.dir / "history.json").write_text(json.dumps(m.history, indent=1))
     m.run.finish("FINISHED")
+    workdir.previous(m.dir / "checkpoint.pt").unlink(missing_ok=True)  # a finished run is never resumed
 
 
 def _finals(m: Member) -> dict[str, float]:

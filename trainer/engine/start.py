@@ -1,6 +1,6 @@
 """Starting a cohort: which runs this process trains (claimed against MLflow and the run locks), the data
-and precision they share, each member built and resumed from its checkpoint with its MLflow run opened,
-and the teacher loaded and measured."""
+and precision they share, each member built and resumed from its newest sound checkpoint of this code's
+numerics version with its MLflow run opened, and the teacher loaded and measured."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from trainer import data as data_mod
-from trainer import dataset_inputs, tracking, workdir
+from trainer import dataset_inputs, numerics, tracking, workdir
 from trainer.distributed import DistEnv, broadcast_flags
 from trainer.engine.cohort import Cohort
-from trainer.engine.member import Member, build_member, precision_of
-from trainer.engine.runlog import backfill, log_datasets, log_start
+from trainer.engine.member import build_member, precision_of
+from trainer.engine.runlog import backfill, log_datasets, log_start, warn_resume
 from trainer.engine.teacher import evaluate_teacher, load_teacher
 from trainer.protocol import run_protocol
 from trainer.spec import ExperimentSpec, accumulation_steps
@@ -90,7 +90,7 @@ def open_members(cohort: Cohort, specs: list[ExperimentSpec], session: Session, 
     """Each run opened into `cohort.members` (so that a failure half-way closes those already open), then the
     teacher loaded and measured; the set-up's CPU seconds since `cpu0` are split evenly among the runs."""
     for s in specs:
-        cohort.members.append(_open_member(s, cohort, session))
+        _open_member(s, cohort, session)
     if cohort.spec.teacher is not None:
         cohort.teacher = load_teacher(cohort.spec, session.wd, session.tracking_uri, cohort.env.device)
         taps = {b for m in cohort.members for b in m.t_taps}
@@ -113,24 +113,52 @@ def protocol(cohort: Cohort) -> dict[str, Any]:
     )
 
 
-def _open_member(s: ExperimentSpec, cohort: Cohort, session: Session) -> Member:
-    """A member built, resumed from its checkpoint when there is one, and its MLflow run opened."""
+def _open_member(s: ExperimentSpec, cohort: Cohort, session: Session) -> None:
+    """A member built into `cohort.members`, resumed from its checkpoint when a sound one is left, and its
+    MLflow run opened: the checkpoint's, else the hash's, unless that holds another numerics version."""
     env = cohort.env
     m = build_member(s, env, session.wd, cohort.steps)
-    ckpt_path = m.dir / "checkpoint.pt"
-    run_id = None
-    if ckpt_path.exists() and not session.force:
-        ckpt = workdir.load(ckpt_path)
-        m.restore(ckpt)
-        run_id = ckpt.get("run_id")
+    cohort.members.append(m)  # from here on, a failure closes its run
+    state, rejected = workdir.Resume(None, []) if session.force else workdir.load_checkpoint(m.dir / "checkpoint.pt")
+    if state is not None and numerics.checkpoint_version(state) != numerics.NUMERICS_VERSION:
+        rejected.append(f"its checkpoint holds numerics version {numerics.checkpoint_version(state)}")
+        state = None
+    if state is not None:
+        m.restore(state)
     if env.main:
         m.dir.mkdir(parents=True, exist_ok=True)
+        workdir.remove_temporary(m.dir)
         (m.dir / "spec.yaml").write_text(s.to_yaml())
-        m.run = tracking.RunLog.open(session.client, s, m.hash, run_id, new=session.force)
+        run_id, new = _run_to_reopen(session, s, m.hash, state.get("run_id") if state else None)
+        m.run = tracking.RunLog.open(session.client, s, m.hash, run_id, new=new)
         log_start(m, env, run_protocol(s, **protocol(cohort)), cohort.precision.name)
         log_datasets(m, cohort.train_data, cohort.val_data)
         m.run.start_system_metrics(torch.device(env.device).index or 0 if env.device.startswith("cuda") else None)
         backfill(m)
+    if rejected:
+        warn_resume(m, rejected)
     for cb in cohort.callbacks:
         cb.on_start(m.hash, s, m.start_epoch, cohort.steps)
-    return m
+
+
+def _run_to_reopen(session: Session, s: ExperimentSpec, h: str, run_id: str | None) -> tuple[str | None, bool]:
+    """(run id, new): the MLflow run a resume goes on in (the checkpoint's, else the hash's newest). One that
+    holds another numerics version is not mixed with this code's numbers: it is closed (KILLED, if it was
+    left open) and a new run opened; `force` always opens a new one."""
+    if session.force:
+        return None, True
+    c = session.client
+    prior = None
+    if run_id is not None:
+        try:
+            prior = tracking.retry(c.get_run, run_id)
+        except Exception:  # the store was reset since the checkpoint was written
+            prior = None
+    prior = prior or tracking.runs_by_hash(c, s.scale, [h]).get(h)
+    if prior is None:
+        return None, True
+    if numerics.matches(prior.data.tags):
+        return prior.info.run_id, False
+    if prior.info.status in ("RUNNING", "SCHEDULED"):
+        tracking.retry(c.set_terminated, prior.info.run_id, "KILLED")
+    return None, True

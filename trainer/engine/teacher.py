@@ -99,7 +99,8 @@ def teacher_val_data(teacher: nn.Module, spec: ExperimentSpec, val_data):
 
 def evaluate_teacher(cohort: Cohort) -> None:
     """The frozen teacher's accuracy (with its own eval transform), and its per-image predictions, logged to
-    the runs that start now (a resumed run logged them when it started)."""
+    the runs that start now (a resumed run logged them when it started; one that starts again from epoch 0,
+    its checkpoints lost, keeps those it logged)."""
     starting = [m for m in cohort.members if m.start_epoch == 0]
     if not starting:
         return
@@ -110,6 +111,8 @@ def evaluate_teacher(cohort: Cohort) -> None:
     if not env.main:
         return
     for m in starting:
+        if m.run.logged_steps("teacher.top1"):
+            continue
         m.run.log_metrics({"teacher.top1": t_eval["top1"], "teacher.top5": t_eval["top5"]}, step=0)
         m.run.log_params({"protocol": teacher_protocol({**cohort.teacher.kdgrid_weights, "eval_transform": how})})
         if predictions:
