@@ -8,7 +8,7 @@ many processes (launch/ddp.py); on a machine without GPUs those are CPU processe
 `--threads` threads. A worker takes items one at a time, so the cost of importing
 torch is paid once per worker, not per item. An item starts once the items it depends on have ended;
 its runs whose teacher did not finish are reported blocked and not started. Workers report through a
-multiprocessing queue (the engine callback `view.QueueCallback`), feeding the live table.
+multiprocessing queue (launch/events.py), feeding the live table.
 
 A worker that dies (killed, out of memory) fails only its item: its runs are marked failed in MLflow
 with the reason, a fresh worker replaces it, and the other items go on.
@@ -24,19 +24,13 @@ import threading
 import time
 from contextlib import contextmanager
 
-from orchestrator.launch.items import (
-    LaunchContext,
-    WorkItem,
-    blocked_by,
-    devices_per_run,
-    log_path,
-    mark_abandoned,
-    payload_world_size,
-    run_item,
-    runnable,
-)
-from orchestrator.launch.planner import Planner
-from orchestrator.launch.view import QueueCallback, RunView
+from orchestrator.launch.dispatch import Dispatch
+from orchestrator.launch.events import Emitter, ItemEnded, ItemStarted
+from orchestrator.launch.items import LaunchContext, WorkItem, devices_per_run, log_path, payload_world_size
+from orchestrator.launch.outcome import Outcome, parse_all
+from orchestrator.launch.registry import Launcher, register
+from orchestrator.launch.view import RunView
+from orchestrator.launch.worker import run_item
 
 
 def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
@@ -63,8 +57,8 @@ def default_workers(threads: int, devices: int = 1) -> tuple[int, int]:
 def pool_size(workers: int, items: list[WorkItem], schedule: str) -> int:
     """Worker processes to start: as many as can be busy at once. Plan order trains whole items, one per
     worker; the cost schedule may cut a cohort into as many parts as it has runs, so a lone cohort (one
-    teacher's new seeds in a `--resolve` round) can still use every worker if the planner finds it pays."""
-    most = len(items) if schedule == "plan" else sum(len(it.runs) for it in items)
+    teacher's new seeds in a `--resolve` round) can still use every worker if the scheduler finds it pays."""
+    most = len(items) if schedule == "order" else sum(len(it.runs) for it in items)
     return max(1, min(workers, most))
 
 
@@ -78,26 +72,26 @@ def _worker(wid: int, tasks, events, work: str, uri: str, threads: int, env: dic
     os.close(fd)
     import trainer.run  # noqa: F401  (torch, timm, MLflow: loaded while the first item is still queued)
 
-    callback = QueueCallback(events)
+    callbacks = (Emitter(events.put),)
     while True:
         payload = tasks.get()
         if payload is None:
             return
-        events.put(("item_start", wid, payload["id"]))
+        events.put(ItemStarted(wid, payload["id"]))
         try:
             world = payload_world_size(payload)
             if world > 1:
                 from orchestrator.launch.ddp import run_item_ddp
 
                 results = run_item_ddp(
-                    payload, world, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,)
+                    payload, world, work=work, tracking_uri=uri, threads=threads, callbacks=callbacks
                 )
             else:
-                results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(callback,))
+                results = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=callbacks)
         except KeyboardInterrupt:
-            events.put(("item_end", wid, payload["id"], {h: "failed: interrupted" for h in payload["hashes"]}))
+            events.put(ItemEnded(wid, payload["id"], {h: Outcome("failed", "interrupted") for h in payload["hashes"]}))
             return
-        events.put(("item_end", wid, payload["id"], results))
+        events.put(ItemEnded(wid, payload["id"], parse_all(results)))
 
 
 def _signal_name(code: int | None) -> str:
@@ -179,119 +173,115 @@ class _Pool:
                     pass
 
 
-def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
-    """Train every item on a local pool; fill and return `outcomes` ({hash: outcome}).
+class _Grid:
+    """One launch on the pool: idle workers get the parts the scheduler picks, events feed the view, ended
+    and dead workers settle their parts."""
 
-    What each idle worker trains next is the planner's choice (launch/planner.py): with the cost schedule,
-    the critical path first and cohorts cut by cost over the workers free when their teacher ends."""
-    if not ctx.wait:
-        raise RuntimeError("the local launcher trains in this process's children: use `launch_detached`")
-    devices = devices_per_run(r for it in items for r in it.runs)
-    _, gpus = default_workers(ctx.threads, devices)
-    names = ctx.names
-    item_of = {h: it.id for it in items for h in it.hashes}
-    view = RunView(
-        [r for it in items for r in it.runs],
-        item_of,
-        ctx.console,
-        title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)",
-    )
-    events = mp.get_context("spawn").Queue()
-    pool = _Pool(ctx, pool_size(ctx.workers, items, ctx.schedule), gpus, events, devices)
-    planner = Planner(items, len(pool.procs), rates=ctx.rates, mode=ctx.schedule)
-    running: dict[int, WorkItem] = {}
-    idle = set(pool.procs)
-    dirty = True
-
-    def settle() -> None:
-        """Ready groups lose the runs whose teacher did not finish; idle workers get parts to train."""
-        for gid in planner.order:
-            if gid not in planner.ended and gid not in pruned and planner.ready(gid):
-                pruned.add(gid)
-                planner.prune(gid, lambda part: runnable(part, outcomes, names))
-                for h in planner.groups[gid].hashes:
-                    if h in outcomes:
-                        view.set_state(h, outcomes[h])
-        busy = {w: it.id for w, it in running.items()}
-        for wid, part in planner.assign(sorted(idle), busy, progress=view.progress):
-            idle.discard(wid)
-            running[wid] = part
-            for h in part.hashes:
-                ctx.item_of[h] = part.id
-                view.set_item(h, part.id)
-            pool.tasks[wid].put(part.payload())
-        busy = {w: it.id for w, it in running.items()}
-        view.set_eta(planner.eta(time.monotonic(), busy, progress=view.progress), len(running))
-
-    pruned: set[str] = set()
-    try:
-        with _sigterm_as_interrupt(), view:
-            while running or any(planner.left[g] for g in planner.order if g not in planner.ended):
-                if dirty:
-                    settle()
-                    dirty = False
-                    if not running:
-                        break  # nothing could start: every remaining run is blocked
-                try:
-                    ev = events.get(timeout=0.5)
-                except queue_mod.Empty:
-                    ev = None
-                while ev is not None:
-                    if ev[0] == "item_start":
-                        for h in running[ev[1]].hashes:
-                            view.set_state(h, "running: starting", quiet=True)
-                    elif ev[0] == "item_end":
-                        wid, item_id, results = ev[1], ev[2], ev[3]
-                        running.pop(wid)
-                        for h, o in results.items():
-                            outcomes[h] = o
-                            view.set_state(h, o)
-                        planner.finish(item_id)
-                        idle.add(wid)
-                        dirty = True
-                    else:
-                        view.handle(ev)
-                    try:
-                        ev = events.get_nowait()
-                    except queue_mod.Empty:
-                        ev = None
-                for wid, it in list(running.items()):
-                    p = pool.procs[wid]
-                    if p.is_alive():
-                        continue
-                    reason = f"worker process {p.pid} {_signal_name(p.exitcode)} (log {log_path(ctx.work, it.id)})"
-                    mark_abandoned(ctx, it.hashes, reason)
-                    for h in it.hashes:
-                        outcomes.setdefault(h, f"failed: {reason}")
-                        view.set_state(h, outcomes[h])
-                    running.pop(wid)
-                    planner.finish(it.id, counted=False)
-                    pool.start(wid)
-                    idle.add(wid)
-                    dirty = True
-    except KeyboardInterrupt:
-        pool.interrupt()
-        pool.stop(grace=30.0)
-        raise
-    finally:
-        pool.stop()
-    for gid in planner.order:  # what never started (its teacher's whole group failed): say why
-        for r in planner.left[gid]:
-            outcomes.setdefault(r.hash, blocked_by(r, outcomes, names) or "blocked: never started")
-    return outcomes
-
-
-def memory_budget(ctx: LaunchContext) -> int:
-    """Bytes one worker may use: 90% of a GPU (a worker per GPU), else 80% of the RAM shared by the workers."""
-    import torch
-
-    if torch.cuda.is_available():
-        return int(
-            0.9 * min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    def __init__(self, items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, Outcome]):
+        devices = devices_per_run(r for it in items for r in it.runs)
+        _, gpus = default_workers(ctx.threads, devices)
+        self.ctx = ctx
+        self.view = RunView(
+            [r for it in items for r in it.runs],
+            {h: it.id for it in items for h in it.hashes},
+            ctx.console,
+            title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) on {ctx.workers} local worker(s)",
         )
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(0.8 * ram / max(1, ctx.workers))
+        self.events = mp.get_context("spawn").Queue()
+        self.pool = _Pool(ctx, pool_size(ctx.workers, items, ctx.schedule), gpus, self.events, devices)
+        self.dispatch = Dispatch(items, ctx, outcomes, self.view, len(self.pool.procs))
+        self.running: dict[int, WorkItem] = {}
+        self.idle = set(self.pool.procs)
+
+    def start_parts(self) -> None:
+        busy = {w: it.id for w, it in self.running.items()}
+        for wid, part in self.dispatch.assign(self.idle, busy):
+            self.idle.discard(wid)
+            self.running[wid] = part
+            self.pool.tasks[wid].put(part.payload())
+        self.view.set_eta(self.dispatch.eta({w: it.id for w, it in self.running.items()}), len(self.running))
+
+    def handle(self, ev) -> bool:
+        """Apply one event; True when a worker became idle."""
+        if isinstance(ev, ItemStarted):
+            for h in self.running[ev.worker].hashes:
+                self.view.set_state(h, Outcome("running", "starting"), quiet=True)
+        elif isinstance(ev, ItemEnded):
+            self.dispatch.ended(self.running.pop(ev.worker), ev.results)
+            self.idle.add(ev.worker)
+            return True
+        else:
+            self.view.handle(ev)
+        return False
+
+    def drain(self, timeout: float = 0.5) -> bool:
+        """Every event waiting (after up to `timeout` for the first); True when a worker became idle."""
+        freed = False
+        try:
+            ev = self.events.get(timeout=timeout)
+            while True:
+                freed |= self.handle(ev)
+                ev = self.events.get_nowait()
+        except queue_mod.Empty:
+            return freed
+
+    def reap(self) -> bool:
+        """Workers that died: their parts fail, fresh workers replace them. True when any did."""
+        dead = [(wid, it) for wid, it in self.running.items() if not self.pool.procs[wid].is_alive()]
+        for wid, it in dead:
+            p = self.pool.procs[wid]
+            self.dispatch.died(
+                it, f"worker process {p.pid} {_signal_name(p.exitcode)} (log {log_path(self.ctx.work, it.id)})"
+            )
+            self.running.pop(wid)
+            self.pool.start(wid)
+            self.idle.add(wid)
+        return bool(dead)
+
+    def run(self) -> None:
+        changed = True
+        while self.running or self.dispatch.pending:
+            if changed:
+                self.start_parts()
+                if not self.running:
+                    break  # nothing could start: every remaining run is blocked
+            changed = self.drain()
+            changed |= self.reap()
+        self.dispatch.never_started()
 
 
-def default_parallelism(ctx: LaunchContext) -> int:
-    return ctx.hints.get("workers") or default_workers(ctx.threads, devices_per_run(ctx.plan.runs))[0]
+@register
+class Local(Launcher):
+    """A pool of spawned worker processes on this machine (the default launcher)."""
+
+    name = "local"
+
+    def launch(self, items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, Outcome]) -> None:
+        """Train every item on a local pool; what each idle worker trains next is the scheduler's choice
+        (with the cost schedule: the critical path first, cohorts cut by cost over the free workers)."""
+        if not ctx.wait:
+            raise RuntimeError("the local launcher trains in this process's children: `kdgrid launch` detaches it")
+        grid = _Grid(items, ctx, outcomes)
+        try:
+            with _sigterm_as_interrupt(), grid.view:
+                grid.run()
+        except KeyboardInterrupt:
+            grid.pool.interrupt()
+            grid.pool.stop(grace=30.0)
+            raise
+        finally:
+            grid.pool.stop()
+
+    def memory_budget(self, ctx: LaunchContext) -> int:
+        """Bytes one worker may use: 90% of a GPU (a worker per GPU), else 80% of the RAM shared by the workers."""
+        import torch
+
+        if torch.cuda.is_available():
+            return int(
+                0.9 * min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+            )
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(0.8 * ram / max(1, ctx.workers))
+
+    def parallelism(self, ctx: LaunchContext) -> int:
+        return ctx.hints.get("workers") or default_workers(ctx.threads, devices_per_run(ctx.plan.runs))[0]
