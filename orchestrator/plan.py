@@ -684,13 +684,3 @@ def dump_plan(plan: Plan, out: str | Path) -> Path:
     )
     (out / "plan.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return out
-
-
-def cmd_plan(args) -> int:
-    plan = make_plan(args.scale, args.tables, args.seeds, args.recipe, args.overrides)
-    states, note = run_states(plan, args.tracking_uri)
-    print_plan(plan, states, note)
-    if args.dump:
-        out = dump_plan(plan, args.dump)
-        print(f"wrote {len(plan.runs)} specs and plan.yaml to {out}")
-    return 0

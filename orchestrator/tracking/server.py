@@ -1,4 +1,5 @@
-"""`kdgrid ui`: the MLflow UI (`mlflow server`) on the same store as the grid, loopback-only by default."""
+"""The MLflow server `kdgrid ui` runs on the grid's store (loopback-only by default): started in its own process
+group, waited for until healthy, stopped with its children."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 import time
 import urllib.request
 
-from orchestrator.report.collect import store_absent
 from trainer import tracking
 
 
@@ -29,7 +29,7 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
         "--workers",
         "1",
     ]
-    root = tracking._artifact_root(uri)  # artifacts beside a SQLite store, where the trainer puts them
+    root = tracking.artifact_root(uri)  # artifacts beside a SQLite store, where the trainer puts them
     if root:
         cmd += ["--artifacts-destination", root]
     return cmd
@@ -57,41 +57,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> bo
     return False
 
 
-def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    uri = tracking_uri or tracking.default_uri()
-    if uri.startswith(("http://", "https://")):
-        print(f"error: {uri} is already a tracking server: open it in a browser", file=sys.stderr)
-        return 2
-    if store_absent(uri):
-        print(f"note: no store at {uri} yet: the UI starts on an empty one", file=sys.stderr)
-    if not port_free(host, port):
-        print(f"error: port {port} on {host} is in use: pick another with --port", file=sys.stderr)
-        return 2
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
-    # its own process group: mlflow starts uvicorn as a child, and stopping the UI stops both
-    proc = subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        if not wait_healthy(url, proc):
-            rc = proc.poll()
-            print(f"error: the MLflow server did not come up (exit code {rc})", file=sys.stderr)
-            return 1
-        print(f"MLflow UI: {url}  (store: {uri}; experiments kdgrid-<scale>; Ctrl-C stops it)", flush=True)
-        proc.wait()
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop(proc)
+def start(uri: str, host: str, port: int) -> subprocess.Popen:
+    """`mlflow server` in its own process group: it starts uvicorn as a child, and `stop` ends both."""
+    return subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
     """Stop the server's process group (the one started above), politely first."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:

@@ -1,0 +1,197 @@
+"""`kdgrid reproduce --resolve`: after the grid, add seeds to the rows of unresolved claims, and only to
+those, until every claim is resolved, no claim left can resolve within the budget (CPU-hours, or
+`--max-seeds` per row), or the budget is spent.
+
+Each round: the report decides the claims; `report.decide.next_round` (pure) says which rows get how many
+seeds; those row x seed pairs are planned (content hashes: a row shared by several tables is one run, new
+seeds of students share their teachers and train as cohorts) and launched with the command's own launch
+options; what they cost is measured from the `cost.*` metrics the engine logs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrator.commands.launch import REPORT_FORMATS
+from orchestrator.commands.options import (
+    ClaimOptions,
+    GridOptions,
+    ResolveOptions,
+    claim_options,
+    grid_options,
+    launch_options,
+)
+from orchestrator.commands.publish import publish
+from orchestrator.launch.execution import execute, summarize
+from orchestrator.launch.options import LaunchOptions
+from orchestrator.report import render, write_reports
+from orchestrator.report.build import build_report
+from orchestrator.report.decide import Step, next_round
+from orchestrator.tracking import grid_run
+from orchestrator.tracking.spent import run_cpu_s
+
+RESOLVED = "every claim is resolved"
+OUT_OF_BUDGET = "budget spent"
+CANNOT = "no unresolved claim can resolve within the budget left and --max-seeds"
+NO_PROGRESS = "the runs added in the last round did not finish"
+ROUND_LIMIT = "the limit on rounds"
+
+
+@dataclass
+class Round:
+    n: int
+    chosen: list[str]
+    skipped: dict[str, str]
+    added: dict[str, list[int]]  # row label -> seeds added
+    runs: int  # new runs trained
+    estimated_cpu_h: float
+    cpu_h: float  # measured
+    wall_s: float
+
+
+@dataclass
+class Resolution:
+    reason: str
+    rounds: list[Round]
+    spent_cpu_h: float
+    budget_cpu_h: float | None
+    verdicts_before: dict[str, str]
+    verdicts_after: dict[str, str]
+    seeds_after: dict[str, int]  # claim -> fewest seeds per row
+    wall_s: float
+
+    def lines(self) -> list[str]:
+        out = [
+            f"--resolve: stopped: {self.reason}; {len(self.rounds)} round(s), "
+            f"{sum(r.runs for r in self.rounds)} run(s) added, {self.spent_cpu_h:.4f} CPU-h spent"
+            + (f" of {self.budget_cpu_h:g}" if self.budget_cpu_h is not None else "")
+            + f", {self.wall_s:.0f} s wall"
+        ]
+        for r in self.rounds:
+            out.append(
+                f"  round {r.n}: for {', '.join(r.chosen)}: "
+                + "; ".join(f"{row} +seeds {','.join(map(str, s))}" for row, s in r.added.items())
+                + f" ({r.runs} runs, estimated {r.estimated_cpu_h:.4f} CPU-h, measured {r.cpu_h:.4f}, {r.wall_s:.0f} s)"
+            )
+        for cid, before in self.verdicts_before.items():
+            after = self.verdicts_after.get(cid, before)
+            out.append(f"  {cid}: {before} -> {after} ({self.seeds_after.get(cid, 0)} seeds per row)")
+        return out
+
+
+def run(args) -> int:
+    console = Console(soft_wrap=True)
+    grid, opts, claims = grid_options(args), launch_options(args, wait=True), claim_options(args)
+    budget = ResolveOptions(budget_cpu_h=args.budget_cpu_hours, max_seeds=args.max_seeds)
+    plan, report, resolution = resolve(grid, opts, claims, budget, console)
+    out = Path(args.out)
+    files = write_reports(plan, opts.tracking_uri, out, formats=REPORT_FORMATS, report=report)
+    (out / "resolve.json").write_text(json.dumps(asdict(resolution), indent=2))
+    (out / "resolve.md").write_text("\n".join(resolution.lines()) + "\n")
+    print(render.markdown(report))
+    for line in resolution.lines():
+        console.print(line, highlight=False, markup=False)
+    if report.error is None:
+        files |= {"resolve": out / "resolve.md", "resolve-json": out / "resolve.json"}
+        publish(plan, opts.tracking_uri, report, files, "reproduce", console)
+    return 0
+
+
+def resolve(grid: GridOptions, opts: LaunchOptions, claims: ClaimOptions, budget: ResolveOptions, console):
+    """Train the grid, then add seeds round by round until the claims resolve or the budget says stop.
+    Returns (the final plan, its report, the Resolution)."""
+    t0 = time.perf_counter()
+    uri = str(opts.tracking_uri)
+    plan = grid.plan()
+    _train(plan, opts, console)
+    report = _report(plan, grid, claims, uri)
+    before = {c.id: c.verdict for c in report.claims}
+    row_seeds: dict[str, int] = {}
+    rounds: list[Round] = []
+    cache: dict[str, float] = {}  # CPU-s of finished runs
+    for n in range(1, budget.max_rounds + 1):
+        spent = sum(r.cpu_h for r in rounds) * 3600
+        left = None if budget.budget_cpu_h is None else budget.budget_cpu_h * 3600 - spent
+        costs = run_cpu_s(uri, plan.scale, [r.hash for r in plan.students], cache)
+        step = next_round(report, plan, costs, left, budget.max_seeds)
+        reason = _stop(step, left, console)
+        if reason:
+            break
+        row_seeds.update(step.targets)
+        plan, measured = _round(n, step, grid.plan(row_seeds=row_seeds), plan, opts, console, cache, rounds)
+        report = _report(plan, grid, claims, uri)
+        if not measured:
+            reason = NO_PROGRESS
+            break
+    else:
+        reason = ROUND_LIMIT
+    resolution = Resolution(
+        reason,
+        rounds,
+        sum(r.cpu_h for r in rounds),
+        budget.budget_cpu_h,
+        before,
+        {c.id: c.verdict for c in report.claims},
+        {c.id: c.seeds_used for c in report.claims},
+        time.perf_counter() - t0,
+    )
+    return plan, report, resolution
+
+
+def _stop(step: Step, left_s: float | None, console) -> str | None:
+    """Why the loop stops before this step (None: it goes on), saying why each skipped claim is left."""
+    if step.done:
+        return RESOLVED
+    if left_s is not None and left_s <= 0:
+        return OUT_OF_BUDGET
+    for cid, why in step.skipped.items():
+        console.print(f"--resolve: {cid} left unresolved: {why}", highlight=False)
+    return None if step.targets else CANNOT
+
+
+def _round(n: int, step: Step, new_plan, plan, opts: LaunchOptions, console, cache, rounds: list[Round]):
+    """Train the new plan's added runs; record the round. Returns (the new plan, the added runs' CPU-s)."""
+    known = {p.hash for p in plan.runs}
+    added = [r for r in new_plan.runs if r.hash not in known]
+    console.print(
+        f"--resolve round {n}: for {', '.join(step.chosen)}: {len(added)} run(s), estimated "
+        f"{step.cost_s / 3600:.4f} CPU-h",
+        highlight=False,
+    )
+    t1 = time.perf_counter()
+    _train(new_plan, opts, console)
+    measured = run_cpu_s(str(opts.tracking_uri), new_plan.scale, [r.hash for r in added], cache)
+    seeds_now = {hs[0]: len(hs) for hs in plan.row_hashes.values()}
+    by_row = {_label(new_plan, k): list(range(seeds_now[k], target)) for k, target in step.targets.items()}
+    rounds.append(
+        Round(
+            n,
+            step.chosen,
+            step.skipped,
+            by_row,
+            len(added),
+            step.cost_s / 3600,
+            sum(measured.values()) / 3600,
+            time.perf_counter() - t1,
+        )
+    )
+    return new_plan, measured
+
+
+def _train(plan, opts: LaunchOptions, console) -> None:
+    grid_run.prepare(plan, str(opts.tracking_uri), "reproduce")  # new runs nest under the grid's run
+    summarize(execute(plan, opts, console))
+
+
+def _report(plan, grid: GridOptions, claims: ClaimOptions, uri: str):
+    return build_report(plan, uri, grid.overrides, test=claims.test, level=claims.level, effect=claims.effect)
+
+
+def _label(plan, key: str) -> str:
+    rows = [f"{'fig4' if t == 'fig4' else 't' + t}.r{i + 1}" for (t, i), hs in plan.row_hashes.items() if hs[0] == key]
+    return "=".join(rows)
