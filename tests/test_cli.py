@@ -25,3 +25,16 @@ def test_help_lists_every_command():
     )
     for cmd in ("train", "plan", "launch", "reproduce", "report", "ui", "check"):
         assert cmd in out.stdout
+
+
+def test_launch_options_are_built_once_and_the_old_schedule_name_still_works(tmp_path, capsys):
+    from orchestrator.cli import build_parser
+    from orchestrator.commands.options import launch_options
+
+    args = build_parser().parse_args(
+        ["reproduce", "--schedule", "plan", "--cost-store", "sqlite:///c.db", "--workdir", str(tmp_path / "w")]
+    )
+    opts = launch_options(args, wait=True)
+    assert opts.schedule == "order" and "--schedule plan is now --schedule order" in capsys.readouterr().err
+    assert opts.cost_store.startswith("sqlite:////") and opts.workdir == tmp_path / "w" and opts.wait
+    assert opts.resolved() == opts  # built once: resolving again changes nothing
