@@ -106,25 +106,24 @@ def resolve(grid: GridOptions, opts: LaunchOptions, claims: ClaimOptions, budget
     """Train the grid, then add seeds round by round until the claims resolve or the budget says stop.
     Returns (the final plan, its report, the Resolution)."""
     t0 = time.perf_counter()
-    uri = str(opts.tracking_uri)
+    launches = Launches(opts, console)
     plan = grid.plan()
-    _train(plan, opts, console)
-    report = _report(plan, grid, claims, uri)
+    launches.train(plan)
+    report = _report(plan, grid, claims, launches.uri)
     before = {c.id: c.verdict for c in report.claims}
     row_seeds: dict[str, int] = {}
     rounds: list[Round] = []
-    cache: dict[str, float] = {}  # CPU-s of finished runs
     for n in range(1, budget.max_rounds + 1):
-        spent = sum(r.cpu_h for r in rounds) * 3600
-        left = None if budget.budget_cpu_h is None else budget.budget_cpu_h * 3600 - spent
-        costs = run_cpu_s(uri, plan.scale, [r.hash for r in plan.students], cache)
-        step = next_round(report, plan, costs, left, budget.max_seeds)
+        left = None if budget.budget_cpu_h is None else (budget.budget_cpu_h - sum(r.cpu_h for r in rounds)) * 3600
+        step = next_round(report, plan, launches.cpu_s(plan, [r.hash for r in plan.students]), left, budget.max_seeds)
         reason = _stop(step, left, console)
         if reason:
             break
         row_seeds.update(step.targets)
-        plan, measured = _round(n, step, grid.plan(row_seeds=row_seeds), plan, opts, console, cache, rounds)
-        report = _report(plan, grid, claims, uri)
+        new_plan = grid.plan(row_seeds=row_seeds)
+        done, measured = _round(n, step, plan, new_plan, launches)
+        rounds.append(done)
+        plan, report = new_plan, _report(new_plan, grid, claims, launches.uri)
         if not measured:
             reason = NO_PROGRESS
             break
@@ -143,6 +142,21 @@ def resolve(grid: GridOptions, opts: LaunchOptions, claims: ClaimOptions, budget
     return plan, report, resolution
 
 
+class Launches:
+    """The command's launches, every one with the same options, and what their runs cost."""
+
+    def __init__(self, opts: LaunchOptions, console):
+        self.opts, self.console, self.uri = opts, console, str(opts.tracking_uri)
+        self.cache: dict[str, float] = {}  # CPU-s of finished runs: it does not change
+
+    def train(self, plan) -> None:
+        grid_run.prepare(plan, self.uri, "reproduce")  # new runs nest under the grid's run
+        summarize(execute(plan, self.opts, self.console))
+
+    def cpu_s(self, plan, hashes) -> dict[str, float]:
+        return run_cpu_s(self.uri, plan.scale, hashes, self.cache)
+
+
 def _stop(step: Step, left_s: float | None, console) -> str | None:
     """Why the loop stops before this step (None: it goes on), saying why each skipped claim is left."""
     if step.done:
@@ -154,38 +168,23 @@ def _stop(step: Step, left_s: float | None, console) -> str | None:
     return None if step.targets else CANNOT
 
 
-def _round(n: int, step: Step, new_plan, plan, opts: LaunchOptions, console, cache, rounds: list[Round]):
-    """Train the new plan's added runs; record the round. Returns (the new plan, the added runs' CPU-s)."""
+def _round(n: int, step: Step, plan, new_plan, launches: Launches) -> tuple[Round, dict[str, float]]:
+    """Train the runs `new_plan` adds to `plan`. Returns the round and the added runs' measured CPU-s."""
     known = {p.hash for p in plan.runs}
     added = [r for r in new_plan.runs if r.hash not in known]
-    console.print(
+    launches.console.print(
         f"--resolve round {n}: for {', '.join(step.chosen)}: {len(added)} run(s), estimated "
         f"{step.cost_s / 3600:.4f} CPU-h",
         highlight=False,
     )
     t1 = time.perf_counter()
-    _train(new_plan, opts, console)
-    measured = run_cpu_s(str(opts.tracking_uri), new_plan.scale, [r.hash for r in added], cache)
+    launches.train(new_plan)
+    measured = launches.cpu_s(new_plan, [r.hash for r in added])
     seeds_now = {hs[0]: len(hs) for hs in plan.row_hashes.values()}
     by_row = {_label(new_plan, k): list(range(seeds_now[k], target)) for k, target in step.targets.items()}
-    rounds.append(
-        Round(
-            n,
-            step.chosen,
-            step.skipped,
-            by_row,
-            len(added),
-            step.cost_s / 3600,
-            sum(measured.values()) / 3600,
-            time.perf_counter() - t1,
-        )
-    )
-    return new_plan, measured
-
-
-def _train(plan, opts: LaunchOptions, console) -> None:
-    grid_run.prepare(plan, str(opts.tracking_uri), "reproduce")  # new runs nest under the grid's run
-    summarize(execute(plan, opts, console))
+    cpu_h = sum(measured.values()) / 3600
+    wall = time.perf_counter() - t1
+    return Round(n, step.chosen, step.skipped, by_row, len(added), step.cost_s / 3600, cpu_h, wall), measured
 
 
 def _report(plan, grid: GridOptions, claims: ClaimOptions, uri: str):
