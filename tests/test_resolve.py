@@ -238,7 +238,7 @@ def test_resolve_launches_with_the_commands_schedule_and_cost_store(tmp_path, wr
     where = ["--tracking-uri", second, "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "r2")]
     out = _kdgrid("reproduce", *grid, *where, "--resolve", "--cost-store", first, cwd=tmp_path).stdout
     fitted = re.search(
-        r"rates fitted to (\d+) logged process-epoch\(s\) and set-up\(s\) of the cost store (\S+)\)", out
+        r"rates fitted to (\d+) logged process-epoch\(s\) and set-up\(s\) of the cost store (\S+)\)\);", out
     )
     assert fitted, out
     assert fitted.group(2) == first and int(fitted.group(1)) == len(costs.observations(first, "smoke")) > 0
