@@ -15,17 +15,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.commands.options import ClaimOptions, GridOptions, claim_options, grid_options, launch_options
-from orchestrator.commands.publish import publish
+from orchestrator.commands.options import GridOptions, claim_options, grid_options, launch_options
+from orchestrator.commands.publish import deliver
 from orchestrator.launch import registry
 from orchestrator.launch.execution import execute, missing, summarize
 from orchestrator.launch.options import LaunchOptions
 from orchestrator.launch.worker import REPO_ROOT
-from orchestrator.report import render, write_reports
 from orchestrator.report.build import build_report
 from orchestrator.tracking import grid_run
-
-REPORT_FORMATS = ("md", "html", "latex")
 
 
 def run(args) -> int:
@@ -39,18 +36,10 @@ def run(args) -> int:
     launched = execute(plan, opts, console)
     code = summarize(launched)
     if wait:
-        report(plan, grid, claim_options(args), opts.tracking_uri, Path(args.out), console)
+        claims = claim_options(args)
+        report = build_report(plan, opts.tracking_uri, grid.overrides, test=claims.test, level=claims.level)
+        deliver(plan, opts.tracking_uri, report, Path(args.out), "reproduce", console)
     return code
-
-
-def report(plan, grid: GridOptions, claims: ClaimOptions, uri: str, out: Path, console) -> None:
-    """Write the report into `out`, print it, and publish the very files written on the grid's run."""
-    built = build_report(plan, uri, grid.overrides, test=claims.test, level=claims.level, effect=claims.effect)
-    files = write_reports(plan, uri, out, formats=REPORT_FORMATS, report=built)
-    print(render.markdown(built))
-    console.print("report written: " + ", ".join(str(p) for p in files.values()), highlight=False)
-    if built.error is None:
-        publish(plan, uri, built, files, "reproduce", console)
 
 
 def detach(plan, grid: GridOptions, opts: LaunchOptions, console) -> int:

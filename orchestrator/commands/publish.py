@@ -1,14 +1,26 @@
-"""The last steps of the commands that report: the report written (once) and published on the grid's
-MLflow run, so the UI holds what the folder holds."""
+"""The last steps of the commands that report: the report written (once), printed, and published on the
+grid's MLflow run, so the UI holds what the folder holds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report import export
+from orchestrator.report import export, render, write_reports
 from orchestrator.report.build import Report
 from orchestrator.tracking import grid_run
+
+FORMATS = ("md", "html", "latex")  # what `reproduce` writes into --out
+
+
+def deliver(plan: Any, uri: str, report: Report, out: Path, command: str, console, extra=None) -> None:
+    """Write the report into `out` (with `extra` files already there: {name: path}), print it, and
+    publish the very files written on the grid's run."""
+    files = write_reports(plan, uri, out, formats=FORMATS, report=report)
+    print(render.markdown(report))
+    console.print("report written: " + ", ".join(str(p) for p in files.values()), highlight=False)
+    if report.error is None:
+        publish(plan, uri, report, files | dict(extra or {}), command, console)
 
 
 def published(report: Report, files: dict[str, Path]) -> grid_run.Published:

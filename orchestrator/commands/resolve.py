@@ -17,7 +17,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.commands.launch import REPORT_FORMATS
 from orchestrator.commands.options import (
     ClaimOptions,
     GridOptions,
@@ -26,10 +25,9 @@ from orchestrator.commands.options import (
     grid_options,
     launch_options,
 )
-from orchestrator.commands.publish import publish
+from orchestrator.commands.publish import deliver
 from orchestrator.launch.execution import execute, summarize
 from orchestrator.launch.options import LaunchOptions
-from orchestrator.report import render, write_reports
 from orchestrator.report.build import build_report
 from orchestrator.report.decide import Step, next_round
 from orchestrator.tracking import grid_run
@@ -90,15 +88,13 @@ def run(args) -> int:
     budget = ResolveOptions(budget_cpu_h=args.budget_cpu_hours, max_seeds=args.max_seeds)
     plan, report, resolution = resolve(grid, opts, claims, budget, console)
     out = Path(args.out)
-    files = write_reports(plan, opts.tracking_uri, out, formats=REPORT_FORMATS, report=report)
-    (out / "resolve.json").write_text(json.dumps(asdict(resolution), indent=2))
-    (out / "resolve.md").write_text("\n".join(resolution.lines()) + "\n")
-    print(render.markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"resolve": out / "resolve.md", "resolve-json": out / "resolve.json"}
+    extra["resolve-json"].write_text(json.dumps(asdict(resolution), indent=2))
+    extra["resolve"].write_text("\n".join(resolution.lines()) + "\n")
+    deliver(plan, opts.tracking_uri, report, out, "reproduce", console, extra)
     for line in resolution.lines():
         console.print(line, highlight=False, markup=False)
-    if report.error is None:
-        files |= {"resolve": out / "resolve.md", "resolve-json": out / "resolve.json"}
-        publish(plan, opts.tracking_uri, report, files, "reproduce", console)
     return 0
 
 
