@@ -4,7 +4,8 @@ A launcher is one module: a `Launcher` subclass, decorated with `@register`. The
 modules of `orchestrator.launch.launchers`, each named for its launcher: their names are known from the file
 names, so `kdgrid --help` lists them without importing Ray or submitit, and a module is imported when its
 launcher is first asked for. A launcher defined anywhere else is known once its module has been imported
-(its `@register` ran). `kdgrid --launcher NAME`, `execute` and the work items need no edit for a new one.
+(its `@register` ran; discovery through a package's entry points would go in `names` and `get`).
+`kdgrid --launcher NAME`, `execute` and the work items need no edit for a new one.
 """
 
 from __future__ import annotations
