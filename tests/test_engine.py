@@ -15,23 +15,12 @@ import pytest
 import torch
 
 from tests import smoke_specs
+from tests.conftest import kdgrid
 from trainer import tracking, workdir
 from trainer.spec import parse_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def kdgrid(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        **popen,
-    )
 
 
 def history(work: Path, run_hash: str) -> list[dict]:

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from tests.test_launch_local import LESS_DATA, ROOT, kdgrid, mlflow_runs, store
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
+from tests.test_launch_local import LESS_DATA, mlflow_runs, store
 from tests.test_slurm import _squeue_state, config, needs_slurm
 from trainer import tracking
 
@@ -66,16 +67,11 @@ def test_nan_teacher_fails_with_reason_and_log_students_blocked_rest_finishes(tm
 def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     """Slurm: the teacher's job is cancelled while it trains; reproduce reports it with Slurm's state and
     its logs, the students (already queued behind it) are blocked with why, and the baseline finishes."""
-    import os
     import subprocess
-    import sys
     import time
 
     uri, work = store(tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
+    cmd = kdgrid_command(
         "reproduce",
         "--scale",
         "smoke",
@@ -95,16 +91,10 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
         "data.train_subset=512",
         "--set",
         "data.val_subset=128",
-    ]
+    )
     log = tmp_path / "reproduce.log"
     with open(log, "w") as f:
-        p = subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        )
+        p = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, env=kdgrid_env())
     try:
         deadline = time.monotonic() + 300
         while not (m := re.search(r"teacher item\(s\) as Slurm job\(s\) (\d+)", log.read_text())):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import resolve
 from orchestrator.plan import make_plan
-from orchestrator.report import agreement, claims
+from orchestrator.report import agreement, claims, decide
 from orchestrator.report.collect import RunResult
 from orchestrator.report.tables import build_table
 
@@ -128,7 +127,7 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
         for m in ("DeiT⚗ – class+distillation", "DeiT – no distillation")
     )
     assert c.comparisons[0].rows == (("deit", fused), ("deit", none))
-    keys = resolve.row_keys(plan)
+    keys = decide.row_keys(plan)
     assert [keys[r] for r in c.comparisons[0].rows] == [
         plan.row_runs("deit", fused)[0].hash,
         plan.row_runs("deit", none)[0].hash,

@@ -5,9 +5,6 @@ any launch with file, field path and reason. Plans only: nothing trains."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import yaml
 from orchestrator import grid
 from orchestrator.grid import GridError, load_recipes
 from orchestrator.plan import Plan, RowRef, make_plan, run_states
+from tests.conftest import kdgrid
 from trainer import tracking
 from trainer.spec import parse_experiment
 
@@ -376,25 +374,9 @@ def test_row_without_paper_value_and_duplicates(write_yaml):
 
 
 # ---- the command line --------------------------------------------------------------------------------
-def _cli(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "plan",
-            *args,
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'kdgrid.db'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _cli(tmp_path, *args):
+    """`kdgrid plan ARGS` on an absent store."""
+    return kdgrid("plan", *args, "--tracking-uri", f"sqlite:///{tmp_path / 'kdgrid.db'}", cwd=tmp_path, timeout=300)
 
 
 def test_cli_plan_paper(tmp_path):

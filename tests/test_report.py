@@ -16,7 +16,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ from orchestrator.grid import load_table
 from orchestrator.report import claims as C
 from orchestrator.report.collect import RunResult
 from orchestrator.report.tables import build_table, run_status_text, stat
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
 
 
 # ---- pure: statistics, comparisons, verdicts ---------------------------------------------------------
@@ -449,18 +447,6 @@ def test_cli_report_on_the_partial_store(store, tmp_path):
     assert "html: " in out.stdout and "7 planned runs: 7 finished." in out.stdout  # 6 students, their teacher
 
 
-def kdgrid(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
-    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
 def test_cli_report_on_an_empty_store(tmp_path):
     db = tmp_path / "none.db"
     out = kdgrid(
@@ -510,12 +496,12 @@ def ui_server(uri: str, cwd: Path):
     """`kdgrid ui` on a free port against the store; yields its printed address; stopped (SIGTERM) at the end."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        kdgrid_command("ui", "--tracking-uri", uri, "--port", str(port)),
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=kdgrid_env(),
     )
     try:
         lines, url = [], None

@@ -166,7 +166,8 @@ def rerun(
     console,
     experiment: Path | None = None,
 ) -> None:
-    from orchestrator.launch import execute, summarize
+    from orchestrator.launch.execution import execute, summarize
+    from orchestrator.launch.options import LaunchOptions
     from orchestrator.tune.search import ensure_parent
 
     c = tracking.client(uri)
@@ -175,11 +176,9 @@ def rerun(
     console.print(
         f"re-running the top {top} configuration(s) and the paper's choice over {seeds} seed(s)", highlight=False
     )
-    outcomes, ctx, items = execute(
-        plan, launcher="local", work=work, tracking_uri=uri, workers=workers, console=console
-    )
-    if items:
-        summarize(outcomes, ctx, items)
+    launched = execute(plan, LaunchOptions(workdir=work, tracking_uri=uri, workers=workers), console)
+    if launched.items:
+        summarize(launched)
 
 
 # ---------------------------------------------------------------------------------------------------

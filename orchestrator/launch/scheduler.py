@@ -1,14 +1,14 @@
 """The launchers' side of cost-aware scheduling: estimates for the items, what to start now, the grid's ETA.
 
-`Planner` holds the work items (cohorts, already capped by `max_cohort` and memory), prices their runs
-with `costs` (rates calibrated on the store), and asks `schedule.plan` what each idle worker should train:
+`Scheduler` holds the work items (cohorts, already capped by `max_cohort` and memory), prices their runs
+with `costs` (rates calibrated on the store), and asks `schedule.place` what each idle worker should train:
 it is asked again whenever an item ends, so a cohort whose teacher just finished is cut over the workers
 that are free then (and those about to be), by cost. Estimates are CPU-seconds; a factor learnt from the
 items that ended (their wall time over their estimate) turns them into wall seconds, so the ETA follows
 the machine as it is (a loaded machine, a slower model than the store knew).
 
-With `schedule="plan"` it reproduces the earlier behaviour: items in plan order, whole, each on the first
-idle worker once its deps ended (items then come from `work_items` with its count-based balancing).
+With `mode="order"` items start in plan order, whole, each on the first idle worker once its deps ended
+(items then come from `work_items` with its count-based balancing).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from dataclasses import dataclass, replace
 
 from orchestrator.launch import costs, schedule
 from orchestrator.launch.items import WorkItem
-
-SCHEDULES = ("cost", "plan")
+from orchestrator.launch.options import schedule_name
 
 
 @dataclass
@@ -31,7 +30,7 @@ class _Part:
     estimate: float  # CPU-seconds
 
 
-class Planner:
+class Scheduler:
     def __init__(
         self,
         items: Sequence[WorkItem],
@@ -40,9 +39,7 @@ class Planner:
         mode: str = "cost",
         lookahead: int = 1,
     ):
-        if mode not in SCHEDULES:
-            raise ValueError(f"unknown schedule {mode!r}: one of {', '.join(SCHEDULES)}")
-        self.mode, self.workers, self.lookahead = mode, workers, lookahead
+        self.mode, self.workers, self.lookahead = schedule_name(mode), workers, lookahead
         self.rates = rates if rates is not None else costs.fit_rates([])
         self.groups = {it.id: it for it in items}
         self.order = [it.id for it in items]
@@ -116,7 +113,7 @@ class Planner:
         jobs = self._jobs()
         if not jobs:
             return max(free) - now
-        return schedule.makespan(schedule.plan(jobs, free, done, lookahead=self.lookahead), free) - now
+        return schedule.makespan(schedule.place(jobs, free, done, lookahead=self.lookahead), free) - now
 
     # ---- decisions ------------------------------------------------------------------------------
     def ready(self, gid: str) -> bool:
@@ -136,7 +133,7 @@ class Planner:
     ) -> list[tuple[int, WorkItem]]:
         """(worker, part) to start now on the idle workers. Groups must be pruned once ready."""
         now = time.monotonic() if now is None else now
-        if self.mode == "plan":
+        if self.mode == "order":
             out = []
             free = sorted(idle)
             for gid in self.order:
@@ -144,14 +141,14 @@ class Planner:
                     out.append((free.pop(0), self._start(gid, self.left[gid], now)))
             return out
         wids, free, done = self._state(now, busy, progress)
-        jobs = [j for j in self._jobs()]
+        jobs = self._jobs()
         if not jobs:
             return []
-        placed = schedule.plan(jobs, free, done, lookahead=self.lookahead)
+        placed = schedule.place(jobs, free, done, lookahead=self.lookahead)
         out = []
         for p in sorted(placed, key=lambda p: (p.start, p.worker)):
             w = wids[p.worker]
-            # the plan may expect a running teacher to end now: its students start only once it has
+            # the placement may expect a running teacher to end now: its students start only once it has
             if w in idle and p.start <= now + 1e-6 and w not in {x for x, _ in out} and self.ready(p.job):
                 members = [r for r in self.left[p.job] if r.hash in set(p.members)]
                 out.append((w, self._start(p.job, members, now)))
@@ -161,14 +158,14 @@ class Planner:
         return out
 
     def start_all(self, now: float = 0.0) -> tuple[list[WorkItem], float]:
-        """Every part at once, in the order the plan starts them, and the plan's makespan: for a launcher
+        """Every part at once, in the order the placement starts them, and its makespan: for a launcher
         that hands a whole stage over (Ray Tune starts its trials in the order given)."""
         jobs = self._jobs()
         if not jobs:
             return [], 0.0
         free = [now] * self.workers
         placed = (
-            schedule.plan(jobs, free, lookahead=self.lookahead)
+            schedule.place(jobs, free, lookahead=self.lookahead)
             if self.mode == "cost"
             else [schedule.Placement(j.id, tuple(m for m, _ in j.members), 0, now, now + j.cost) for j in jobs]
         )
@@ -179,7 +176,7 @@ class Planner:
         span = (
             schedule.makespan(placed, free)
             if self.mode == "cost"
-            else schedule.makespan(schedule.plan(jobs, free, lookahead=0), free)
+            else schedule.makespan(schedule.place(jobs, free, lookahead=0), free)
         )
         return parts, span - now
 

@@ -7,18 +7,21 @@ that exist already (trained before, or by a launcher that does not carry tags) a
 shared by two grids (the hard and no-distillation rows are the same runs under both recipes) stays the
 child of the grid that trained it first; the other grid lists it in its description.
 
-`kdgrid reproduce` and `kdgrid report` log the report (md, html, tex, figure) and every table (CSV; JSON
-through `mlflow.log_table`) on the parent.
+`kdgrid reproduce` and `kdgrid report` publish the report on the parent (`publish`): the files they wrote
+(md, html, tex, figure), and every table (CSV; JSON through `mlflow.log_table`) with a summary, handed over
+as `Published` so that this module knows MLflow and nothing of how a report is built.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import tempfile
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.grid import TABLE_IDS, load_recipes
 from trainer import tracking
 
 GRID = "kdgrid.grid"  # on the parent: "<scale>/<recipe>"
@@ -53,13 +56,12 @@ def source_command(command: str, plan: Any) -> str:
     """The kdgrid command, for MLflow's Source column (no paths: the UI shows what follows the last '/')."""
     args = ["kdgrid", command, "--scale", str(plan.scale)]
     tables = [str(t.table) for t in plan.tables]
-    from orchestrator.grid import TABLE_IDS
-
     if sorted(tables) != sorted(TABLE_IDS):
         args += ["--tables", ",".join(tables)]
     if plan.seeds != 1:
         args += ["--seeds", str(plan.seeds)]
-    if plan.recipe != "paper":
+    book = load_recipes()
+    if plan.recipe != book.canonical(book.default):  # the default recipe goes without saying
         args += ["--recipe", str(plan.recipe)]
     return shlex.join(args)
 
@@ -92,8 +94,6 @@ def _note(plan: Any, found: dict, parent_id: str) -> str:
 
 def ensure(c, plan: Any, command: str = "reproduce") -> str:
     """The parent run of this plan's grid, created on first use; returns its run id."""
-    import json
-
     exp = tracking.experiment_id(c, plan.scale)
     tracking.retry(c.set_experiment_tag, exp, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(VIEW))
     key = grid_key(plan)
@@ -152,8 +152,6 @@ def prepare(plan: Any, tracking_uri: str, command: str = "reproduce") -> str:
 def selection_dir(plan: Any) -> str:
     """Where in the parent's artifacts a report goes: `report/` for the whole grid with one seed, else a
     folder named by the selection (`report/tables-3-6-seeds-2/`), so partial reports do not overwrite it."""
-    from orchestrator.grid import TABLE_IDS
-
     tables = [str(t.table) for t in plan.tables]
     parts = []
     if sorted(tables) != sorted(TABLE_IDS):
@@ -184,47 +182,61 @@ def _listing(c, run_id: str, path: str) -> set[str]:
         return set()
 
 
-def log_report(c, parent_id: str, plan: Any, report: Any, paths: dict[str, Path] | None = None) -> list[str]:
-    """Log the written report files and every table (CSV, and JSON through log_table) on the parent.
-    Returns the artifact paths logged."""
-    from orchestrator.report import export
+@dataclass
+class Table:
+    """One table of the report as data: its id ("2".."7", "fig4"), CSV text and records (column -> value)."""
 
+    table: str
+    csv: str
+    records: list[dict]
+
+    @property
+    def stem(self) -> str:
+        return "figure4" if self.table == "fig4" else f"table{self.table}"
+
+
+@dataclass
+class Published:
+    """What goes on the grid's run: the report files as written, its tables, and its summary."""
+
+    files: dict[str, Path]  # format -> path (md, html, latex, figure)
+    tables: list[Table] = field(default_factory=list)
+    summary_json: str = "{}"
+    runs: int = 0  # planned runs
+    finished: int = 0
+
+
+def log_report(c, parent_id: str, plan: Any, report: Published) -> list[str]:
+    """Log the report's files and every table (CSV, and JSON through log_table) on the parent.
+    Returns the artifact paths logged."""
     base = selection_dir(plan)
     logged: list[str] = []
-    for path in (paths or {}).values():
+    for path in report.files.values():
         tracking.retry(c.log_artifact, parent_id, str(path), base)
         logged.append(f"{base}/{Path(path).name}")
     tables_dir = base.replace("report", "tables", 1)
     existing = _listing(c, parent_id, tables_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        for t in export.all_tables(report):
-            stem = "figure4" if t.table == "fig4" else f"table{t.table}"
-            csv_path = Path(tmp) / f"{stem}.csv"
-            csv_path.write_text(export.table_csv(t), encoding="utf-8")
+        for t in report.tables:
+            csv_path = Path(tmp) / f"{t.stem}.csv"
+            csv_path.write_text(t.csv, encoding="utf-8")
             tracking.retry(c.log_artifact, parent_id, str(csv_path), tables_dir)
-            _log_table(c, parent_id, export.table_records(t), f"{tables_dir}/{stem}.json", existing)
-            logged += [f"{tables_dir}/{stem}.csv", f"{tables_dir}/{stem}.json"]
+            _log_table(c, parent_id, t.records, f"{tables_dir}/{t.stem}.json", existing)
+            logged += [f"{tables_dir}/{t.stem}.csv", f"{tables_dir}/{t.stem}.json"]
         summary = Path(tmp) / "report.json"
-        summary.write_text(export.to_json(report), encoding="utf-8")
+        summary.write_text(report.summary_json, encoding="utf-8")
         tracking.retry(c.log_artifact, parent_id, str(summary), base)
         logged.append(f"{base}/report.json")
-    finished = report.counts.get("finished", 0)
-    metrics = {"grid.runs": report.total, "grid.finished": finished}
-    tracking.RunLog(c, parent_id).log_metrics(metrics, step=0)
+    tracking.RunLog(c, parent_id).log_metrics({"grid.runs": report.runs, "grid.finished": report.finished}, step=0)
     return logged
 
 
-def publish(plan: Any, tracking_uri: str, report: Any, command: str = "report") -> tuple[str, list[str]]:
-    """ensure + attach + log_report: the report in every format on the grid's run, whatever format the
-    command printed. Returns (parent id, artifacts)."""
-    from orchestrator.report import write_reports
-
+def publish(plan: Any, tracking_uri: str, report: Published, command: str = "report") -> tuple[str, list[str]]:
+    """ensure + attach + log_report. Returns (parent id, artifacts)."""
     c = tracking.client(tracking_uri)
     parent = ensure(c, plan, command)
     attach(c, plan, parent, command)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_reports(plan, tracking_uri, tmp, report=report)
-        logged = log_report(c, parent, plan, report, paths)
+    logged = log_report(c, parent, plan, report)
     tracking.retry(c.set_terminated, parent, "FINISHED")  # its duration: from the grid's start to this report
     return parent, logged
 
@@ -235,6 +247,3 @@ def children(c, experiment_id: str, parent_id: str) -> list:
             c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.PARENT}` = '{parent_id}'", max_results=1000
         )
     )
-
-
-__all__: Iterable[str] = ("ensure", "attach", "prepare", "publish", "log_report", "children", "grid_key")

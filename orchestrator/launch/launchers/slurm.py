@@ -39,19 +39,13 @@ import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.launch.items import (
-    REPO_ROOT,
-    LaunchContext,
-    WorkItem,
-    blocked_by,
-    is_bad,
-    kind,
-    log_path,
-    mark_abandoned,
-    run_item,
-    runnable,
-)
+from orchestrator.launch.dispatch import runnable
+from orchestrator.launch.events import EpochEnded
+from orchestrator.launch.items import LaunchContext, WorkItem, log_path
+from orchestrator.launch.outcome import Outcome, blocked_by, parse_all
+from orchestrator.launch.registry import Launcher, register
 from orchestrator.launch.view import RunView
+from orchestrator.launch.worker import REPO_ROOT, mark_abandoned, run_item
 
 ALIVE = {
     "PENDING",
@@ -212,18 +206,6 @@ class ItemJob(submitit.helpers.Checkpointable):
 # ---------------------------------------------------------------------------------------------------
 # Submission
 # ---------------------------------------------------------------------------------------------------
-def default_parallelism(ctx: LaunchContext) -> int:
-    return load_config(ctx.slurm_config, ctx.threads, ctx.hints).array_parallelism
-
-
-def memory_budget(ctx: LaunchContext) -> int | None:
-    """Bytes one student job may hold per process: 90% of a GPU (`gpu_mem_gb`), else 80% of `mem_gb`."""
-    r = load_config(ctx.slurm_config, ctx.threads, ctx.hints).resources("student")
-    if r.gpus_per_node:
-        return int(0.9 * r.gpu_mem_gb * 2**30) if r.gpu_mem_gb else None
-    return int(0.8 * r.mem_gb * 2**30 / r.tasks_per_node) if r.mem_gb else None
-
-
 def _folder(cfg: SlurmConfig, ctx: LaunchContext) -> Path:
     return Path(cfg.folder).expanduser().resolve() if cfg.folder else ctx.work / "slurm"
 
@@ -305,72 +287,89 @@ def _executor(
     return ex, threads
 
 
+def _adopt(items: list[WorkItem], folder: Path, ledger: Ledger, outcomes: dict[str, Outcome], view) -> dict:
+    """{job id: hashes} of the runs a live job of an earlier launch from this folder holds: 'running
+    elsewhere', not submitted again."""
+    adopted: dict[str, list[str]] = {}
+    for h in (h for it in items for h in it.hashes):
+        old = ledger.runs.get(h)
+        if old and _state(folder, old) in ALIVE:
+            adopted.setdefault(old, []).append(h)
+            outcomes[h] = Outcome("running elsewhere", f"Slurm job {old} of an earlier launch")
+            if view is not None:
+                view.set_state(h, outcomes[h], quiet=True)
+    return adopted
+
+
+def _batches(items: list[WorkItem], level: int, outcomes, job_of_run) -> dict[tuple[str, tuple[str, ...]], list]:
+    """Items of one level that can share a job array: same role (resources) and same dependency jobs (the
+    jobs of earlier levels, submitted just before, or adopted); runs with an outcome already are left out."""
+    batches: dict[tuple[str, tuple[str, ...]], list[WorkItem]] = {}
+    for it in items:
+        runs = [r for r in it.runs if r.hash not in outcomes]
+        if it.level != level or not runs:
+            continue
+        after = tuple(sorted({job_of_run[d] for r in runs for d in r.deps if d in job_of_run}))
+        batches.setdefault((it.role, after), []).append(
+            WorkItem(id=it.id, runs=runs, deps=it.deps, key=it.key, level=it.level)
+        )
+    return batches
+
+
+def _submit_batch(role: str, after: tuple[str, ...], subs: list[WorkItem], ctx, cfg, folder) -> list:
+    """One batch as Slurm jobs (a job array when there are several and `array` is on); the jobs, in order."""
+    use_array = cfg.array and len(subs) > 1
+    ex, threads = _executor(
+        cfg,
+        cfg.resources(role),
+        ctx,
+        folder,
+        f"kdgrid-{ctx.plan.scale}-{role}",
+        list(after),
+        len(subs) if use_array else 0,
+    )
+    calls = [ItemJob(s.payload(), str(ctx.work), ctx.tracking_uri, threads, cfg.lock_wait_s) for s in subs]
+    if not use_array:
+        return [ex.submit(c) for c in calls]
+    with ex.batch():
+        return [ex.submit(c) for c in calls]
+
+
 def submit(
-    items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str], cfg: SlurmConfig, view: RunView | None = None
+    items: list[WorkItem],
+    ctx: LaunchContext,
+    outcomes: dict[str, Outcome],
+    cfg: SlurmConfig,
+    view: RunView | None = None,
 ) -> list[Tracked]:
     """Submit every item, deps first. Runs that a live job of an earlier launch from the same folder
-    holds are not submitted again: they are 'running elsewhere', that job is adopted (waited for) and
-    serves as their students' dependency."""
+    holds are not submitted again: that job is adopted (waited for) and serves as their students'
+    dependency."""
     folder = _folder(cfg, ctx)
     folder.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(folder)
-    job_of_run: dict[str, str] = {}  # run hash -> job id, for the students' dependencies
-    adopted: dict[str, list[str]] = {}
-    for it in items:
-        for h in it.hashes:
-            old = ledger.runs.get(h)
-            if old and _state(folder, old) in ALIVE:
-                job_of_run[h] = old
-                adopted.setdefault(old, []).append(h)
-                outcomes[h] = f"running elsewhere: Slurm job {old} of an earlier launch"
-                if view is not None:
-                    view.set_state(h, outcomes[h], quiet=True)
+    adopted = _adopt(items, folder, ledger, outcomes, view)
+    job_of_run = {h: j for j, hs in adopted.items() for h in hs}  # run hash -> job id, for the students
     tracked = [
         Tracked(submitit.SlurmJob(folder=folder, job_id=j), ledger.items.get(j, j), hs, adopted=True)
         for j, hs in adopted.items()
     ]
     if adopted:
         ctx.console.print(
-            f"{sum(map(len, adopted.values()))} run(s) already in Slurm job(s) of an earlier launch: "
+            f"{len(job_of_run)} run(s) already in Slurm job(s) of an earlier launch: "
             f"{', '.join(adopted)}; not submitted again",
             highlight=False,
         )
     for level in sorted({it.level for it in items}):
-        # Items of one level that can share an array: same role (resources) and same dependency jobs (the
-        # jobs of earlier levels, submitted just before, or adopted).
-        batches: dict[tuple[str, tuple[str, ...]], list[WorkItem]] = {}
-        for it in items:
-            runs = [r for r in it.runs if r.hash not in outcomes]
-            if it.level != level or not runs:
-                continue
-            after = tuple(sorted({job_of_run[d] for r in runs for d in r.deps if d in job_of_run}))
-            batches.setdefault((it.role, after), []).append(
-                WorkItem(id=it.id, runs=runs, deps=it.deps, key=it.key, level=it.level)
-            )
-        for (role, after), subs in sorted(batches.items()):
-            use_array = cfg.array and len(subs) > 1
-            ex, threads = _executor(
-                cfg,
-                cfg.resources(role),
-                ctx,
-                folder,
-                f"kdgrid-{ctx.plan.scale}-{role}",
-                list(after),
-                len(subs) if use_array else 0,
-            )
-            calls = [ItemJob(s.payload(), str(ctx.work), ctx.tracking_uri, threads, cfg.lock_wait_s) for s in subs]
-            if use_array:
-                with ex.batch():
-                    submitted = [ex.submit(c) for c in calls]
-            else:
-                submitted = [ex.submit(c) for c in calls]
+        for (role, after), subs in sorted(_batches(items, level, outcomes, job_of_run).items()):
+            submitted = _submit_batch(role, after, subs, ctx, cfg, folder)
             for s, job in zip(subs, submitted):
                 tracked.append(Tracked(job, s.id, s.hashes))
                 ledger.items[job.job_id] = s.id
                 for h in s.hashes:
                     job_of_run[h] = ledger.runs[h] = job.job_id
-                    outcomes[h] = f"submitted: Slurm job {job.job_id}" + (
-                        f" (after {', '.join(after)})" if after else ""
+                    outcomes[h] = Outcome(
+                        "submitted", f"Slurm job {job.job_id}" + (f" (after {', '.join(after)})" if after else "")
                     )
                     if view is not None:
                         view.set_state(h, outcomes[h], quiet=True)
@@ -412,59 +411,91 @@ def _poll_mlflow(view: RunView, ctx: LaunchContext, hashes: list[str], seen: dic
         for e in epochs:
             if e > seen.get(h, 0):
                 seen[h] = e
-                view.handle(("epoch", h, e - 1, {k: v for k, v in run.data.metrics.items()} if e == epochs[-1] else {}))
+                view.handle(EpochEnded(h, e - 1, dict(run.data.metrics) if e == epochs[-1] else {}))
 
 
-def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
-    cfg = load_config(ctx.slurm_config, ctx.threads, ctx.hints)
-    # Students of runs that failed earlier are not submitted; everything else goes in, deps first.
-    todo = [p for it in items if (p := runnable(it, outcomes, ctx.names)) is not None]
-    item_of = {h: it.id for it in items for h in it.hashes}
-    runs = {r.hash: r for it in items for r in it.runs}
-    view = RunView(
-        list(runs.values()), item_of, ctx.console, title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs"
-    )
-    for h, o in outcomes.items():
-        if h in item_of:
-            view.set_state(h, o, quiet=True)
-    tracked = submit(todo, ctx, outcomes, cfg, view)
-    if not ctx.wait:
-        ctx.console.print(
-            f"{len(tracked)} Slurm job(s) hold the missing runs; follow them with squeue, or wait "
-            "for them and the report with `kdgrid reproduce` and the same options (it submits "
-            "nothing twice)",
-            highlight=False,
-        )
-        return outcomes
+def _results(t: Tracked, ctx: LaunchContext, runs: dict, outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+    """What an ended job says of its runs; a job that failed fails them, in MLflow too."""
+    try:
+        got = parse_all(t.job.results()[0])
+    except Exception as err:
+        reason = _job_failure(t, ctx, err)
+        mark_abandoned(ctx, t.hashes, reason)
+        got = {h: Outcome("failed", reason) for h in t.hashes}
+    out = {}
+    for h in t.hashes:
+        o = got.get(h, Outcome("failed", f"Slurm job {t.job.job_id} returned no result for this run"))
+        if o.kind == "blocked" and any(d in outcomes and outcomes[d].bad for d in runs[h].deps):
+            o = blocked_by(runs[h], outcomes, ctx.names) or o  # the teacher's fate in this launch
+        out[h] = o
+    return out
+
+
+def _wait(tracked: list[Tracked], ctx: LaunchContext, cfg, runs: dict, outcomes, view: RunView) -> None:
+    """Poll the jobs until every one has ended; settle each one's runs as it ends."""
     seen: dict[str, int] = {}
     running: set[str] = set()
-    with view:
-        while tracked:
-            time.sleep(cfg.poll_s)
-            for t in list(tracked):
-                job = t.job
-                if not job.done():
-                    if job.state == "RUNNING" and job.job_id not in running:
-                        running.add(job.job_id)
-                        for h in t.hashes:
-                            view.set_state(h, f"running: Slurm job {job.job_id}")
-                    continue
-                tracked.remove(t)
-                running.discard(job.job_id)
-                try:
-                    got = job.results()[0]
-                except Exception as err:
-                    reason = _job_failure(t, ctx, err)
-                    mark_abandoned(ctx, t.hashes, reason)
-                    got = {h: f"failed: {reason}" for h in t.hashes}
-                for h in t.hashes:
-                    o = got.get(h, f"failed: Slurm job {job.job_id} returned no result for this run")
-                    if kind(o) == "blocked" and any(is_bad(outcomes.get(d, "")) for d in runs[h].deps):
-                        o = blocked_by(runs[h], outcomes, ctx.names) or o  # the teacher's fate in this launch
-                    outcomes[h] = o
-                    view.set_state(h, o)
-            _poll_mlflow(view, ctx, [h for t in tracked if t.job.job_id in running for h in t.hashes], seen)
-    return outcomes
+    while tracked:
+        time.sleep(cfg.poll_s)
+        for t in list(tracked):
+            if not t.job.done():
+                if t.job.state == "RUNNING" and t.job.job_id not in running:
+                    running.add(t.job.job_id)
+                    for h in t.hashes:
+                        view.set_state(h, Outcome("running", f"Slurm job {t.job.job_id}"))
+                continue
+            tracked.remove(t)
+            running.discard(t.job.job_id)
+            for h, o in _results(t, ctx, runs, outcomes).items():
+                outcomes[h] = o
+                view.set_state(h, o)
+        _poll_mlflow(view, ctx, [h for t in tracked if t.job.job_id in running for h in t.hashes], seen)
 
 
-__all__ = ["SlurmConfig", "Resources", "load_config", "ItemJob", "submit", "launch"]
+@register
+class Slurm(Launcher):
+    """submitit jobs, one per work item or job arrays, students held by `--dependency`."""
+
+    name = "slurm"
+    detaches = True  # `kdgrid launch` submits and returns
+    scheduled = False  # Slurm starts the jobs; cohorts are cut by count when the items are made
+
+    def parallelism(self, ctx: LaunchContext) -> int:
+        return load_config(ctx.options.slurm_config, ctx.threads, ctx.hints).array_parallelism
+
+    def memory_budget(self, ctx: LaunchContext) -> int | None:
+        """Bytes one student job may hold per process: 90% of a GPU (`gpu_mem_gb`), else 80% of `mem_gb`."""
+        r = load_config(ctx.options.slurm_config, ctx.threads, ctx.hints).resources("student")
+        if r.gpus_per_node:
+            return int(0.9 * r.gpu_mem_gb * 2**30) if r.gpu_mem_gb else None
+        return int(0.8 * r.mem_gb * 2**30 / r.tasks_per_node) if r.mem_gb else None
+
+    def launch(self, items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, Outcome]) -> None:
+        cfg = load_config(ctx.options.slurm_config, ctx.threads, ctx.hints)
+        # Students of runs that failed earlier are not submitted; everything else goes in, deps first.
+        todo = [p for it in items if (p := runnable(it, outcomes, ctx.names)) is not None]
+        item_of = {h: it.id for it in items for h in it.hashes}
+        runs = {r.hash: r for it in items for r in it.runs}
+        view = RunView(
+            list(runs.values()),
+            item_of,
+            ctx.console,
+            title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Slurm jobs",
+        )
+        for h, o in outcomes.items():
+            if h in item_of:
+                view.set_state(h, o, quiet=True)
+        tracked = submit(todo, ctx, outcomes, cfg, view)
+        if not ctx.wait:
+            ctx.console.print(
+                f"{len(tracked)} Slurm job(s) hold the missing runs; follow them with squeue, or wait "
+                "for them and the report with `kdgrid reproduce` and the same options (it submits "
+                "nothing twice)",
+                highlight=False,
+            )
+            return
+        with view:
+            _wait(tracked, ctx, cfg, runs, outcomes, view)
+
+
+__all__ = ["SlurmConfig", "Resources", "load_config", "ItemJob", "submit", "Slurm"]

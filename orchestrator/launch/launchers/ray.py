@@ -6,7 +6,7 @@ be reachable from every node, e.g. a shared filesystem and an MLflow server; kdg
 shipped to the workers with the job, the dependencies must be installed there, as in docker/).
 
 With the cost schedule (the default) each stage's cohorts are cut by estimated cost over the trials that
-run at once and handed to Tune longest path first (launch/planner.py); the view shows the grid's ETA.
+run at once and handed to Tune longest path first (launch/scheduler.py); the view shows the grid's ETA.
 A trial is a cohort: `tune.with_resources` gives it `--threads` CPUs (and a GPU where the cluster has
 GPUs), its function runs `items.run_item`, which trains the very MLflow runs the other launchers would
 create, and it reports to Tune as it goes: an event when a run starts, every epoch's metrics, and the
@@ -27,24 +27,18 @@ import time
 
 from ray.tune import Callback
 
-from orchestrator.launch.items import (
-    REPO_ROOT,
-    LaunchContext,
-    WorkItem,
-    devices_per_run,
-    log_path,
-    mark_abandoned,
-    payload_world_size,
-    run_item,
-    runnable,
-    stages,
-)
-from orchestrator.launch.planner import Planner
+from orchestrator.launch import events
+from orchestrator.launch.dispatch import Dispatch
+from orchestrator.launch.items import LaunchContext, WorkItem, devices_per_run, log_path, payload_world_size, stages
+from orchestrator.launch.outcome import Outcome, parse_all
+from orchestrator.launch.registry import Launcher, register
+from orchestrator.launch.scheduler import Scheduler
 from orchestrator.launch.view import RunView
+from orchestrator.launch.worker import REPO_ROOT, run_item
 
 
 def _init(ctx: LaunchContext) -> None:
-    init_ray(ctx.ray_address, ctx.tracking_uri)
+    init_ray(ctx.options.ray_address, ctx.tracking_uri)
 
 
 def init_ray(address: str | None, tracking_uri: str) -> None:
@@ -81,16 +75,7 @@ def _gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def default_parallelism(ctx: LaunchContext) -> int:
-    """Trials the cluster can hold at once: its GPUs, else its CPUs over --threads."""
-    import ray
-
-    _init(ctx)
-    per_item = devices_per_run(ctx.plan.runs)
-    return max(1, (_gpus() or int(ray.cluster_resources().get("CPU", 1)) // max(1, ctx.threads)) // per_item)
-
-
-class _Report:
+class _Report(events.Emitter):
     """Engine callback inside a trial: run starts, epochs and ends become Tune results (or, inside a Ray
     Train worker, Train reports: every rank calls them alike, as Ray Train requires)."""
 
@@ -98,31 +83,22 @@ class _Report:
         if train:
             import ray.train
 
-            self.report = ray.train.report
+            report = ray.train.report
         else:
             from ray import tune
 
-            self.report = tune.report
-
-    def on_start(self, run_hash, spec, start_epoch, steps) -> None:
-        self.report({"kdgrid_event": json.dumps(["start", run_hash, start_epoch, steps, spec.recipe.epochs])})
+            report = tune.report
+        super().__init__(lambda ev: report({"kdgrid_event": events.to_json(ev), **_flat(ev)}))
 
     def on_progress(self, run_hash, epoch, step, metrics) -> None:
         pass  # per-step progress stays in the item's log; Tune gets epochs
 
-    def on_epoch(self, run_hash, epoch, metrics) -> None:
-        flat = {k.replace(".", "_"): float(v) for k, v in metrics.items()}
-        self.report(
-            {
-                "kdgrid_event": json.dumps(["epoch", run_hash, epoch, metrics]),
-                "run": run_hash,
-                "epoch": epoch + 1,
-                **flat,
-            }
-        )
 
-    def on_end(self, run_hash, status, reason) -> None:
-        self.report({"kdgrid_event": json.dumps(["end", run_hash, status, reason])})
+def _flat(ev) -> dict:
+    """An epoch's metrics as Tune result fields (no dots in Tune's names)."""
+    if not isinstance(ev, events.EpochEnded):
+        return {}
+    return {"run": ev.run, "epoch": ev.epoch + 1, **{k.replace(".", "_"): float(v) for k, v in ev.metrics.items()}}
 
 
 # A DDP trial only waits on its TorchTrainer: it holds this much CPU (Tune needs a non-empty request), and its
@@ -188,108 +164,110 @@ class _ViewCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         ev = result.get("kdgrid_event")
         if ev and self.key in _VIEWS:
-            _VIEWS[self.key][0].handle(tuple(json.loads(ev)))
+            _VIEWS[self.key][0].handle(events.from_json(ev))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if self.key in _VIEWS:
             view, hashes = _VIEWS[self.key]
             for h in hashes.get(trial.config.get("item"), ()):
-                view.set_state(h, "running: trial started", quiet=True)
+                view.set_state(h, Outcome("running", "trial started"), quiet=True)
 
 
-def launch(items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, str]) -> dict[str, str]:
-    import ray
+def _tuner(parts: list[WorkItem], ctx: LaunchContext, view: RunView, name: str):
+    """A Tuner with one trial per part: `run_item` on `--threads` CPUs (and a GPU where the cluster has
+    GPUs); a DDP part's trial only drives its TorchTrainer, whose workers hold the devices."""
     from ray import tune
 
-    if not ctx.wait:
-        raise RuntimeError("the Ray launcher drives its trials from this process: use `launch_detached`")
-    _init(ctx)
-    names = ctx.names
     hints = ctx.hints.get("ray") or {}  # a scale's `launch.ray: {cpus: .., gpus: ..}` per trial
     cpu, gpu = hints.get("cpus", ctx.threads), hints.get("gpus", 1 if _gpus() else 0)
-    item_of = {h: it.id for it in items for h in it.hashes}
-    view = RunView(
-        [r for it in items for r in it.runs],
-        item_of,
-        ctx.console,
-        title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Ray Tune trials",
+    payloads = {p.id: p.payload() for p in parts}
+    ddp = {i for i, pl in payloads.items() if payload_world_size(pl) > 1}
+    trainable = tune.with_parameters(
+        _trainable, payloads=payloads, work=str(ctx.work), uri=ctx.tracking_uri, threads=ctx.threads, gpu=bool(gpu)
     )
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    try:
-        with view:
-            all_stages = stages(items)
-            pace = 1.0  # wall seconds per estimated second, from the stages done (the ETA follows the machine)
-            for k, stage in enumerate(all_stages):
-                # cost schedule: the stage's cohorts cut by cost over the trials, the longest path first
-                planner = Planner(stage, ctx.workers, rates=ctx.rates, mode=ctx.schedule)
-                for gid in planner.order:
-                    planner.prune(gid, lambda part: runnable(part, outcomes, names))
-                    for h in planner.groups[gid].hashes:
-                        if h in outcomes:
-                            view.set_state(h, outcomes[h])
-                parts, span = planner.start_all()
-                later = sum(
-                    Planner(s, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
-                    for s in all_stages[k + 1 :]
-                )
-                view.set_eta((span + later) * pace, len(parts))
-                t_stage = time.monotonic()
-                for p in parts:
-                    for h in p.hashes:
-                        ctx.item_of[h] = p.id
-                        view.set_item(h, p.id)
-                if not parts:
-                    continue
-                payloads = {p.id: p.payload() for p in parts}
-                trainable = tune.with_parameters(
-                    _trainable,
-                    payloads=payloads,
-                    work=str(ctx.work),
-                    uri=ctx.tracking_uri,
-                    threads=ctx.threads,
-                    gpu=bool(gpu),
-                )
-                # a DDP item's trial only drives its TorchTrainer, whose workers hold the devices
-                trainable = tune.with_resources(
-                    trainable,
-                    lambda config: (
-                        {"cpu": DRIVER_CPU}
-                        if payload_world_size(payloads[config["item"]]) > 1
-                        else {"cpu": cpu, "gpu": gpu}
-                    ),
-                )
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space={"item": tune.grid_search([p.id for p in parts])},
-                    tune_config=tune.TuneConfig(max_concurrent_trials=ctx.workers, reuse_actors=False),
-                    run_config=tune.RunConfig(
-                        name=f"kdgrid-{ctx.plan.scale}-{stamp}-stage{k}",
-                        storage_path=str(ctx.work / "ray"),
-                        verbose=0,
-                        callbacks=[_ViewCallback(view, {p.id: p.hashes for p in parts})],
-                        failure_config=tune.FailureConfig(max_failures=0),
-                    ),
-                )
-                for result in tuner.fit():
-                    item_id = result.config["item"]
-                    part = next(p for p in parts if p.id == item_id)
-                    got = json.loads((result.metrics or {}).get("kdgrid_results", "{}"))
-                    if result.error is not None or not got:
-                        reason = (
-                            f"Ray trial of {item_id} ended without results: "
-                            f"{type(result.error).__name__ if result.error else 'no report'}: "
-                            f"{str(result.error).strip().splitlines()[-1] if result.error else ''} "
-                            f"(log {log_path(ctx.work, item_id)}, trial dir {result.path})"
-                        )
-                        mark_abandoned(ctx, part.hashes, reason)
-                        got = {h: f"failed: {reason}" for h in part.hashes}
-                    for h, o in got.items():
-                        outcomes[h] = o
-                        view.set_state(h, o)
-                if span > 0:
-                    pace = (time.monotonic() - t_stage) / span
-    finally:
-        _VIEWS.pop(id(view), None)
-        if not ctx.ray_address:
-            ray.shutdown()
-    return outcomes
+    trainable = tune.with_resources(
+        trainable, lambda config: {"cpu": DRIVER_CPU} if config["item"] in ddp else {"cpu": cpu, "gpu": gpu}
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={"item": tune.grid_search([p.id for p in parts])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=ctx.workers, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(ctx.work / "ray"),
+            verbose=0,
+            callbacks=[_ViewCallback(view, {p.id: p.hashes for p in parts})],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _settle(result, parts: list[WorkItem], dispatch: Dispatch, ctx: LaunchContext) -> None:
+    """A trial's end: its part's outcomes, or, for a trial that ended without them, a failure saying why."""
+    part = next(p for p in parts if p.id == result.config["item"])
+    got = json.loads((result.metrics or {}).get("kdgrid_results", "{}"))
+    if result.error is None and got:
+        dispatch.ended(part, parse_all(got))
+        return
+    err = result.error
+    dispatch.died(
+        part,
+        f"Ray trial of {part.id} ended without results: "
+        f"{type(err).__name__ if err else 'no report'}: "
+        f"{str(err).strip().splitlines()[-1] if err else ''} "
+        f"(log {log_path(ctx.work, part.id)}, trial dir {result.path})",
+    )
+
+
+def _span(stage: list[WorkItem], ctx: LaunchContext) -> float:
+    """The estimated makespan of a stage still to come."""
+    return Scheduler(stage, ctx.workers, rates=ctx.rates, mode=ctx.schedule).start_all()[1]
+
+
+@register
+class Ray(Launcher):
+    """Ray Tune trials, one per work item (part), stage by stage."""
+
+    name = "ray"
+
+    def parallelism(self, ctx: LaunchContext) -> int:
+        """Trials the cluster can hold at once: its GPUs, else its CPUs over --threads."""
+        import ray
+
+        _init(ctx)
+        per_item = devices_per_run(ctx.plan.runs)
+        return max(1, (_gpus() or int(ray.cluster_resources().get("CPU", 1)) // max(1, ctx.threads)) // per_item)
+
+    def launch(self, items: list[WorkItem], ctx: LaunchContext, outcomes: dict[str, Outcome]) -> None:
+        import ray
+
+        if not ctx.wait:
+            raise RuntimeError("the Ray launcher drives its trials from this process: `kdgrid launch` detaches it")
+        _init(ctx)
+        view = RunView(
+            [r for it in items for r in it.runs],
+            {h: it.id for it in items for h in it.hashes},
+            ctx.console,
+            title=f"kdgrid {ctx.plan.scale}: {len(items)} item(s) as Ray Tune trials",
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        all_stages = stages(items)
+        pace = 1.0  # wall seconds per estimated second, from the stages done (the ETA follows the machine)
+        try:
+            with view:
+                for k, stage in enumerate(all_stages):
+                    dispatch = Dispatch(stage, ctx, outcomes, view, ctx.workers)
+                    parts, span = dispatch.start_all()  # cost schedule: cut by cost, the longest path first
+                    later = sum(_span(s, ctx) for s in all_stages[k + 1 :])
+                    view.set_eta((span + later) * pace, len(parts))
+                    if not parts:
+                        continue
+                    t_stage = time.monotonic()
+                    for result in _tuner(parts, ctx, view, f"kdgrid-{ctx.plan.scale}-{stamp}-stage{k}").fit():
+                        _settle(result, parts, dispatch, ctx)
+                    if span > 0:
+                        pace = (time.monotonic() - t_stage) / span
+        finally:
+            _VIEWS.pop(id(view), None)
+            if not ctx.options.ray_address:
+                ray.shutdown()
