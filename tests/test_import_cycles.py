@@ -5,19 +5,6 @@ function-level imports still means that neither module can be read, tested or mo
 from __future__ import annotations
 
 import grimp
-import pytest
-
-# Today's cycles (issue 26); the reshaping of launch/report/resolve/parent_run and of trainer.spec/data
-# removes them, and this test then passes: drop the xfail.
-CYCLES_TODAY = [
-    "orchestrator.launch -> orchestrator.parent_run -> orchestrator.report -> orchestrator.resolve -> "
-    "orchestrator.launch",
-    "orchestrator.launch -> orchestrator.report -> orchestrator.resolve -> orchestrator.launch",
-    "orchestrator.parent_run -> orchestrator.report -> orchestrator.parent_run",
-    "orchestrator.report -> orchestrator.report.recipes -> orchestrator.report",
-    "orchestrator.report -> orchestrator.resolve -> orchestrator.report",
-    "trainer.data -> trainer.spec -> trainer.data",
-]
 
 
 def shortest_cycles(graph: grimp.ImportGraph) -> list[str]:
@@ -47,7 +34,6 @@ def test_cycle_finder_sees_a_cycle_held_by_a_function_level_import(tmp_path, mon
     assert shortest_cycles(graph) == ["cyc.a -> cyc.b -> cyc.a"]
 
 
-@pytest.mark.xfail(strict=True, reason="import cycles today (issue 26): " + "; ".join(CYCLES_TODAY))
 def test_no_import_cycles_in_trainer_and_orchestrator():
     graph = grimp.build_graph("trainer", "orchestrator", cache_dir=None)
     assert shortest_cycles(graph) == []
