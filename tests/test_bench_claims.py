@@ -117,8 +117,8 @@ def test_the_benchmark_runs_the_reports_decision(test):
 
 def _old_loop(x: np.ndarray, claim: B.Claim, max_seeds: int) -> tuple[int, list[int]]:
     """Today's --resolve on one draw: stats.decide at 95%, the futility stop, stats.seeds_needed and
-    resolve.next_step (the names this imports may move: orchestrator.resolve is being split)."""
-    from orchestrator.resolve import ClaimNeed, next_step
+    report.decide.next_step (the old decision the resolve loop ran)."""
+    from orchestrator.report.decide import ClaimNeed, next_step
 
     have = [B.FIRST] * len(claim.means)
     keys = [f"r{r}" for r in range(len(claim.means))]
