@@ -191,6 +191,23 @@ class LockHeld(RuntimeError):
     pass
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this host still runs. A zombie does not: a killed worker whose launcher died
+    with it stays a zombie until init reaps it (seconds here, never under a container whose first process
+    reaps nothing), and its lock must not look held meanwhile."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(pid, 0) is all there is
+    return state not in ("Z", "X")
+
+
 class RunLock:
     def __init__(self, directory: Path):
         self.path = directory / "lock"
@@ -211,13 +228,8 @@ class RunLock:
     def _stale(self, owner: dict | None) -> bool:
         if owner is None:
             return True
-        if owner.get("host") == socket.gethostname():
-            try:
-                os.kill(int(owner["pid"]), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
+        if owner.get("host") == socket.gethostname() and not _running(int(owner["pid"])):
+            return True
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
@@ -226,10 +238,10 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(me)
             except FileExistsError:
                 owner = self.owner()
                 if not self._stale(owner):
@@ -239,12 +251,29 @@ class RunLock:
                     ) from None
                 self.path.unlink(missing_ok=True)  # its owner died: take it over
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
             return
         raise LockHeld(f"could not take {self.path}")
+
+    def _create(self, me: bytes) -> None:
+        """The lock file, created with its owner already in it (FileExistsError when it exists): written to
+        a temporary file and hard-linked into place, so no reader ever sees an empty lock, which it would
+        take for a dead owner's. Without hard links (some network filesystems): created, then written."""
+        tmp = self.path.with_name(f".lock.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(me)
+        try:
+            os.link(tmp, self.path)
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(me)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):

@@ -18,7 +18,8 @@ from rich.console import Console
 from orchestrator.commands.options import GridOptions, claim_options, grid_options, launch_options
 from orchestrator.commands.publish import deliver
 from orchestrator.launch import registry
-from orchestrator.launch.execution import execute, missing, summarize
+from orchestrator.launch.execution import execute, missing, refuse_problems, summarize
+from orchestrator.launch.items import LaunchContext
 from orchestrator.launch.options import LaunchOptions
 from orchestrator.launch.worker import REPO_ROOT
 from orchestrator.report.build import build_report
@@ -51,6 +52,7 @@ def detach(plan, grid: GridOptions, opts: LaunchOptions, console) -> int:
             f"nothing to launch: every one of the {len(plan.runs)} planned run(s) is finished", highlight=False
         )
         return 0
+    refuse_problems(todo, registry.get(opts.launcher), LaunchContext(plan, opts))  # here, not in the background
     log = Path(opts.workdir) / "logs" / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "orchestrator.cli", "reproduce", *grid.argv(), *launch_argv(opts)]

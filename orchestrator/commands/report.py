@@ -18,6 +18,7 @@ from orchestrator.report import export, render, write_reports
 from orchestrator.report import recipes as side_by_side
 from orchestrator.report.build import Report, build_report
 from orchestrator.report.seeds import added_seeds
+from trainer import atomic
 from trainer.tracking import default_uri
 
 DATA = {"csv": export.to_csv, "json": export.to_json}  # every table row as data
@@ -74,7 +75,7 @@ def _write(args, plan, uri: str, report: Report) -> dict[str, Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"tables.{args.format}"
-    path.write_text(DATA[args.format](report), encoding="utf-8")
+    atomic.write_text(path, DATA[args.format](report))
     return {args.format: path}
 
 
@@ -97,9 +98,9 @@ def run_recipes(args, names: list[str], uri: str) -> int:
         figures = {}
         for n, r in reports.items():
             if png := r.figure_png():
-                (out / f"figure4-{n}.png").write_bytes(png)
+                atomic.write_bytes(out / f"figure4-{n}.png", png)
                 figures[n] = f"figure4-{n}.png"
-        (out / "report.md").write_text(side_by_side.markdown(reports, figures), encoding="utf-8")
+        atomic.write_text(out / "report.md", side_by_side.markdown(reports, figures))
         print(f"md: {out / 'report.md'}")
     else:
         sys.stdout.write(side_by_side.markdown(reports))

@@ -32,6 +32,7 @@ from orchestrator.report.build import build_report
 from orchestrator.report.decide import Step, next_round
 from orchestrator.tracking import grid_run
 from orchestrator.tracking.spent import run_cpu_s
+from trainer import atomic
 
 RESOLVED = "every claim is resolved"
 OUT_OF_BUDGET = "budget spent"
@@ -90,8 +91,8 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = {"resolve": out / "resolve.md", "resolve-json": out / "resolve.json"}
-    extra["resolve-json"].write_text(json.dumps(asdict(resolution), indent=2))
-    extra["resolve"].write_text("\n".join(resolution.lines()) + "\n")
+    atomic.write_text(extra["resolve-json"], json.dumps(asdict(resolution), indent=2))
+    atomic.write_text(extra["resolve"], "\n".join(resolution.lines()) + "\n")
     deliver(plan, opts.tracking_uri, report, out, "reproduce", console, extra)
     for line in resolution.lines():
         console.print(line, highlight=False, markup=False)

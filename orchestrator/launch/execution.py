@@ -17,7 +17,8 @@ from orchestrator.launch.costs import calibrate
 from orchestrator.launch.items import LaunchContext, WorkItem, log_path, stages, work_items
 from orchestrator.launch.options import LaunchOptions
 from orchestrator.launch.outcome import Outcome
-from trainer import tracking
+from orchestrator.plan import checks
+from trainer import numerics, tracking
 
 
 @dataclass
@@ -30,15 +31,30 @@ class Launched:
 
 
 def missing(plan: Any, tracking_uri: str) -> tuple[list, dict[str, Outcome], dict]:
-    """(runs to train, {hash: skipped} for finished ones, {hash: MLflow run} found)."""
+    """(runs to train, {hash: skipped} for finished ones, {hash: MLflow run} found). A run finished by a code
+    of another numerics version is to train: its numbers are not this code's (trainer/numerics.py)."""
     found = tracking.runs_by_hash(tracking.client(tracking_uri), plan.scale, [r.hash for r in plan.runs])
     todo, done = [], {}
     for r in plan.runs:
-        if tracking.finished(found.get(r.hash)):
+        run = found.get(r.hash)
+        if tracking.finished(run) and numerics.matches(run.data.tags):
             done[r.hash] = Outcome("skipped", "finished in MLflow")
         else:
             todo.append(r)
     return todo, done, found
+
+
+def other_numerics(todo: list, found: dict) -> int:
+    """How many of the runs to train are finished in MLflow under another numerics version."""
+    return sum(1 for r in todo if tracking.finished(found.get(r.hash)))
+
+
+def refuse_problems(todo: list, launcher: registry.Launcher, ctx: LaunchContext) -> None:
+    """What would fail when the runs start, refused now (plan/checks.py): a launcher that sets the devices a
+    run gets itself (Slurm: its config's tasks per job) says so through `devices(ctx)`."""
+    devices = getattr(launcher, "devices", None)
+    world_size, where = devices(ctx) if devices else (checks.planned_world_size, "")
+    checks.check(todo, world_size, where, ctx.plan.scale)
 
 
 def _items(todo: list, ctx: LaunchContext, launcher: registry.Launcher) -> list[WorkItem]:
@@ -75,11 +91,14 @@ def execute(plan: Any, options: LaunchOptions, console=None) -> Launched:
     launcher = registry.get(options.launcher)
     ctx = LaunchContext(plan, options, console or Console(soft_wrap=True))
     todo, outcomes, found = missing(plan, ctx.tracking_uri)
-    resumable = sum(1 for r in todo if r.hash in found)
+    refuse_problems(todo, launcher, ctx)
+    stale = other_numerics(todo, found)
+    resumable = sum(1 for r in todo if r.hash in found) - stale
     ctx.console.print(
         f"plan {plan.scale}: {len(plan.runs)} run(s) ({getattr(plan, 'rows_before_dedup', '?')} rows "
         f"before deduplication); {len(outcomes)} finished in MLflow, {len(todo)} to train"
-        + (f" ({resumable} started before: they resume from their checkpoints)" if resumable else ""),
+        + (f" ({resumable} started before: they resume from their checkpoints)" if resumable else "")
+        + (f" ({stale} finished under another numerics version: trained again, in new MLflow runs)" if stale else ""),
         highlight=False,
     )
     if not todo:

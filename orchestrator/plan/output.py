@@ -6,7 +6,7 @@ from pathlib import Path
 
 from orchestrator.plan.describe import batch_line, describe
 from orchestrator.plan.model import Plan
-from trainer import tracking
+from trainer import atomic, tracking
 
 STATE_STYLE = {"finished": "green", "partial": "yellow", "missing": "dim"}
 
@@ -70,7 +70,7 @@ def dump_plan(plan: Plan, out: str | Path) -> Path:
     index = []
     for r in plan.runs:
         path = out / f"{r.hash}.yaml"
-        path.write_text(r.spec.to_yaml())
+        atomic.write_text(path, r.spec.to_yaml())
         index.append(
             dict(
                 hash=r.hash,
@@ -91,5 +91,5 @@ def dump_plan(plan: Plan, out: str | Path) -> Path:
         launch=plan.launch,
         runs=index,
     )
-    (out / "plan.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    atomic.write_text(out / "plan.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return out

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from orchestrator.plan.model import Plan
-from trainer import tracking
+from trainer import numerics, tracking
 
 
 def run_states(plan: Plan, uri: str | None = None) -> tuple[dict[str, str], str | None]:
-    """finished / partial / missing per planned hash, from MLflow; a missing store means all missing.
+    """finished / partial / missing per planned hash, from MLflow; a missing store means all missing. A run
+    finished under another numerics version is partial: the next launch trains it again (trainer/numerics.py).
 
     Never creates a store: a SQLite file or a local folder that does not exist is read as empty.
     """
@@ -33,4 +34,14 @@ def run_states(plan: Plan, uri: str | None = None) -> tuple[dict[str, str], str 
         found = tracking.runs_by_hash(c, plan.scale, missing)
     except Exception as err:  # unreachable server, foreign file, ...
         return missing, f"could not read MLflow at {uri} ({type(err).__name__}: {err}): every run shown missing"
-    return {h: tracking.run_state(found.get(h)) for h in missing}, None
+    states = {h: tracking.run_state(found.get(h)) for h in missing}
+    stale = {h: numerics.version_of(found[h].data.tags) for h, s in states.items() if s == "finished"}
+    stale = {h: v for h, v in stale.items() if v != numerics.NUMERICS_VERSION}
+    states.update(dict.fromkeys(stale, "partial"))
+    if not stale:
+        return states, None
+    versions = ", ".join(str(v) for v in sorted(set(stale.values())))
+    return states, (
+        f"{len(stale)} run(s) finished under numerics version {versions}, not this code's "
+        f"{numerics.NUMERICS_VERSION}: shown partial, and trained again (in new MLflow runs) by the next launch"
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.grid import TABLE_IDS, load_recipes
 from orchestrator.report import claims as claims_mod
-from orchestrator.report import figure
+from orchestrator.report import figure, versions
 from orchestrator.report import protocol as protocol_mod
 from orchestrator.report.collect import Collected, collect
 from orchestrator.report.tables import TableModel, build_tables
@@ -160,6 +160,7 @@ def build_report(
         if r.role == "student" and collected.get(r.hash).status == "finished"
     ]
     note, comparable = describe_scale(plan, protocols or None)
+    note = f"{note} {versions.note(collected.get(h) for h in hashes)}".strip()
     explicit_uri = tracking_uri if tracking_uri != default_uri() else None  # the hint names a store only if needed
     return Report(
         scale=plan.scale,

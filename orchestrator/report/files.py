@@ -1,4 +1,5 @@
-"""The report on disk: report.md / report.html / report.tex, with Figure 4 beside them."""
+"""The report on disk: report.md / report.html / report.tex, with Figure 4 beside them, each written whole
+(trainer/atomic.py): a kill mid-report leaves the last complete report, never half of one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from orchestrator.report import render
 from orchestrator.report.build import Report, build_report
+from trainer import atomic
 
 EXT = {"md": "md", "latex": "tex", "html": "html"}
 FIGURE = "figure4.png"
@@ -36,7 +38,7 @@ def write_reports(
     png = report.figure_png()
     fig = None
     if png:
-        (out / FIGURE).write_bytes(png)
+        atomic.write_bytes(out / FIGURE, png)
         paths["figure"] = out / FIGURE
         fig = FIGURE
     for fmt in formats:
@@ -48,6 +50,6 @@ def write_reports(
             "html": lambda: render.html(report),
         }[fmt]()
         path = out / f"report.{EXT[fmt]}"
-        path.write_text(text, encoding="utf-8")
+        atomic.write_text(path, text)
         paths[fmt] = path
     return paths

@@ -32,7 +32,7 @@ from orchestrator.tune.search import (
     run_spec,
     search_runs,
 )
-from trainer import tracking
+from trainer import atomic, tracking
 
 
 @dataclass
@@ -440,9 +440,9 @@ def write(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "png": out / "search.png", "csv": out / "trials.csv"}
-    paths["md"].write_text(markdown(setup, runs, top, seeds, budget_note), encoding="utf-8")
-    paths["png"].write_bytes(plot(setup, runs))
-    paths["csv"].write_text(trials_csv(setup, runs), encoding="utf-8")
+    atomic.write_text(paths["md"], markdown(setup, runs, top, seeds, budget_note))
+    atomic.write_bytes(paths["png"], plot(setup, runs))
+    atomic.write_text(paths["csv"], trials_csv(setup, runs))
     parent = ensure_parent(c, setup)
     for p in paths.values():
         tracking.retry(c.log_artifact, parent, str(p), "report")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trainer import numerics, tracking, workdir
+from trainer import atomic, numerics, tracking, workdir
 from trainer.distributed import DistEnv
 from trainer.engine.member import Member
 
@@ -109,7 +109,7 @@ def log_predictions(m: Member, name: str, predictions: dict) -> None:
     """Per-image validation top-1 ({"label": [...], "top1": [...], "cls": [...], ...}) as the artifact
     predictions/<name>: what the report's agreement matrix compares."""
     path = m.dir / name
-    path.write_text(json.dumps(predictions, separators=(",", ":")))
+    atomic.write_text(path, json.dumps(predictions, separators=(",", ":")))
     m.run.log_artifact(path, "predictions")
 
 
@@ -140,7 +140,7 @@ def _keep_traceback(m: Member, tb: str) -> None:
     """The traceback as the run's artifact failure/traceback.txt and in its directory's error.txt; a failure
     to keep it (the full disk that failed the run) does not hide the failure itself."""
     try:
-        (m.dir / "error.txt").write_text(tb)
+        atomic.write_text(m.dir / "error.txt", tb)
     except OSError:
         pass
     try:
@@ -160,7 +160,7 @@ def finish(m: Member) -> None:
         log_predictions(m, "predictions.json", m.predictions)
     m.run.log_artifact(m.dir / "final.pt", "checkpoints")
     m.run.log_artifact(m.dir / "checkpoint.pt", "checkpoints")
-    (m.dir / "history.json").write_text(json.dumps(m.history, indent=1))
+    atomic.write_text(m.dir / "history.json", json.dumps(m.history, indent=1))
     m.run.finish("FINISHED")
     workdir.previous(m.dir / "checkpoint.pt").unlink(missing_ok=True)  # a finished run is never resumed
 

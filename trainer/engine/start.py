@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from trainer import atomic, dataset_inputs, numerics, tracking, workdir
 from trainer import data as data_mod
-from trainer import dataset_inputs, numerics, tracking, workdir
 from trainer.distributed import DistEnv, broadcast_flags
 from trainer.engine.cohort import Cohort
 from trainer.engine.member import build_member, precision_of
@@ -50,7 +50,7 @@ def claim(specs: list[ExperimentSpec], session: Session, results: dict[str, str]
 def _claim_one(s: ExperimentSpec, session: Session, locks: dict, results: dict[str, str]) -> bool:
     h = s.content_hash()
     run = tracking.runs_by_hash(session.client, s.scale, [h]).get(h)
-    if run is not None and run.info.status == "FINISHED" and not session.force:
+    if tracking.finished(run) and numerics.matches(run.data.tags) and not session.force:  # else: trained again
         results[h] = "skipped: finished in MLflow"
         return False
     lock = workdir.RunLock(workdir.run_dir(session.wd, h))
@@ -128,7 +128,7 @@ def _open_member(s: ExperimentSpec, cohort: Cohort, session: Session) -> None:
     if env.main:
         m.dir.mkdir(parents=True, exist_ok=True)
         workdir.remove_temporary(m.dir)
-        (m.dir / "spec.yaml").write_text(s.to_yaml())
+        atomic.write_text(m.dir / "spec.yaml", s.to_yaml())
         run_id, new = _run_to_reopen(session, s, m.hash, state.get("run_id") if state else None)
         m.run = tracking.RunLog.open(session.client, s, m.hash, run_id, new=new)
         log_start(m, env, run_protocol(s, **protocol(cohort)), cohort.precision.name)

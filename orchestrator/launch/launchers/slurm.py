@@ -46,6 +46,7 @@ from orchestrator.launch.outcome import Outcome, blocked_by, parse_all
 from orchestrator.launch.registry import Launcher, register
 from orchestrator.launch.view import RunView
 from orchestrator.launch.worker import REPO_ROOT, mark_abandoned, run_item
+from trainer import atomic
 
 ALIVE = {
     "PENDING",
@@ -221,9 +222,7 @@ class Ledger:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"runs": self.runs, "items": self.items}, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, json.dumps({"runs": self.runs, "items": self.items}, indent=1, sort_keys=True))
 
 
 @dataclass
@@ -462,6 +461,13 @@ class Slurm(Launcher):
 
     def parallelism(self, ctx: LaunchContext) -> int:
         return load_config(ctx.options.slurm_config, ctx.threads, ctx.hints).array_parallelism
+
+    def devices(self, ctx: LaunchContext):
+        """(the world size of a run's job, the config that sets it): its role's nodes x tasks_per_node, which
+        the plan-time checks hold against the run's global batch (plan/checks.py)."""
+        cfg = load_config(ctx.options.slurm_config, ctx.threads, ctx.hints)
+        sizes = {role: cfg.resources(role).world_size for role in ("teacher", "student")}
+        return (lambda run: sizes[run.role]), ctx.options.slurm_config or "the Slurm launcher's defaults"
 
     def memory_budget(self, ctx: LaunchContext) -> int | None:
         """Bytes one student job may hold per process: 90% of a GPU (`gpu_mem_gb`), else 80% of `mem_gb`."""
