@@ -44,6 +44,20 @@ def missing(plan: Any, tracking_uri: str) -> tuple[list, dict[str, Outcome], dic
     return todo, done, found
 
 
+def clear_stale_locks(work, done: dict[str, Outcome]) -> int:
+    """Remove the locks that finished runs still have (a kill after FINISHED, before the lock was released):
+    nobody trains a finished run again, so nobody else would. A lock a live process holds is left alone."""
+    from trainer import workdir
+
+    cleared = 0
+    for h in done:
+        lock = workdir.RunLock(workdir.run_dir(work, h))
+        if lock.path.exists() and not lock.held():
+            lock.path.unlink(missing_ok=True)
+            cleared += 1
+    return cleared
+
+
 def other_numerics(todo: list, found: dict) -> int:
     """How many of the runs to train are finished in MLflow under another numerics version."""
     return sum(1 for r in todo if tracking.finished(found.get(r.hash)))
@@ -92,6 +106,7 @@ def execute(plan: Any, options: LaunchOptions, console=None) -> Launched:
     ctx = LaunchContext(plan, options, console or Console(soft_wrap=True))
     todo, outcomes, found = missing(plan, ctx.tracking_uri)
     refuse_problems(todo, launcher, ctx)
+    clear_stale_locks(ctx.work, outcomes)
     stale = other_numerics(todo, found)
     resumable = sum(1 for r in todo if r.hash in found) - stale
     ctx.console.print(

@@ -34,6 +34,9 @@ def write_reports(
     report = report or build_report(plan, tracking_uri, tuple(overrides))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("report.md", "report.html", "report.tex", FIGURE):  # what a kill mid-write left
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     paths: dict[str, Path] = {}
     png = report.figure_png()
     fig = None

@@ -155,7 +155,8 @@ def finish(m: Member) -> None:
     if m.ema is not None:
         final["ema"] = m.ema.module.state_dict()
     workdir.save_atomic(final, m.dir / "final.pt")
-    m.run.log_metrics(_finals(m), step=m.epochs)
+    if m.epochs not in m.run.logged_steps("last_top1"):  # a kill after them, before FINISHED: not logged twice
+        m.run.log_metrics(_finals(m), step=m.epochs)
     if m.predictions:
         log_predictions(m, "predictions.json", m.predictions)
     m.run.log_artifact(m.dir / "final.pt", "checkpoints")
