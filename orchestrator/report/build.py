@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.grid import TABLE_IDS, load_recipes
 from orchestrator.report import claims as claims_mod
-from orchestrator.report import figure
+from orchestrator.report import figure, sequential
 from orchestrator.report import protocol as protocol_mod
 from orchestrator.report.collect import Collected, collect
 from orchestrator.report.tables import TableModel, build_tables
@@ -37,6 +37,7 @@ class Report:
     png: bytes | None = None  # Figure 4, once drawn
     test: str = "welch"  # how claims are decided (claims.basis)
     level: float = claims_mod.stats.LEVEL
+    design: sequential.Design = field(default_factory=sequential.Design)  # the looks claims are decided at
     agreements: list = field(default_factory=list)  # DeiT's teacher-agreement matrices (report/agreement.py)
 
     @property
@@ -126,9 +127,12 @@ def build_report(
     test: str = "welch",
     level: float = claims_mod.stats.LEVEL,
     effect: float | None = None,
+    max_seeds: int = sequential.MAX_SEEDS,
 ) -> Report:
     """Everything the renderers show. `overrides`: the `--set` options the plan was made with (they go
-    into the `kdgrid reproduce` hint)."""
+    into the `kdgrid reproduce` hint). The claims are decided by the sequential design that the grid's
+    `--seeds` and `--max-seeds` fix before any result is seen (its looks), at `level`."""
+    design = sequential.design_for(plan.seeds, max_seeds, level)
     hashes = {r.hash: r.spec.recipe.epochs for r in plan.runs}
     fig_hashes = [
         p.hash
@@ -143,16 +147,16 @@ def build_report(
     tables = [m for m in models if m.table != "fig4"]
     fig4 = next((m for m in models if m.table == "fig4"), None)
     curves = figure.build_curves(fig4) if fig4 is not None else {}
-    claims = claims_mod.check_all(tables, test=test, level=level, effect=effect)
+    claims = claims_mod.check_all(tables, test=test, level=level, effect=effect, design=design)
     if fig4 is not None:
-        claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect))
+        claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect, design=design))
     agreements = []
     deit = next((t for t in tables if t.table == "deit"), None)
     if deit is not None and not collected.error:
         from orchestrator.report import agreement
 
         agreements = agreement.build(deit, tracking_uri)
-        claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect))
+        claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect, design=design))
     counts = Counter(collected.get(h).status for h in hashes)
     protocols = [
         collected.get(r.hash).protocol
@@ -177,5 +181,6 @@ def build_report(
         error=collected.error,
         test=test,
         level=level,
+        design=design,
         agreements=agreements,
     )

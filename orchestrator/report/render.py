@@ -15,7 +15,7 @@ from orchestrator.report.tables import RowModel, TableModel
 
 
 def claim_basis(report: Report) -> str:
-    return claims_basis(report.test, report.level)
+    return claims_basis(report.test, report.level, design=report.design)
 
 
 @dataclass
