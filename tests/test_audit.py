@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator import cli
 from orchestrator.grid import GridError
 from orchestrator.grid.files import SOURCES_FILE
 from orchestrator.grid.sources import Case, load_sources
@@ -45,7 +46,7 @@ def test_every_paper_scale_setting_is_accounted_for_by_a_source(paper):
 
 def test_the_docs_hold_todays_audit(paper):
     """docs/results/paper-audit/ is this audit: regenerate it with
-    `python -m orchestrator.report.audit --scale paper --out docs/results/paper-audit`."""
+    `kdgrid audit --scale paper --out docs/results/paper-audit`."""
     assert (DOCS / "audit.md").read_text() == A.markdown(paper)
     assert json.loads((DOCS / "audit.json").read_text()) == json.loads(A.to_json(paper))
 
@@ -116,10 +117,15 @@ def test_compact_row_lists():
 
 
 def test_the_command_writes_markdown_and_json(tmp_path, capsys):
-    assert A.main(["--scale", "paper", "--tables", "vitkd", "--recipe", "paper-mean", "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(["audit", "--scale", "paper", "--tables", "vitkd", "--recipe", "paper-mean", "--out", str(tmp_path)])
+        == 0
+    )
     md = (tmp_path / "audit.md").read_text()
     assert "## Protocol `vitkd`" in md and "| `data.augment.repeated_aug` | `False` | False |" in md
     doc = json.loads((tmp_path / "audit.json").read_text())
     assert doc["scale"] == "paper" and doc["counts"].get(A.UNRECORDED) is None
-    assert A.main(["--scale", "mini", "--tables", "vitkd", "--recipe", "paper-mean", "--strict"]) == 1  # analogs
+    assert (
+        cli.main(["audit", "--scale", "mini", "--tables", "vitkd", "--recipe", "paper-mean", "--strict"]) == 1
+    )  # analogs
     assert "UNRECORDED" in capsys.readouterr().out

@@ -10,17 +10,14 @@ with the reason kdgrid gives, `unused` in that run, `set by the row` (the table 
 `NO SOURCE`: a paper-scale value that changed without its source entry (tests/test_audit.py).
 
 `audit(scale, tables) -> rows` plans the grid and judges it; `audit_plan` is the pure part; `markdown` and
-`to_json` render. `python -m orchestrator.report.audit --scale paper --out DIR` writes audit.md and
-audit.json (`add_arguments` + `cmd_audit` are what a `kdgrid audit` command calls).
+`to_json` render. `kdgrid audit --scale paper --out DIR` writes audit.md and audit.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -338,7 +335,7 @@ def markdown(a: Audit) -> str:
         "",
         f"Every setting of every planned run (each table's rows at seed 0, under {', '.join(a.recipes)}) "
         "beside the value its source states, from `experiments/sources.yaml`; "
-        f"`python -m orchestrator.report.audit --scale {a.scale}` writes it. A row's recipe is in brackets "
+        f"`kdgrid audit --scale {a.scale}` writes it. A row's recipe is in brackets "
         "for the rows that take one.",
         "",
         "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
@@ -404,44 +401,3 @@ def to_json(a: Audit) -> str:
 
 
 # ---- the command ---------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default="paper", help="paper | mini | smoke, or a path to a scale YAML (default: paper)")
-    p.add_argument("--tables", default=None, help="comma-separated tables (default: every table of ablations/)")
-    p.add_argument("--recipe", default="all", help="recipes whose rows to judge: all (default), or a,b")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--sources", default=None, help="the sources file (default: experiments/sources.yaml)")
-    p.add_argument("--out", default=None, help="write audit.md and audit.json into this folder (default: print)")
-    p.add_argument("--format", choices=("md", "json"), default="md", help="what to print without --out")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a setting is UNRECORDED or has NO SOURCE")
-
-
-def cmd_audit(args) -> int:
-    a = audit(args.scale, args.tables, args.recipe, args.overrides, args.sources)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "audit.md").write_text(markdown(a), encoding="utf-8")
-        (out / "audit.json").write_text(to_json(a), encoding="utf-8")
-        print(f"md: {out / 'audit.md'}\njson: {out / 'audit.json'}")
-    else:
-        sys.stdout.write(markdown(a) if args.format == "md" else to_json(a))
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(a.counts().items()))
-    print(f"{len(a.rows)} audit rows: {counts}", file=sys.stderr)
-    return 1 if args.strict and a.failing else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from orchestrator.grid import GridError
-
-    p = argparse.ArgumentParser(prog="python -m orchestrator.report.audit", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return cmd_audit(args)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
