@@ -22,7 +22,6 @@ from orchestrator.launch.execution import execute, missing, refuse_problems, sum
 from orchestrator.launch.items import LaunchContext
 from orchestrator.launch.options import LaunchOptions
 from orchestrator.launch.worker import REPO_ROOT
-from orchestrator.report.build import build_report
 from orchestrator.tracking import grid_run
 
 
@@ -37,8 +36,7 @@ def run(args) -> int:
     launched = execute(plan, opts, console)
     code = summarize(launched)
     if wait:
-        claims = claim_options(args)
-        report = build_report(plan, opts.tracking_uri, grid.overrides, test=claims.test, level=claims.level)
+        report = claim_options(args).report(plan, opts.tracking_uri, grid.overrides)
         deliver(plan, opts.tracking_uri, report, Path(args.out), "reproduce", console)
     return code
 
