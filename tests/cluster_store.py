@@ -119,41 +119,49 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path, workers: int | None = None) -> Iterator[str]:
-    """`mlflow server` on a free port of 127.0.0.1, artifacts proxied into `artifacts` (as the compose file
-    runs it); yields its URL; its log goes to `log`. MLflow's job runner (GenAI jobs: 7 huey consumers, each
-    importing MLflow and polling) is off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise: kdgrid
-    runs no jobs, and on 2 cores they made each request ~4x slower."""
-    port = free_port()
+def start_mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path, port: int, workers: int | None = None
+) -> subprocess.Popen:
+    """`mlflow server` on `port` of 127.0.0.1, in its own process group, answering /health once this returns;
+    artifacts proxied into `artifacts` (as the compose file runs it); its log appended to `log`. MLflow's job
+    runner (GenAI jobs: 7 huey consumers, each importing MLflow and polling) is off unless
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise: kdgrid runs no jobs, and on 2 cores they made each
+    request ~4x slower."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", backend_uri, "--serve-artifacts", "--artifacts-destination", str(artifacts)]
     if workers:
         cmd += ["--workers", str(workers)]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "PYTHONUNBUFFERED": "1"}  # log as it goes
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240  # the first start creates MLflow's tables
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_group(proc)
+            raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path, workers: int | None = None) -> Iterator[str]:
+    """`mlflow server` on a free port of 127.0.0.1 (start_mlflow_server) for the block; yields its URL."""
+    port = free_port()
+    proc = start_mlflow_server(backend_uri, artifacts, log, port, workers)
     try:
-        deadline = time.monotonic() + 240  # the first start creates MLflow's tables
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """The server and its uvicorn workers (its process group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_group(proc: subprocess.Popen, signals=(signal.SIGTERM, signal.SIGKILL)) -> None:
+    """The server and its uvicorn workers (its process group), with each of `signals` until it is gone."""
+    for sig in signals:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:

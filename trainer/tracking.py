@@ -8,6 +8,7 @@ Each process owns explicit run ids (MlflowClient, not the fluent API): a cohort 
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -79,19 +80,41 @@ _TRANSIENT = (
     *("database is locked", "database table is locked", "database is busy"),  # SQLite's own words
     "queuepool limit",  # `mlflow server`'s connection pool stayed full for 30 s (a 400, which MLflow does not retry)
 )
+# A tracking server that is not answering: restarting (nothing listens on its port), or it died with our request
+# in flight (requests' and urllib3's words, inside MLflow's "API request to ... failed with exception ...").
+_UNREACHABLE = (
+    "connection refused",
+    "failed to establish a new connection",
+    "connection aborted",
+    "connection reset",
+    "remote end closed connection",
+    "too many 502 error responses",
+    "too many 503 error responses",
+    "too many 504 error responses",
+)
+OUTAGE_S = "KDGRID_TRACKING_OUTAGE_S"  # how long a call waits for an unreachable server (default 900 s)
 
 
 def retry(fn: Callable, *args, **kwargs):
     """SQLite allows one writer at a time: several training processes retry (for up to ~1 min, on top of
     MLflow's 20 s busy timeout) instead of failing or losing a metric; so do writers that an overloaded
-    `mlflow server` turns away (64 writers at once, benchmarks.bench_tracking). Anything else is raised at
-    once (MLflow's HTTP client retries a 5xx or an unreachable server itself)."""
-    delay = 0.05
-    for attempt in range(30):
+    `mlflow server` turns away (64 writers at once, benchmarks.bench_tracking). A server that does not answer
+    (restarting, or gone with the request in flight) is waited for up to $KDGRID_TRACKING_OUTAGE_S (900 s):
+    MLflow's HTTP client retries it itself with backoff (7 times, ~4 min by default), but a restart may take
+    longer, and a run that trained for days must not fail for it. Anything else is raised at once."""
+    delay, deadline = 0.05, None
+    for attempt in itertools.count():
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # MlflowException, sqlalchemy OperationalError, requests' errors
-            if not any(t in str(err).lower() for t in _TRANSIENT) or attempt == 29:
+            text = str(err).lower()
+            if any(t in text for t in _UNREACHABLE):
+                deadline = deadline or time.monotonic() + float(os.environ.get(OUTAGE_S, "900"))
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(5.0, 0.5 * 2 ** min(attempt, 4)))
+                continue
+            if not any(t in text for t in _TRANSIENT) or attempt >= 29:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
