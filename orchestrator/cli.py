@@ -92,6 +92,21 @@ def _claims(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level", type=float, default=0.95, help="confidence level of the claims' intervals (default: 0.95)"
     )
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        default=10,
+        help="the sequential design's last look, in seeds per row: claims are tested at looks from --seeds to "
+        "this (the level holds however many `--resolve` adds); the most seeds --resolve gives a row (default: 10)",
+    )
+    p.add_argument(
+        "--effect",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="the difference a 'smaller than the paper's' verdict rules out, in top-1 points (default: each "
+        "comparison's difference in the paper)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,23 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolve",
         action="store_true",
-        help="after the grid, add seeds to the rows of unresolved claims until they resolve, the "
-        "power estimate says they cannot within the budget, or the budget is spent",
+        help="after the grid, add seeds to the rows of claims without a verdict, look by look, until every "
+        "claim has one, reaches its last look, or the budget is spent",
     )
     p.add_argument(
         "--budget-cpu-hours",
         type=float,
         default=None,
         help="--resolve: CPU-hours (the runs' logged cost.*) the added seeds may spend (default: unlimited)",
-    )
-    p.add_argument("--max-seeds", type=int, default=10, help="--resolve: most seeds per row (default: 10)")
-    p.add_argument(
-        "--effect",
-        type=float,
-        default=None,
-        metavar="POINTS",
-        help="--resolve: the difference to resolve, in top-1 points (default: each comparison's "
-        "difference in the paper)",
     )
 
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
@@ -207,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5000)
+
+    p = sub.add_parser(
+        "audit", help="every setting of a scale's runs beside its source (paper, released code, DeiT, cls_KD)"
+    )
+    p.add_argument("--scale", default="paper", help="paper | mini | smoke, or a path to a scale YAML (default: paper)")
+    p.add_argument("--tables", default=None, help="comma-separated tables (default: every table of ablations/)")
+    p.add_argument("--recipe", default="all", help="recipes whose rows to judge: all (default), or a,b")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sources", default=None, help="the sources file (default: experiments/sources.yaml)")
+    p.add_argument("--out", default=None, help="write audit.md and audit.json into this folder (default: print)")
+    p.add_argument("--format", choices=("md", "json"), default="md", help="what to print without --out")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a setting is UNRECORDED or has NO SOURCE")
 
     sub.add_parser("check", help="check the installed torch, timm, mlflow, ... against the versions kdgrid supports")
     return parser

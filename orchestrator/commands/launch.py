@@ -21,7 +21,6 @@ from orchestrator.launch import registry
 from orchestrator.launch.execution import execute, missing, summarize
 from orchestrator.launch.options import LaunchOptions
 from orchestrator.launch.worker import REPO_ROOT
-from orchestrator.report.build import build_report
 from orchestrator.tracking import grid_run
 
 
@@ -36,8 +35,7 @@ def run(args) -> int:
     launched = execute(plan, opts, console)
     code = summarize(launched)
     if wait:
-        claims = claim_options(args)
-        report = build_report(plan, opts.tracking_uri, grid.overrides, test=claims.test, level=claims.level)
+        report = claim_options(args).report(plan, opts.tracking_uri, grid.overrides)
         deliver(plan, opts.tracking_uri, report, Path(args.out), "reproduce", console)
     return code
 

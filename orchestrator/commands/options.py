@@ -10,6 +10,7 @@ from typing import Any
 from orchestrator.grid import load_recipes
 from orchestrator.launch.options import DEPRECATED_SCHEDULES, LaunchOptions
 from orchestrator.plan import make_plan
+from orchestrator.report.build import build_report
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class ClaimOptions:
     test: str = "welch"
     level: float = 0.95
     effect: float | None = None
+    max_seeds: int = 10  # the sequential design's last look
+
+    def report(self, plan, uri: str, overrides: tuple[str, ...] = ()):
+        """The plan's report, its claims decided as these options say."""
+        return build_report(
+            plan, uri, overrides, test=self.test, level=self.level, effect=self.effect, max_seeds=self.max_seeds
+        )
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ def grid_options(args: Any, recipe: str | None = None) -> GridOptions:
 
 
 def claim_options(args: Any) -> ClaimOptions:
-    return ClaimOptions(test=args.test, level=args.level, effect=getattr(args, "effect", None))
+    return ClaimOptions(test=args.test, level=args.level, effect=args.effect, max_seeds=args.max_seeds)
 
 
 def launch_options(args: Any, wait: bool) -> LaunchOptions:

@@ -16,7 +16,7 @@ from orchestrator.commands.publish import publish
 from orchestrator.grid import load_recipes, recipe_names
 from orchestrator.report import export, render, write_reports
 from orchestrator.report import recipes as side_by_side
-from orchestrator.report.build import Report, build_report
+from orchestrator.report.build import Report
 from orchestrator.report.seeds import added_seeds
 from trainer.tracking import default_uri
 
@@ -63,8 +63,7 @@ def load(args, recipe: str, uri: str):
     if args.added_seeds:
         row_seeds = added_seeds(grid.plan(seeds=MAX_ADDED_SEEDS), uri, grid.seeds)
     plan = grid.plan(row_seeds=row_seeds)
-    claims = claim_options(args)
-    return plan, build_report(plan, uri, grid.overrides, test=claims.test, level=claims.level)
+    return plan, claim_options(args).report(plan, uri, grid.overrides)
 
 
 def _write(args, plan, uri: str, report: Report) -> dict[str, Path]:

@@ -28,7 +28,6 @@ from orchestrator.commands.options import (
 from orchestrator.commands.publish import deliver
 from orchestrator.launch.execution import execute, summarize
 from orchestrator.launch.options import LaunchOptions
-from orchestrator.report.build import build_report
 from orchestrator.report.decide import Step, next_round
 from orchestrator.tracking import grid_run
 from orchestrator.tracking.spent import run_cpu_s
@@ -184,7 +183,7 @@ def _round(n: int, step: Step, plan, new_plan, launches: Launches) -> tuple[Roun
 
 
 def _report(plan, grid: GridOptions, claims: ClaimOptions, uri: str):
-    return build_report(plan, uri, grid.overrides, test=claims.test, level=claims.level, effect=claims.effect)
+    return claims.report(plan, uri, grid.overrides)
 
 
 def _label(plan, key: str) -> str:

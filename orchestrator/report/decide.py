@@ -1,11 +1,11 @@
 """`--resolve`'s decision, pure: which rows get how many more seeds this round, for which claims.
 
 `next_round` is the one boundary the loop (orchestrator/commands/resolve.py) calls: given the report (its
-claims, as decided) and what the finished runs cost, it returns a `Step`. Today's procedure: for each
-unresolved claim, the seeds per row that would resolve a difference of the paper's size (or `--effect`) at
-the measured spread (none for a claim whose interval already excludes that difference: seeds would only
-narrow the interval around it); cheapest claims first, raise their open rows to that many seeds (at least
-one more) while the estimated cost (the rows' mean CPU-seconds per seed) fits the budget left.
+claims, decided by the sequential design, orchestrator/report/sequential.py) and what the finished runs cost,
+it returns a `Step`. A claim with a verdict, or at its design's last look, gets no more seeds; every other
+claim's open rows are raised to its next look, never to a number read off the results (that would break the
+level the design holds); cheapest claims first, while the estimated cost (the rows' mean CPU-seconds per
+seed) fits the budget left. Stopping a claim early, for its verdict or the budget, only removes looks.
 
 A row is keyed by its seed-0 run's hash (`make_plan(row_seeds=...)`), so the rows that stand for the same
 run (the CaiT-S24 -> DeiT-Tiny manifold row of Tables 2-6 and Figure 4) get their seeds once.
@@ -27,8 +27,8 @@ class ClaimNeed:
     id: str
     resolved: bool
     rows: tuple[str, ...]  # row keys of its open comparisons (seed-0 hashes)
-    seeds_needed: int | None  # per row; None: more than the power calculation's limit
-    excluded: bool = False  # an interval already rules out the size sought: seeds would not resolve it
+    seeds_needed: int | None  # per row, at the claim's next look; None: it is at its last look
+    excluded: bool = False  # an interval already rules out the size sought (the old futility stop)
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _why_not(n: ClaimNeed) -> str | None:
             "so more seeds would not resolve it (--effect sets a smaller size)"
         )
     if n.seeds_needed is None:
-        return "a difference of this size needs more seeds than the power calculation allows"
+        return "its last look passed without a verdict (--max-seeds sets the last look, before the grid trains)"
     if not n.rows:
         return "no row to add seeds to"
     return None
