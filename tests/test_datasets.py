@@ -23,6 +23,7 @@ from trainer.datasets import Dataset, register
 from trainer.spec import DataSpec, parse_experiment
 
 
+# --8<-- [start:dataset]
 def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n grey 28 x 28 images (uint8 N x 1 x H x W) of stripes under noise: label 0 faint, label 1 bright."""
     g = torch.Generator().manual_seed(seed)
@@ -47,6 +48,7 @@ class Stripes(Dataset):
 
     def build(self, spec, batching):
         return data.in_memory(spec, stripes(512, 0), stripes(128, 1), batching, mean=0.4, std=0.3)
+        # --8<-- [end:dataset]
 
 
 DATA = {"dataset": "stripes", "num_classes": 2, "train_subset": 256, "val_subset": 64}

@@ -1,5 +1,5 @@
-"""Why a spec's dataset cannot be read: checked when a spec is loaded and when a grid is planned, before
-anything starts. Each dataset says it for itself (trainer.datasets)."""
+"""Why a spec's dataset cannot be read, checked before anything starts (a spec file's loading, a plan's
+checks). Each dataset says it for itself (trainer.datasets)."""
 
 from __future__ import annotations
 
