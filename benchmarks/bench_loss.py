@@ -6,7 +6,8 @@ sampled terms of Eq. 9, measured side by side at the paper's shapes.
     python -m benchmarks.bench_loss --quick      # small shapes, seconds (smoke test)
 
 Timings are forward + backward (gradient w.r.t. the student only), median over --repeats runs; exact,
-terms and the terms with autograd's own backward (the implementation before issue 15) run alternately so that the load of a shared machine weighs on both alike. The naive map runs once
+terms and the terms with autograd's own backward (the implementation before issue 15) run alternately so
+that the load of a shared machine weighs on both alike. The naive map runs once
 per width (each run maps ~12 GB at c_S 384: most of its time is the kernel handing out pages).
 Peak memory is the extra memory one forward + backward needs above what was in use before it:
   * CUDA: torch.cuda.max_memory_allocated() above the bytes allocated at the start (tensor bytes).

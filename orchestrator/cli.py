@@ -211,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5000)
 
+    p = sub.add_parser(
+        "audit", help="every setting of a scale's runs beside its source (paper, released code, DeiT, cls_KD)"
+    )
+    p.add_argument("--scale", default="paper", help="paper | mini | smoke, or a path to a scale YAML (default: paper)")
+    p.add_argument("--tables", default=None, help="comma-separated tables (default: every table of ablations/)")
+    p.add_argument("--recipe", default="all", help="recipes whose rows to judge: all (default), or a,b")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sources", default=None, help="the sources file (default: experiments/sources.yaml)")
+    p.add_argument("--out", default=None, help="write audit.md and audit.json into this folder (default: print)")
+    p.add_argument("--format", choices=("md", "json"), default="md", help="what to print without --out")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a setting is UNRECORDED or has NO SOURCE")
+
     sub.add_parser("check", help="check the installed torch, timm, mlflow, ... against the versions kdgrid supports")
     return parser
 

@@ -137,12 +137,9 @@ def _pair_terms(
         groups.setdefault(key, []).append(i)
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for members in groups.values():
-
-        def stack(fs):
-            return fs[members[0]][None] if len(members) == 1 else torch.stack([fs[i] for i in members])
-
         idx = None if draws[0] is None else torch.stack([draws[i] for i in members])
-        for name, vec in _stack_terms(stack(feats_s), stack(feats_t), names, idx, reduction).items():
+        stacked_s, stacked_t = _stack(feats_s, members), _stack(feats_t, members)
+        for name, vec in _stack_terms(stacked_s, stacked_t, names, idx, reduction).items():
             parts[name].append(vec)
     order = [i for members in groups.values() for i in members]
     out = {name: vecs[0] if len(vecs) == 1 else torch.cat(vecs) for name, vecs in parts.items()}
@@ -150,6 +147,11 @@ def _pair_terms(
         where = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
         out = {name: vec[where.to(vec.device)] for name, vec in out.items()}
     return out
+
+
+def _stack(feats: Sequence[Tensor], members: list[int]) -> Tensor:
+    """The members' features as one (m, n, p, c) tensor; a view, not a copy, for a single member."""
+    return feats[members[0]][None] if len(members) == 1 else torch.stack([feats[i] for i in members])
 
 
 def manifold_terms(

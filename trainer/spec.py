@@ -126,8 +126,12 @@ class RecipeSpec(StrictModel):
     warmup_epochs: Weight = 5
     weight_decay: Weight = 0.05
     clip_grad: Positive | None = None
-    ema: bool = False
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99996
+    ema: bool = False  # keep an EMA of the weights, updated every optimizer step (trainer/engine/ema.py)
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99996  # 1 - mmcv's EMAHook momentum (4e-5)
+    # Which weights a run is evaluated on, `val.*` and its accuracy: the trained model (unset, as DeiT's
+    # main.py) or its EMA (`ema`, as mmcls's EMAHook in ViTKD's DeiT-B configs). Unset is not hashed;
+    # `model` is that same run (normalised to unset).
+    eval_weights: Literal["model", "ema"] | None = None
     amp: bool = True  # mixed precision on CUDA where `precision` is unset; ignored on CPU
     # fp16 (autocast + GradScaler, as DeiT and the released ManifoldKD code) | bf16 (autocast) | fp32, on every
     # device, CPU included. Unset (None), `amp` decides as it did before this field: fp16 on CUDA, fp32 on CPU
@@ -149,6 +153,10 @@ class RecipeSpec(StrictModel):
             if self.precision != "fp32":
                 raise ValueError(f"precision: {self.precision} with amp: false: mixed precision is on or off, not both")
             self.__dict__["precision"] = None  # amp: false already trains in fp32: the same run, the same hash
+        if self.eval_weights == "ema" and not self.ema:
+            raise ValueError("eval_weights: ema needs ema: true (an EMA of the weights to evaluate)")
+        if self.eval_weights == "model":
+            self.__dict__["eval_weights"] = None  # the trained model is what every run is evaluated on
         if self.world_size is not None:
             self.__dict__["accumulation"] = accumulation_steps(self, self.world_size, self.accumulation)
         return self

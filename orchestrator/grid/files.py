@@ -21,6 +21,8 @@ GRID_ROOT = _PACKAGED if (_PACKAGED / "experiments").is_dir() else REPO  # holds
 ABLATIONS = GRID_ROOT / "ablations"
 EXPERIMENTS = GRID_ROOT / "experiments"
 RECIPES_FILE = EXPERIMENTS / "recipes.yaml"
+SOURCES_FILE = EXPERIMENTS / "sources.yaml"  # each paper-scale setting's source (orchestrator/grid/sources.py)
+NOT_SCALES = ("recipes", "sources")  # the files of experiments/ that are no scale
 
 # The paper's tables in order, and the file each lives in. `--tables all` (the default) is the paper's.
 TABLE_IDS: tuple[str, ...] = ("2", "3", "4", "5", "6", "7", "fig4")
@@ -95,7 +97,9 @@ def unknown_table(ref: str, hint: str = "") -> tuple[str, str, str]:
 
 
 def scale_names() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem != "recipes" and not p.stem.endswith(".example"))
+    return sorted(
+        p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem not in NOT_SCALES and not p.stem.endswith(".example")
+    )
 
 
 def unknown_scale(ref: str) -> tuple[str, str, str]:
@@ -109,4 +113,4 @@ def scale_file(ref: str | Path) -> Path | None:
     if is_path_ref(ref):
         return Path(ref)
     path = EXPERIMENTS / f"{ref}.yaml"
-    return path if path.is_file() and ref != "recipes" else None
+    return path if path.is_file() and ref not in NOT_SCALES else None

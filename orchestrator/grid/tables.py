@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.grid.errors import GridError, invalid, read_yaml
 from orchestrator.grid.files import TABLE_ALIASES, display_path, is_path_ref, table_path, unknown_table
+from orchestrator.grid.overrides import DataOverride, RecipeOverride
 from orchestrator.grid.rows import DISPLAY_FIELDS, AblationRow, RowFields
 from trainer.spec_base import StrictModel, Weight
 
@@ -27,13 +28,22 @@ class Column(StrictModel):
     format: str | None = None  # e.g. "{:.2f}"
 
 
-class TableScale(StrictModel):
-    """A table's own training settings at one scale, for another paper's recipe (ViTKD trains 300 epochs
-    at lr 1e-3 per 1024 images with gradient clipping): overrides of the scale's student recipe, and the
-    student drop_path per paper model. Scales a table does not name use the scale's own settings."""
+class StudentProtocol(StrictModel):
+    """One student's own settings in a table's protocol (ViTKD's DeiT-B: no drop-path change, an EMA)."""
 
-    recipe: dict[str, Any] = Field(default_factory=dict)
-    drop_path: dict[str, Weight] = Field(default_factory=dict)
+    drop_path: Weight | None = None
+    recipe: RecipeOverride = RecipeOverride()
+
+
+class TableScale(StrictModel):
+    """A table's own protocol at one scale, for another paper's recipe (ViTKD: mmcls's sampler without
+    repeated augmentation, 300 epochs at lr 1e-3 per 1024 images, gradient clipping, fp32, an EMA for
+    DeiT-B): what it changes in the scale's student data and recipe, for every row and per paper student.
+    Keys are the spec's own, checked on load. Scales a table does not name use the scale's own settings."""
+
+    data: DataOverride = DataOverride()
+    recipe: RecipeOverride = RecipeOverride()
+    students: dict[str, StudentProtocol] = Field(default_factory=dict)  # paper student -> its own settings
 
 
 class AblationTable(StrictModel):
@@ -72,9 +82,19 @@ class AblationTable(StrictModel):
     def _rows(self) -> AblationTable:
         for i, row in enumerate(self.rows):
             row._key = self.row_key(i)
-        for path, reason in self._row_problems():
+        for path, reason in self._row_problems() + self._scale_problems():
             raise ValueError(f"{path}: {reason}")
         return self
+
+    def _scale_problems(self) -> list[tuple[str, str]]:
+        """A student's own settings must name a student some row trains."""
+        students = {row.student for row in self.rows}
+        for scale, own in self.scales.items():
+            for name in own.students:
+                if name not in students:
+                    known = ", ".join(sorted(s for s in students if s))
+                    return [(f"scales.{scale}.students.{name}", f"no row of this table trains it (students: {known})")]
+        return []
 
     def _row_problems(self) -> list[tuple[str, str]]:
         """Figure 4's rows are its curves, once each; no two rows of a table are the same settings."""

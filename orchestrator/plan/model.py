@@ -38,6 +38,9 @@ class Plan:
     rows_before_dedup: int  # (row, seed) pairs + teacher runs, before merging
     launch: dict  # the scale's `launch:` hints (max_cohort, resources...), {} if none
     row_hashes: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False)  # (table, index) -> per seed
+    # Every row of the full grid (requested or not) -> its seed-0 run: which rows are the same run as a row
+    # named elsewhere ("t2.r9": the released code's reference).
+    row_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._by_hash = {r.hash: r for r in self.runs}

@@ -253,4 +253,5 @@ def make_plan(
         rows_before_dedup=sum(map(len, row_hashes.values())) + len(teachers),  # row x seed pairs + teachers
         launch=sc.launch.model_dump(exclude_unset=True),
         row_hashes=row_hashes,
+        row_keys={grid.tables[t][0].row_key(i): hs[0] for (t, i), hs in runs.row_hashes.items()},
     )

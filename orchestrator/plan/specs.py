@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from orchestrator.grid import AblationRow, AblationTable, Recipe, RecipeBook, Scale, deep_merge, display_path
 from orchestrator.grid.files import RECIPES_FILE
+from orchestrator.grid.overrides import given
 from orchestrator.grid.scales import scale_source
 from trainer import methods
 from trainer.problems import Entry, validation_problems
@@ -49,14 +50,19 @@ class Context:
 
 
 def student_protocol(ctx: Context, table: AblationTable | None, row: AblationRow) -> tuple[dict, dict, float]:
-    """(data, recipe, drop_path) of a row's student: the scale's, overridden by the table's own settings at
-    this scale (another paper's protocol), then by the named recipe's for the rows that take one."""
+    """(data, recipe, drop_path) of a row's student: the scale's, overridden by the table's own protocol at
+    this scale (another paper's: for every row, then for the row's student), then by the named recipe's for
+    the rows that take one."""
     sc, rec = ctx.scale, ctx.recipe
     own = table.scales.get(sc.scale) if table is not None else None
     data, recipe, drop_path = sc.data.model_dump(), sc.student.recipe.model_dump(), sc.student.drop_path
     if own is not None:
-        recipe = deep_merge(recipe, own.recipe)
-        drop_path = own.drop_path.get(row.student, drop_path)
+        data = deep_merge(data, given(own.data))
+        recipe = deep_merge(recipe, given(own.recipe))
+        student = own.students.get(row.student)
+        if student is not None:
+            recipe = deep_merge(recipe, given(student.recipe))
+            drop_path = drop_path if student.drop_path is None else student.drop_path
     if uses_recipe(row.method):  # the recipe's own batch at this scale (the released script's 64 per GPU)
         recipe.update(rec.student.recipe.get(sc.scale, {}))
     return data, recipe, drop_path
@@ -74,9 +80,44 @@ def row_distillation(ctx: Context, row: AblationRow, drop_path: float) -> tuple[
     return distillation, drop_path
 
 
-def locate(ctx: Context, path: str, table_src: str, i: int, row: AblationRow) -> tuple[str, str]:
-    """The file and field a spec problem comes from: the row, the scale or the recipe."""
-    return _in_method(ctx, path, table_src, i, row) or _elsewhere(ctx, path, table_src, i, row)
+def locate(
+    ctx: Context, path: str, table_src: str, i: int, row: AblationRow, table: AblationTable | None = None
+) -> tuple[str, str]:
+    """The file and field a spec problem comes from: the row, the table's own protocol, the scale or the recipe."""
+    return (
+        _in_method(ctx, path, table_src, i, row)
+        or _in_table_protocol(ctx, path, table_src, row, table)
+        or _elsewhere(ctx, path, table_src, i, row)
+    )
+
+
+def _in_table_protocol(
+    ctx: Context, path: str, table_src: str, row: AblationRow, table: AblationTable | None
+) -> tuple[str, str] | None:
+    """The table's own protocol at this scale, where it sets the field (`data...`, `recipe...`)."""
+    own = table.scales.get(ctx.scale.scale) if table is not None else None
+    if own is None or not path.startswith(("data", "recipe")):
+        return None
+    section, _, rest = path.partition(".")
+    student = own.students.get(row.student)
+    places = [(f"students.{row.student}.recipe", given(student.recipe))] if student and section == "recipe" else []
+    places.append((section, given(getattr(own, section))))
+    for where, keys in places:
+        if _sets(keys, rest):
+            return table_src, ".".join(p for p in (f"scales.{ctx.scale.scale}", where, rest) if p)
+    return None
+
+
+def _sets(keys: dict, dotted: str) -> bool:
+    """Whether a nested mapping of set keys contains the dotted path (a whole-section problem: any key)."""
+    if not dotted:
+        return bool(keys)
+    node: object = keys
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _in_method(ctx: Context, path: str, table_src: str, i: int, row: AblationRow) -> tuple[str, str] | None:
@@ -206,5 +247,5 @@ class Resolver:
         except ValidationError as err:
             at = f" [scale {ctx.scale.scale}: {ctx.scale_src}; recipe {ctx.recipe_name}]"
             for path, reason in validation_problems(err):
-                self.problems.append((*locate(ctx, path, table_src, i, row), reason + at))
+                self.problems.append((*locate(ctx, path, table_src, i, row, table), reason + at))
             return None

@@ -20,6 +20,7 @@ import torch
 from trainer import tracking, workdir
 from trainer.data import micro_seed
 from trainer.distributed import DistEnv
+from trainer.engine import ema
 from trainer.engine.cohort import Batch, Callback, Cohort, NonFiniteLoss, cohort_key
 from trainer.engine.evaluation import evaluate
 from trainer.engine.member import Member
@@ -172,11 +173,9 @@ def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float, measured: di
     last = epoch + 1 == m.epochs and c.env.world_size == 1  # a rank's predictions are a shard: single process only
     m.predictions = {} if last else None
     autocast, device = c.precision.autocast, c.env.device
-    metrics.update(
-        {f"val.{k}": v for k, v in evaluate(m.core.model, c.val_data, device, autocast, m.predictions).items()}
-    )
-    if m.ema is not None:
-        metrics.update({f"val_ema.{k}": v for k, v in evaluate(m.ema.module, c.val_data, device, autocast).items()})
+    for prefix, weights in ema.evaluated(m.spec, m.core.model, m.ema):  # the run's own (`val`) first
+        preds = m.predictions if prefix == "val" else None
+        metrics.update({f"{prefix}.{k}": v for k, v in evaluate(weights, c.val_data, device, autocast, preds).items()})
     metrics["lr"] = m.optimizer.param_groups[0]["lr"]
     metrics["eval_time_s"] = time.perf_counter() - t_eval
     metrics["cost.cpu_s"] = train_cpu_s + time.process_time() - cpu_eval  # this run's share of the epoch

@@ -16,6 +16,7 @@ from torch import nn
 
 from trainer import methods, models, numerics, tracking, workdir
 from trainer.distributed import DistEnv
+from trainer.engine import ema
 from trainer.precision import Precision, effective
 from trainer.spec import ExperimentSpec
 from trainer.taps import Student
@@ -162,11 +163,6 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
         student = torch.compile(student)
     lr = effective_lr(spec, env.world_size)
     optimizer = _optimizer(spec, core, lr, fused=device.type == "cuda")
-    ema = None
-    if spec.recipe.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(core.model, decay=spec.recipe.ema_decay)
     d = spec.distillation
     return Member(
         spec=spec,
@@ -177,7 +173,7 @@ def build_member(spec: ExperimentSpec, env: DistEnv, wd: Path, steps: int) -> Me
         optimizer=optimizer,
         scheduler=_scheduler(spec, optimizer, steps),
         scaler=precision_of(spec, env.device).scaler(),
-        ema=ema,
+        ema=ema.build(spec, core.model),
         streams=_streams(spec, device, rng),
         steps=steps,
         lr=lr,

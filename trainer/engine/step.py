@@ -10,6 +10,7 @@ import torch
 
 from trainer import precision
 from trainer.distributed import all_sum, no_sync
+from trainer.engine import ema
 from trainer.engine.cohort import Batch, NonFiniteLoss
 from trainer.engine.member import Member
 from trainer.objective import objective
@@ -40,8 +41,7 @@ def optimizer_step(m: Member, global_step: int) -> None:
     precision.step(m.optimizer, m.scaler, m.core.parameters(), m.spec.recipe.clip_grad)
     m.optimizer.zero_grad(set_to_none=True)
     m.scheduler.step_update(num_updates=global_step + 1)
-    if m.ema is not None:
-        m.ema.update(m.core.model, step=global_step)
+    ema.update(m.ema, m.core.model)
 
 
 def train_step(m: Member, b: Batch, global_step: int, prec: Precision) -> None:
