@@ -232,9 +232,12 @@ ray.shutdown()
 def test_a_ray_trial_has_telemetry_off(tmp_path, cluster):
     uri, work = store(tmp_path)
     holder, address = None, []
+    # A cluster that ray.init starts takes a token that a second process may not find (InvalidAuthToken):
+    # the test's cluster and its client go without, as `ray start` clusters on a trusted network do.
+    env = _bare(RAY_AUTH_MODE="disabled") if cluster else _bare()
     if cluster:  # a cluster started without kdgrid, none of the variables set
         holder = subprocess.Popen(
-            [sys.executable, "-c", CLUSTER], env=_bare(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", CLUSTER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         address = ["--ray-address", holder.stdout.readline().strip()]
     grid = subprocess.Popen(
@@ -242,7 +245,7 @@ def test_a_ray_trial_has_telemetry_off(tmp_path, cluster):
             "reproduce", *GRID, "--launcher", "ray", *address, "--tracking-uri", uri, "--workdir", str(work)
         ),
         cwd=tmp_path,
-        env=_bare(),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -259,7 +262,11 @@ def test_a_ray_trial_has_telemetry_off(tmp_path, cluster):
                     pass
             return found
 
-        trial = _wait_for(trials, 600, "Ray trial process")[0]
+        def trials_or_exit():  # a grid that ended before any trial fails the test at once
+            assert grid.poll() is None or trials(), f"the grid exited ({grid.returncode}) before any trial started"
+            return trials()
+
+        trial = _wait_for(trials_or_exit, 600, "Ray trial process")[0]
         assert _seen(trial) == {**OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": None, telemetry.SWITCH: None}
     finally:
         grid.send_signal(signal.SIGINT)
