@@ -81,7 +81,7 @@ def test_chunked_streaming_and_noncontiguous_input(monkeypatch):
     """m = 36 rows in chunks of 7 (last one short), Gram products over 10 rows at a time, features
     sliced out of a token tensor."""
     monkeypatch.setattr(losses, "_CHUNK", 7)
-    monkeypatch.setattr(losses, "_GRAM_ROWS", 10)
+    monkeypatch.setattr(losses, "_BLOCK_ROWS", 10)
     tokens = randn(N, P + 2, CS, seed=4)
     f_s = tokens[:, 2:].requires_grad_()  # not contiguous
     f_t = randn(N, P, CT, seed=5)

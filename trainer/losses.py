@@ -188,7 +188,7 @@ def manifold_terms(
 # relative, also for nearly equal, rotated or nearly parallel features (tests/test_exact_manifold.py).
 
 _CHUNK = 256  # rows per block of the elementwise passes: a float64 block stays in L2
-_GRAM_ROWS = 8192  # rows per float32 Gram product, summed in float64 (K large enough for peak GEMM speed)
+_BLOCK_ROWS = 4096  # rows per kept block of C' and per float32 Gram product (summed in float64)
 _GRAM_LEAF = 96  # columns of the diagonal blocks of a symmetric Gram, computed whole
 _RIDGE = 1e-8  # of the mean variance: keeps W finite where the sample does not span the student's rows
 _EPS = 1e-12  # F.normalize's
@@ -213,17 +213,17 @@ def _sym_blocks(lo: int, hi: int):
     yield slice(lo, mid), slice(mid, hi)
 
 
-def _gram(x: Tensor) -> Tensor:
-    """x^T x in float64 from products in x's dtype over blocks of _GRAM_ROWS rows."""
-    c = x.shape[1]
-    acc = x.new_zeros(c, c, dtype=torch.float64)
-    part = acc if x.dtype == acc.dtype else x.new_empty(c, c)
-    blocks = list(_sym_blocks(0, c))
-    for rows in _row_blocks(x.shape[0], _GRAM_ROWS):
+def _gram(blocks: Sequence[Tensor]) -> Tensor:
+    """X^T X in float64 of the row blocks X_i stacked, from products in their dtype, summed in float64."""
+    c = blocks[0].shape[1]
+    acc = blocks[0].new_zeros(c, c, dtype=torch.float64)
+    part = acc if blocks[0].dtype == acc.dtype else blocks[0].new_empty(c, c)
+    spans = list(_sym_blocks(0, c))
+    for x in blocks:
         if part is not acc:
             part.zero_()
-        for si, sj in blocks:
-            part[si, sj].addmm_(x[rows, si].T, x[rows, sj])
+        for si, sj in spans:
+            part[si, sj].addmm_(x[:, si].T, x[:, sj])
         if part is not acc:
             acc += part
     return acc.triu() + acc.triu(1).T
@@ -249,10 +249,10 @@ def _fit(x_s: Tensor, x_t: Tensor, center: bool) -> tuple[Tensor, Tensor, Tensor
 
 
 class _Parts(NamedTuple):
-    """What the backward needs: C' = [Ab' | E' | 1 | w] (rows centred on the sample mean), the reciprocal
-    row norms, the true means, C's column means g = C'^T 1 / m, M H and H (of the exactly centred C), W, d."""
+    """What the backward needs: the reciprocal row norms, the true means, the column means g = C'^T 1 / m
+    of C' (rows centred on the sample mean), M H and H (of the exactly centred C), W, d, and C' itself as
+    [Ab' | E' | 1 | w] in row blocks."""
 
-    cols: Tensor
     r_s: Tensor
     r_t: Tensor
     mu: Tensor
@@ -262,6 +262,7 @@ class _Parts(NamedTuple):
     h: Tensor
     fit: Tensor
     d: Tensor
+    cols: tuple[Tensor, ...]
 
 
 def _manifold_gram(
@@ -280,32 +281,40 @@ def _manifold_gram(
     if not fit:
         W.zero_()
     r_s, r_t = x_s.new_empty(m, 1, dtype=f64), x_t.new_empty(m, 1, dtype=f64)
-    cols = x_s.new_empty(m, c + 2, dtype=dtype)  # [Ab' | E' | 1 | w]
-    cols[:, c] = 1
     q, colsum, shift = x_s.new_empty(m, dtype=f64), x_s.new_zeros(c, dtype=f64), torch.cat([s, -t])
     buf = x_s.new_empty(min(_CHUNK, m), c, dtype=f64)
-    for rows in _row_blocks(m, _CHUNK):
-        b = buf[: rows.stop - rows.start]
-        r_s[rows], r_t[rows] = _rnorm(x_s[rows]), _rnorm(x_t[rows])
-        torch.addcmul(-s, x_s[rows], r_s[rows], out=b[:, :c_s])  # unit rows minus the sample mean
-        torch.addcmul(-t, x_t[rows], r_t[rows], out=b[:, c_s:])
-        colsum += b.sum(0)
-        torch.mv(b, shift, out=q[rows])  # w, up to the mean correction
-        if fit:
-            b[:, c_s:].addmm_(b[:, :c_s], W, alpha=-1)  # E' = Bb' - Ab' W, in float64
-        cols[rows, :c] = b
+    cols = []  # C' = [Ab' | E' | 1 | w] in blocks of _BLOCK_ROWS rows (heap-sized: reused, not page-faulted)
+    for block in _row_blocks(m, _BLOCK_ROWS):
+        part = x_s.new_empty(block.stop - block.start, c + 2, dtype=dtype)
+        part[:, c] = 1
+        for local in _row_blocks(len(part), _CHUNK):
+            rows = slice(block.start + local.start, block.start + local.stop)
+            b = buf[: local.stop - local.start]
+            for x, r, half, mean in ((x_s, r_s, b[:, :c_s], s), (x_t, r_t, b[:, c_s:], t)):
+                half.copy_(x[rows])  # the one float64 copy of the rows
+                r[rows] = _rnorm(half)
+                half.mul_(r[rows]).sub_(mean)  # unit rows minus the sample mean
+            colsum += b.sum(0)
+            torch.mv(b, shift, out=q[rows])  # w, up to the mean correction
+            if fit:
+                b[:, c_s:].addmm_(b[:, :c_s], W, alpha=-1)  # E' = Bb' - Ab' W, in float64
+            part[local, :c] = b
+        cols.append(part)
     delta, eps = colsum[:c_s] / m, colsum[c_s:] / m  # the sample means' error
     mu, nu = s + delta, t + eps
     g = torch.cat([delta, eps - W.T @ delta])
-    h = _gram(cols[:, :c]).addr_(g, g, alpha=-m)  # of C = C' - 1 g^T, exactly centred
-    y = torch.cat([delta - W @ eps, -eps])  # w = q + C' y - (delta.mu - eps.nu), by expanding Ab mu - Bb nu
-    w = (cols[:, :c] @ y.to(dtype)).to(f64).add_(q).sub_(delta @ mu - eps @ nu)
-    cols[:, c + 1] = w
+    h = _gram([part[:, :c] for part in cols]).addr_(g, g, alpha=-m)  # of C = C' - 1 g^T, exactly centred
+    y = torch.cat([delta - W @ eps, -eps]).to(dtype)  # w = q + C' y - (delta.mu - eps.nu): Ab mu - Bb nu expanded
+    w2, kappa = q.new_zeros(()), delta @ mu - eps @ nu
+    for block, part in zip(_row_blocks(m, _BLOCK_ROWS), cols):
+        w = (part[:, :c] @ y).to(f64).add_(q[block]).sub_(kappa)
+        part[:, c + 1] = w
+        w2 += w @ w
     bottom = torch.addmm(h[c_s:], W.T, h[:c_s]).neg_()  # M H, M = [[I - W W^T, -W], [-W^T, -I]]
     mh = torch.cat([torch.addmm(h[:c_s], W, bottom), bottom])
     d = mu @ mu - nu @ nu
-    total = (mh * mh.T).sum() + 2 * m * (w @ w) + m * m * d * d
-    return total / (m * m), _Parts(cols, r_s, r_t, mu, nu, g, mh, h, W, d)
+    total = (mh * mh.T).sum() + 2 * m * w2 + m * m * d * d
+    return total / (m * m), _Parts(r_s, r_t, mu, nu, g, mh, h, W, d, tuple(cols))
 
 
 @contextlib.contextmanager
@@ -327,7 +336,7 @@ class _ExactManifold(torch.autograd.Function):
     def forward(ctx, f_s: Tensor, f_t: Tensor) -> Tensor:
         with _exact_matmuls(f_s):
             value, parts = _manifold_gram(f_s, f_t, dtype=torch.promote_types(f_s.dtype, torch.float32))
-        ctx.save_for_backward(f_s, f_t, *parts)
+        ctx.save_for_backward(f_s, f_t, *parts[:-1], *parts.cols)
         return value.to(torch.promote_types(f_s.dtype, torch.float32))
 
     @staticmethod
@@ -338,8 +347,8 @@ class _ExactManifold(torch.autograd.Function):
         # Ab^T w = H[:c_s] z and Bb^T w = W^T Ab^T w + H[c_s:] z with w = C z. C = C' - 1 g^T: the 1 and
         # w columns of C' carry the rank-one parts. Then through a = x / ||x||: dx = (da - a (a . da)) / ||x||
         # (just da / eps below eps, as F.normalize).
-        f_s, f_t, cols, r_s, r_t, mu, nu, g, mh, h, W, d = ctx.saved_tensors
-        m, c_s = cols.shape[0], f_s.shape[-1]
+        f_s, f_t, r_s, r_t, mu, nu, g, mh, h, W, d, *cols = ctx.saved_tensors
+        m, c_s = f_s.shape[0] * f_s.shape[1], f_s.shape[-1]
         scale = 4 * grad_out.to(torch.float64) / (m * m)
         z = torch.cat([mu - W @ nu, -nu])
         ab_w = h[:c_s] @ z
@@ -347,26 +356,29 @@ class _ExactManifold(torch.autograd.Function):
         def kernel(k0, v, mean, sign):
             return torch.cat([k0, (v + m * d * mean - k0.T @ g)[None], m * mean[None]]) * (sign * scale)
 
-        sides = []
+        sides = [None, None]  # (input, reciprocal norms, kernel) per side that needs a gradient
         if ctx.needs_input_grad[0]:
-            sides.append((f_s, r_s, kernel(mh[:, :c_s], ab_w, mu, 1)))
+            sides[0] = (f_s, r_s, kernel(mh[:, :c_s], ab_w, mu, 1))
         if ctx.needs_input_grad[1]:
             k0 = torch.addmm(mh[:, c_s:], mh[:, :c_s], W)
-            sides.append((f_t, r_t, kernel(k0, W.T @ ab_w + h[c_s:] @ z, nu, -1)))
-        grads = {}
-        with _exact_matmuls(cols):
-            da = cols @ torch.cat([k for *_, k in sides], 1).to(cols.dtype)
-            start = 0
-            for f, r, k in sides:
-                x, part = f.reshape(m, -1), slice(start, start + k.shape[1])
-                grad = grads[id(f)] = f.new_empty(m, x.shape[1])
-                for rows in _row_blocks(m, 4 * _CHUNK):
-                    ga, rr = da[rows, part], r[rows].to(da.dtype)
-                    a = x[rows] * rr
-                    coef = torch.linalg.vecdot(a, ga, dim=1)[:, None].mul_(r[rows] < 1 / _EPS)
-                    torch.mul(ga.addcmul_(a, coef, value=-1), rr, out=grad[rows])
-                start = part.stop
-        grad_s, grad_t = (grads[id(f)].view(f.shape) if id(f) in grads else None for f in (f_s, f_t))
+            sides[1] = (f_t, r_t, kernel(k0, W.T @ ab_w + h[c_s:] @ z, nu, -1))
+        sides = [(f, r, k, f.new_empty(m, f.shape[-1])) for f, r, k in filter(None, sides)]
+        with _exact_matmuls(cols[0]):
+            kmat = torch.cat([k for _, _, k, _ in sides], 1).to(cols[0].dtype)
+            for block, part in zip(_row_blocks(m, _BLOCK_ROWS), cols):
+                da, start = part @ kmat, 0
+                for f, r, k, grad in sides:
+                    x, span = f.reshape(m, -1), slice(start, start + k.shape[1])
+                    for local in _row_blocks(len(part), 4 * _CHUNK):
+                        rows = slice(block.start + local.start, block.start + local.stop)
+                        ga, rr = da[local, span], r[rows].to(da.dtype)
+                        a = x[rows] * rr
+                        coef = torch.linalg.vecdot(a, ga, dim=1)[:, None].mul_(r[rows] < 1 / _EPS)
+                        torch.mul(ga.addcmul_(a, coef, value=-1), rr, out=grad[rows])
+                    start = span.stop
+        grads = iter(grad.view(f.shape) for f, _, _, grad in sides)
+        grad_s = next(grads) if ctx.needs_input_grad[0] else None
+        grad_t = next(grads) if ctx.needs_input_grad[1] else None
         return grad_s, grad_t
 
 
