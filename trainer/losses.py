@@ -187,7 +187,7 @@ def manifold_terms(
 # the backward: memory is one more copy of the features; time O(m c^2). Accuracy against float64: ~1e-7
 # relative, also for nearly equal, rotated or nearly parallel features (tests/test_exact_manifold.py).
 
-_CHUNK = 256  # rows per block of the elementwise passes: a float64 block stays in L2
+_CHUNK = 512  # rows per block of the elementwise passes (a float64 block of 512 rows stays in cache)
 _BLOCK_ROWS = 4096  # rows per kept block of C' and per float32 Gram product (summed in float64)
 _GRAM_LEAF = 96  # columns of the diagonal blocks of a symmetric Gram, computed whole
 _RIDGE = 1e-8  # of the mean variance: keeps W finite where the sample does not span the student's rows
@@ -237,7 +237,7 @@ def _rnorm(x: Tensor) -> Tensor:
 def _fit(x_s: Tensor, x_t: Tensor, center: bool) -> tuple[Tensor, Tensor, Tensor]:
     """From ~2 c_s + 64 rows spread over the batch: the provisional means s, t of the unit rows and the
     least-squares W of (unit rows - t) on (unit rows - s), float64. Any W gives the exact loss; a good one
-    keeps E small."""
+    keeps E small (as small as the gap between the maps: float32 products of the sample are not enough)."""
     m, c_s = x_s.shape
     rows = slice(0, m, max(1, m // (2 * c_s + 64)))
     a, b = x_s[rows] * _rnorm(x_s[rows]), x_t[rows] * _rnorm(x_t[rows])
@@ -353,30 +353,49 @@ class _ExactManifold(torch.autograd.Function):
         z = torch.cat([mu - W @ nu, -nu])
         ab_w = h[:c_s] @ z
 
-        def kernel(k0, v, mean, sign):
-            return torch.cat([k0, (v + m * d * mean - k0.T @ g)[None], m * mean[None]]) * (sign * scale)
+        c = len(mh)
+        gram_x = mh.new_zeros(c + 2, c + 2)  # of C' = [Ab' | E' | 1 | w] (C'^T w = H z since 1^T C = 0)
+        gram_x[:c, :c] = torch.addr(h, g, g, alpha=m)
+        gram_x[:c, c] = gram_x[c, :c] = m * g
+        gram_x[:c, c + 1] = gram_x[c + 1, :c] = h @ z
+        gram_x[c, c], gram_x[c + 1, c + 1] = m, z @ h @ z
 
-        sides = [None, None]  # (input, reciprocal norms, kernel) per side that needs a gradient
-        if ctx.needs_input_grad[0]:
-            sides[0] = (f_s, r_s, kernel(mh[:, :c_s], ab_w, mu, 1))
-        if ctx.needs_input_grad[1]:
+        def kernel(k0, v, mean, sign, unit):
+            # rows for [Ab' | E' | 1 | w], minus lam (the unit rows, as C' unit), which the projection below
+            # removes anyway. lam is the least-squares radial part of D A: when the features have similar
+            # norms most of D A is radial, and the float32 GEMM would otherwise round that, not the rest.
+            k = torch.cat([k0, (v + m * d * mean - k0.T @ g)[None], m * mean[None]]) * (sign * scale)
+            gu = gram_x @ unit
+            norm = (unit * gu).sum()
+            lam = (k * gu).sum() / norm if norm > 0 else norm.new_zeros(())
+            return k.sub_(unit, alpha=lam.item()), lam.item()
+
+        eye_s, eye_t = torch.eye(c_s, dtype=mh.dtype), torch.eye(len(mh) - c_s, dtype=mh.dtype)
+        s_t = torch.cat([mu - g[:c_s], nu - g[c_s:] - W.T @ g[:c_s]])  # the provisional shifts s, t
+        sides = [None, None]  # (input, reciprocal norms, kernel, lam) per side that needs a gradient
+        if ctx.needs_input_grad[0]:  # a = Ab' + s
+            unit = torch.cat([eye_s, eye_s.new_zeros(len(mh) - c_s, c_s), s_t[:c_s][None], eye_s.new_zeros(1, c_s)])
+            sides[0] = (f_s, r_s, *kernel(mh[:, :c_s], ab_w, mu, 1, unit))
+        if ctx.needs_input_grad[1]:  # b = Ab' W + E' + t
+            unit = torch.cat([W, eye_t, s_t[c_s:][None], eye_t.new_zeros(1, len(eye_t))])
             k0 = torch.addmm(mh[:, c_s:], mh[:, :c_s], W)
-            sides[1] = (f_t, r_t, kernel(k0, W.T @ ab_w + h[c_s:] @ z, nu, -1))
-        sides = [(f, r, k, f.new_empty(m, f.shape[-1])) for f, r, k in filter(None, sides)]
+            sides[1] = (f_t, r_t, *kernel(k0, W.T @ ab_w + h[c_s:] @ z, nu, -1, unit))
+        sides = [(f, r, k, lam, f.new_empty(m, f.shape[-1])) for f, r, k, lam in filter(None, sides)]
         with _exact_matmuls(cols[0]):
-            kmat = torch.cat([k for _, _, k, _ in sides], 1).to(cols[0].dtype)
+            kmat = torch.cat([k for _, _, k, _, _ in sides], 1).to(cols[0].dtype)
             for block, part in zip(_row_blocks(m, _BLOCK_ROWS), cols):
                 da, start = part @ kmat, 0
-                for f, r, k, grad in sides:
+                for f, r, k, lam, grad in sides:
                     x, span = f.reshape(m, -1), slice(start, start + k.shape[1])
-                    for local in _row_blocks(len(part), 4 * _CHUNK):
+                    for local in _row_blocks(len(part), 2 * _CHUNK):
                         rows = slice(block.start + local.start, block.start + local.stop)
                         ga, rr = da[local, span], r[rows].to(da.dtype)
                         a = x[rows] * rr
-                        coef = torch.linalg.vecdot(a, ga, dim=1)[:, None].mul_(r[rows] < 1 / _EPS)
+                        # below eps F.normalize does not project: put back the lam * a taken out above
+                        coef = torch.linalg.vecdot(a, ga, dim=1)[:, None].where(r[rows] < 1 / _EPS, -lam)
                         torch.mul(ga.addcmul_(a, coef, value=-1), rr, out=grad[rows])
                     start = span.stop
-        grads = iter(grad.view(f.shape) for f, _, _, grad in sides)
+        grads = iter(grad.view(f.shape) for f, _, _, _, grad in sides)
         grad_s = next(grads) if ctx.needs_input_grad[0] else None
         grad_t = next(grads) if ctx.needs_input_grad[1] else None
         return grad_s, grad_t
