@@ -370,11 +370,11 @@ class _ExactManifold(torch.autograd.Function):
             lam = (k * gu).sum() / norm if norm > 0 else norm.new_zeros(())
             return k.sub_(unit, alpha=lam.item()), lam.item()
 
-        eye_s, eye_t = torch.eye(c_s, dtype=mh.dtype), torch.eye(len(mh) - c_s, dtype=mh.dtype)
+        eye_s, eye_t = (torch.eye(n, dtype=mh.dtype, device=mh.device) for n in (c_s, c - c_s))
         s_t = torch.cat([mu - g[:c_s], nu - g[c_s:] - W.T @ g[:c_s]])  # the provisional shifts s, t
         sides = [None, None]  # (input, reciprocal norms, kernel, lam) per side that needs a gradient
         if ctx.needs_input_grad[0]:  # a = Ab' + s
-            unit = torch.cat([eye_s, eye_s.new_zeros(len(mh) - c_s, c_s), s_t[:c_s][None], eye_s.new_zeros(1, c_s)])
+            unit = torch.cat([eye_s, eye_s.new_zeros(c - c_s, c_s), s_t[:c_s][None], eye_s.new_zeros(1, c_s)])
             sides[0] = (f_s, r_s, *kernel(mh[:, :c_s], ab_w, mu, 1, unit))
         if ctx.needs_input_grad[1]:  # b = Ab' W + E' + t
             unit = torch.cat([W, eye_t, s_t[c_s:][None], eye_t.new_zeros(1, len(eye_t))])
