@@ -1,13 +1,21 @@
 # The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
 # ranges, pinned to the tested set by requirements/lock.txt).
-.PHONY: reproduce test plan report ui bench lock
+.PHONY: reproduce test check docs plan report ui bench lock image
 
 reproduce:  ## the mini reproduction: local launcher, MLflow in ./kdgrid.db, report in ./reports
 	scripts/bootstrap.sh run
 	.venv/bin/kdgrid reproduce $(ARGS)
 
-test:  ## the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
+test:  ## the checks, then the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
 	scripts/test.sh $(ARGS)
+
+check:  ## the checks alone, in seconds: ruff check, ruff format --check, lint-imports, mkdocs build --strict
+	scripts/bootstrap.sh test
+	scripts/check.sh
+
+docs:  ## serve the docs site on http://127.0.0.1:8000
+	scripts/bootstrap.sh test
+	.venv/bin/mkdocs serve
 
 plan:
 	scripts/bootstrap.sh run
@@ -27,3 +35,7 @@ bench:
 
 lock:  ## refresh requirements/lock.txt: the newest releases within pyproject.toml's ranges (then run make test)
 	scripts/lock.sh
+
+image:  ## slow, opt-in, not run by CI (as root): the cluster image built with podman on a debootstrap base, run, timed
+	scripts/bootstrap.sh run
+	docker/build_local.sh $(ARGS)

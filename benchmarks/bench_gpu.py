@@ -55,7 +55,7 @@ def paper_mean_row() -> SimpleNamespace:
         alpha=1.0,
         beta=0.2,
         k=192,
-        reduction="released",
+        reduction="mean",
         layer_reduce="sum",
         term_scale=SimpleNamespace(ci=1.0, cp=1.0, rs=1.0),
         weight=1.0,

@@ -16,7 +16,7 @@ CPU-seconds counted once per table row that uses it (without deduplication a sha
 again), teachers once. Goal (issue 7): <= 0.5.
 
 `--schedules` trains the grid twice in fresh stores, one after the other in one call: with the earlier
-schedule (`--schedule plan`: items in plan order, cohorts cut by run count) and with the cost-aware one
+schedule (`--schedule order`: items in plan order, cohorts cut by run count) and with the cost-aware one
 (`--schedule cost`, the default), and prints for each the wall time against the CPU-seconds divided by
 the workers: the command's wall time (start-up, planning and the report included) and the training span
 (first run start to last run end in MLflow). 1.0 is a machine never idle. Goal (issue 18): <= 1.05.
@@ -160,14 +160,14 @@ def item_times(logs: Path) -> tuple[float, float]:
 
 
 def compare_schedules(args, extra: list[str], base: Path) -> int:
-    """--schedules: the grid under `--schedule plan` (before) and `--schedule cost` (after)."""
+    """--schedules: the grid under `--schedule order` (before) and `--schedule cost` (after)."""
     rows = []
-    for mode in ("plan", "cost"):
+    for mode in ("order", "cost"):
         folder = base / f"schedule-{mode}"
         folder.mkdir(parents=True, exist_ok=True)
         flags = ["--schedule", mode]
         if mode == "cost" and not args.uncalibrated:
-            flags += ["--cost-store", f"sqlite:///{base / 'schedule-plan' / 'mlflow.db'}"]
+            flags += ["--cost-store", f"sqlite:///{base / 'schedule-order' / 'mlflow.db'}"]
         wall = _reproduce(args.scale, args.seeds, args.workers, folder, extra + flags)
         costs = stage_costs(f"sqlite:///{folder / 'mlflow.db'}", args.scale)
         print_stages(
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--schedules",
         action="store_true",
-        help="train the grid twice, --schedule plan then cost, and compare wall with CPU-s / workers",
+        help="train the grid twice, --schedule order then cost, and compare wall with CPU-s / workers",
     )
     ap.add_argument(
         "--uncalibrated",

@@ -9,8 +9,9 @@ Timings are forward + backward (gradient w.r.t. the student only), median over -
 terms and the terms with autograd's own backward (the implementation before issue 15) run alternately,
 so that the load of a shared machine weighs on all alike: the ratios of one run are what count. The
 naive map runs once per width (each run maps ~12 GB at c_S 384: most of its time is the kernel handing
-out pages). manifold_exact does the same work whatever the features (no data-dependent path), so its
-time on the random features here is its time on any.
+out pages). On features whose least-squares fit cancels little (these random ones, and any teacher not
+close to a linear map of the student) manifold_exact forms E in float32; where it cancels (teacher ~
+student) E costs one float64 m x c_S x c_T GEMM more.
 Peak memory is the extra memory one forward + backward needs above what was in use before it:
   * CUDA: torch.cuda.max_memory_allocated() above the bytes allocated at the start (tensor bytes).
   * CPU: growth of the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)

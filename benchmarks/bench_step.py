@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -47,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import data as data_mod
     from trainer import engine, models
     from trainer.distributed import DistEnv
+    from trainer.precision import Precision
     from trainer.taps import forward_taps
 
     torch.set_num_threads(args.threads)
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     run = next(r for r in plan.runs if any(u.key == "t2.r9" for u in r.uses))
     spec = run.spec
     env = DistEnv(device="cpu")
+    fp32 = Precision("fp32", "cpu")
     train_data, _ = data_mod.build(spec.data, spec.recipe.batch_size)
     x, y = next(iter(train_data.epoch(spec.seed, 0)))
     steps = len(train_data)
@@ -83,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     def distill_step(ms, step):
         t_logits, t_feats = teacher_forward()
         for m in ms:
-            engine.train_step(m, x, y, t_logits, t_feats, step, step, nullcontext, "cpu")
+            engine.train_step(m, engine.Batch(x, y, t_logits, t_feats, key=step), step, fp32)
 
     timings = {"teacher": [], "student": [], "distill": [], "cohort": []}
     for r in range(args.rounds + 2):
         for name, fn in (
             ("teacher", teacher_forward),
             ("student", student_step),
-            ("distill", lambda: distill_step([solo], r)),
-            ("cohort", lambda: distill_step(members, r)),
+            ("distill", lambda r=r: distill_step([solo], r)),
+            ("cohort", lambda r=r: distill_step(members, r)),
         ):
             t0 = time.perf_counter()
             fn()
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     per_student = (c - t) / args.cohort
     print(
         f"{args.scale} scale, {spec.teacher.name} -> {spec.student.name} "
-        f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, kd {spec.distillation.kd}), "
+        f"({spec.distillation.manifold.reduction} manifold over {len(solo.t_taps)} block pairs, "
+        f"kd {spec.distillation.kd}), "
         f"batch {spec.recipe.batch_size}, {args.threads} thread(s), median of {args.rounds} interleaved rounds"
     )
     rows = [

@@ -1,16 +1,19 @@
-"""`kdgrid`: the command line. Heavy imports (torch, timm, mlflow, ray) happen inside each command,
-so `kdgrid --help` answers at once.
+"""`kdgrid`: the command line, parsed here and dispatched to its command (orchestrator/commands/<name>.py).
 
-The stages, each in its own module: spec (trainer.spec, orchestrator.grid) -> plan (orchestrator.plan)
--> launch (orchestrator.launch) -> train (trainer.engine) -> track (trainer.tracking) -> report
-(orchestrator.report).
+A command's module is imported only when it runs (it loads torch, mlflow, Ray, ...), so `kdgrid --help`
+answers at once; the launchers are listed from their registry without importing them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+
+from orchestrator.launch import registry
+from orchestrator.launch.options import DEPRECATED_SCHEDULES, SCHEDULES
+from orchestrator.requirements import check_startup
 
 DEFAULT_WORKDIR = "kdgrid_runs"
 
@@ -51,7 +54,7 @@ def _grid(p: argparse.ArgumentParser) -> None:
 
 
 def _launch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--launcher", choices=registry.names(), default="local", help="(default: local)")
     p.add_argument("--workers", type=int, default=None, help="local: parallel worker processes (default: CPU cores)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process (default: 1)")
     p.add_argument("--ray-address", default=None, help="ray: an existing cluster's address (default: start one here)")
@@ -62,10 +65,10 @@ def _launch(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--schedule",
-        choices=("cost", "plan"),
+        choices=SCHEDULES + tuple(DEPRECATED_SCHEDULES),
         default="cost",
         help="local, ray: cost = critical path first, cohorts cut by estimated cost (default); "
-        "plan = items in plan order, cut by run count",
+        "order = items in plan order, cut by run count (`plan`: the old name of order)",
     )
     p.add_argument(
         "--cost-store",
@@ -85,6 +88,21 @@ def _claims(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--level", type=float, default=0.95, help="confidence level of the claims' intervals (default: 0.95)"
+    )
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        default=10,
+        help="the sequential design's last look, in seeds per row: claims are tested at looks from --seeds to "
+        "this (the level holds however many `--resolve` adds); the most seeds --resolve gives a row (default: 10)",
+    )
+    p.add_argument(
+        "--effect",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="the difference a 'smaller than the paper's' verdict rules out, in top-1 points (default: each "
+        "comparison's difference in the paper)",
     )
 
 
@@ -123,23 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolve",
         action="store_true",
-        help="after the grid, add seeds to the rows of unresolved claims until they resolve, the "
-        "power estimate says they cannot within the budget, or the budget is spent",
+        help="after the grid, add seeds to the rows of claims without a verdict, look by look, until every "
+        "claim has one, reaches its last look, or the budget is spent",
     )
     p.add_argument(
         "--budget-cpu-hours",
         type=float,
         default=None,
         help="--resolve: CPU-hours (the runs' logged cost.*) the added seeds may spend (default: unlimited)",
-    )
-    p.add_argument("--max-seeds", type=int, default=10, help="--resolve: most seeds per row (default: 10)")
-    p.add_argument(
-        "--effect",
-        type=float,
-        default=None,
-        metavar="POINTS",
-        help="--resolve: the difference to resolve, in top-1 points (default: each comparison's "
-        "difference in the paper)",
     )
 
     p = sub.add_parser("report", help="rebuild Tables 2-7 and Figure 4 from MLflow beside the paper's numbers")
@@ -202,53 +211,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5000)
 
+    p = sub.add_parser(
+        "audit", help="every setting of a scale's runs beside its source (paper, released code, DeiT, cls_KD)"
+    )
+    p.add_argument("--scale", default="paper", help="paper | mini | smoke, or a path to a scale YAML (default: paper)")
+    p.add_argument("--tables", default=None, help="comma-separated tables (default: every table of ablations/)")
+    p.add_argument("--recipe", default="all", help="recipes whose rows to judge: all (default), or a,b")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sources", default=None, help="the sources file (default: experiments/sources.yaml)")
+    p.add_argument("--out", default=None, help="write audit.md and audit.json into this folder (default: print)")
+    p.add_argument("--format", choices=("md", "json"), default="md", help="what to print without --out")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a setting is UNRECORDED or has NO SOURCE")
+
     sub.add_parser("check", help="check the installed torch, timm, mlflow, ... against the versions kdgrid supports")
     return parser
+
+
+def command_module(args: argparse.Namespace) -> str:
+    """The module of orchestrator.commands that runs this command line."""
+    if args.command == "reproduce" and args.resolve:
+        return "resolve"
+    return {"reproduce": "launch"}.get(args.command, args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from orchestrator.requirements import check_startup, cmd_check
-
-    if args.command == "check":
-        return cmd_check(args)
-    unsupported = check_startup()  # a millisecond: reads dist-info names, imports nothing heavy
+    unsupported = check_startup() if args.command != "check" else None  # a millisecond: reads dist-info names
     if unsupported:
         print(f"error: {unsupported}", file=sys.stderr)
         return 2
     try:
-        if getattr(args, "recipe", "") is None:  # the default lives in experiments/recipes.yaml
-            from orchestrator.grid import load_recipes
-
-            book = load_recipes()
-            args.recipe = book.canonical(book.default)
-        if args.command == "train":
-            return _train(args)
-        if args.command == "plan":
-            from orchestrator.plan import cmd_plan
-
-            return cmd_plan(args)
-        if args.command == "reproduce" and args.resolve:
-            from orchestrator.resolve import cmd_resolve
-
-            return cmd_resolve(args)
-        if args.command in ("launch", "reproduce"):
-            from orchestrator.launch import cmd_launch
-
-            return cmd_launch(args, wait=args.command == "reproduce")
-        if args.command == "report":
-            from orchestrator.report import cmd_report
-
-            return cmd_report(args)
-        if args.command == "tune":
-            from orchestrator.tune import cmd_tune
-
-            return cmd_tune(args)
-        if args.command == "ui":
-            from orchestrator.report import cmd_ui
-
-            return cmd_ui(args)
+        return importlib.import_module(f"orchestrator.commands.{command_module(args)}").run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -259,36 +253,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise
-    return 1
-
-
-def _train(args) -> int:
-    from contextlib import nullcontext
-
-    from trainer.run import train_specs
-    from trainer.spec import load_experiment
-
-    specs = [load_experiment(p) for p in args.specs]  # every spec is checked before anything trains
-    progress = nullcontext()
-    callbacks = ()
-    if not args.quiet:
-        from trainer.progress import RichProgress
-
-        progress = RichProgress()
-        callbacks = (progress,)
-    with progress:
-        results = train_specs(
-            specs,
-            work=args.workdir,
-            tracking_uri=args.tracking_uri,
-            threads=args.threads,
-            device=args.device,
-            callbacks=callbacks,
-            force=args.force,
-        )
-    for h, status in results.items():
-        print(f"{h[:8]}  {status}")
-    return 0 if all(not s.startswith("failed") for s in results.values()) else 1
 
 
 if __name__ == "__main__":

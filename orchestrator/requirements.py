@@ -136,15 +136,3 @@ def check_startup() -> str | None:
         "`pip install -c requirements/lock.txt -e .` the tested set), "
         f"or set {SKIP_ENV}=1 to try anyway."
     )
-
-
-def cmd_check(args) -> int:
-    """`kdgrid check`: every dependency, its installed version and kdgrid's range."""
-    versions = installed_versions(r.name for r in RANGES)
-    bad = 0
-    for r in RANGES:
-        p = problem(r, versions[r.name])
-        bad += p is not None
-        print(f"ok   {r.name:<12} {versions[r.name]:<14} within {r}" if p is None else f"BAD  {p}")
-    print("all dependencies within kdgrid's ranges" if not bad else f"{bad} dependency(ies) outside kdgrid's ranges")
-    return 1 if bad else 0

@@ -1,14 +1,16 @@
 """What the MLflow UI shows of a planned run: a name that tells the table rows apart, and a description.
 
 The name carries what distinguishes the run's first row — teacher → student, then the method or the
-setting the row varies ("CaiT-S24→DeiT-Tiny · L_ci+L_cp", "… · k=384", "… · blocks {3,4,9,10}",
-"… · α=0.5 β=0.2"); the description (`mlflow.note.content`, Markdown) lists every table row the run
-stands for, as the paper prints it, and what the run trains.
+settings the row varies, as each method writes its own (`Method.name_parts`: "CaiT-S24→DeiT-Tiny ·
+L_ci+L_cp", "… · k=384", "… · blocks {3,4,9,10}", "… · soft · τ=3 λ=0.1 kl/elements · class token"); the
+description (`mlflow.note.content`, Markdown) lists every table row the run stands for, as the paper
+prints it, and what the run trains.
 """
 
 from __future__ import annotations
 
 from orchestrator.grid import AblationRow, AblationTable, method_label
+from trainer import methods
 
 
 def _model(name: str | None) -> str:
@@ -17,35 +19,19 @@ def _model(name: str | None) -> str:
     return DISPLAY.get(name, name) if name else "-"
 
 
-def _blocks(b) -> str:
-    return "{" + ",".join(str(x) for x in b) + "}"
-
-
 def distinguishing(row: AblationRow) -> list[str]:
-    """The settings a row sets beyond teacher, student and method, in the paper's notation."""
-    parts = []
-    if row.terms is not None:
-        parts.append("+".join(f"L_{t}" for t in row.terms))
-    if row.alpha is not None or row.beta is not None:
-        parts.append(" ".join(f"{sym}={v:g}" for sym, v in (("α", row.alpha), ("β", row.beta)) if v is not None))
-    if row.k is not None:
-        parts.append(f"k={row.k}")
-    if row.student_blocks is not None:
-        parts.append(f"blocks {_blocks(row.student_blocks)}")
-    elif row.teacher_blocks is not None:
-        parts.append(f"teacher blocks {_blocks(row.teacher_blocks)}")
-    return parts
+    """The settings a row sets beyond teacher, student and method, each method in its own notation
+    (`Method.name_parts`); a method that names nothing of a combined row is named by itself."""
+    names = methods.split_row_method(row.method or "none")
+    parts = {name: methods.row_methods()[name].name_parts(name, row) for name in names}
+    if not any(parts.values()):
+        return []
+    return [p for name in names for p in (parts[name] or [name])]
 
 
 def run_name(row: AblationRow, seed: int) -> str:
     pair = f"{_model(row.teacher)}→{_model(row.student)}" if row.teacher else _model(row.student)
     what = distinguishing(row) or [method_label(row.method).lower()]
-    if row.method == "embedding" and distinguishing(row):
-        what = ["embedding", *what]
-    if row.method in ("hard", "soft") and row.student and "distilled" not in row.student:
-        # DeiT's table: logit KD on the class token of a student without a distillation token, beside the
-        # distilled student (shown with the same model name, as the paper's tables do)
-        what = [*what, "class token"]
     return " · ".join([pair, *what] + ([f"seed {seed}"] if seed else []))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what kdgrid needs on a fresh Debian-like machine: the Fashion-MNIST package (and, for the
-# tests, Chromium) when we may use apt, then a virtual environment with the tested set of packages
-# (pyproject.toml's ranges, pinned by requirements/lock.txt).
+# tests, Chromium and PostgreSQL, the cluster's tracking store) when we may use apt, then a virtual
+# environment with the tested set of packages (pyproject.toml's ranges, pinned by requirements/lock.txt).
 # Usage: scripts/bootstrap.sh [run|test] [--system-torch]      (idempotent; a second call takes seconds)
 #   --system-torch: the venv sees the site-packages of $PYTHON (a cluster module's or conda's torch) and
 #   installs the rest from the ranges alone, keeping that torch; then `kdgrid check` reports each version.
@@ -21,7 +21,7 @@ PY=${PYTHON:-python3}
 if [ -f .venv/pyvenv.cfg ] && grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then system=1; fi
 
 apt_pkgs="dataset-fashion-mnist"
-[ "$what" = test ] && apt_pkgs="$apt_pkgs chromium"
+[ "$what" = test ] && apt_pkgs="$apt_pkgs chromium postgresql"
 missing=""
 for p in $apt_pkgs; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

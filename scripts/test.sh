@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test command: install, start a real single-node Slurm when we can (root + ../shared/ci), run pytest.
+# The test command: install, run the checks (scripts/check.sh: ruff, import layers, the docs site), start a
+# real single-node Slurm when we can (root + ../shared/ci), run pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+scripts/check.sh
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 PYTHONUNBUFFERED=1
 slurm_up=../shared/ci/slurm_up.sh
 if [ "$(id -u)" = 0 ] && [ -x "$(command -v bash)" ] && [ -f "$slurm_up" ] && [ "${KDGRID_SLURM:-1}" = 1 ]; then

@@ -1,13 +1,56 @@
-"""Shared test fixtures: small and generic."""
+"""Shared test fixtures and the one way tests run the command line: small and generic."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kdgrid_command(*args: str) -> list[str]:
+    """`kdgrid ARGS` as an argv for a fresh interpreter."""
+    return [sys.executable, "-m", "orchestrator.cli", *args]
+
+
+def kdgrid_env(env: Mapping[str, str] | None = None, path: tuple[str | Path, ...] = ()) -> dict[str, str]:
+    """`env` (default: this process's environment) with this checkout on PYTHONPATH after `path`, and 200
+    columns for rich (output captured: no terminal, one line per event)."""
+    out = dict(os.environ if env is None else env)
+    out["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*path, ROOT))
+    out.setdefault("COLUMNS", "200")
+    return out
+
+
+def kdgrid(
+    *args: str,
+    cwd: Path,
+    timeout: float = 600,
+    env: Mapping[str, str] | None = None,
+    path: tuple[str | Path, ...] = (),
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    """`kdgrid ARGS` in a fresh interpreter, output captured as text. `env` replaces this process's
+    environment, `path` goes first on PYTHONPATH; `check`: fail the test (with the output's tail) unless
+    the command succeeds."""
+    out = subprocess.run(
+        kdgrid_command(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=kdgrid_env(env, path),
+    )
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ def run_child(*args):
 
 
 def test_blocker_really_blocks():
-    """The child's blocker is what makes the purity check mean anything: importing the engine (pydantic, through trainer.spec) fails."""
+    """The child's blocker is what makes the purity check mean anything: importing the engine (pydantic,
+    through trainer.spec) fails."""
     code = CHILD.replace(
         'runpy.run_module("benchmarks.bench_gpu", run_name="__main__", alter_sys=True)', "import trainer.engine"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,23 +15,12 @@ import pytest
 import torch
 
 from tests import smoke_specs
+from tests.conftest import kdgrid
 from trainer import tracking, workdir
 from trainer.spec import parse_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def kdgrid(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        **popen,
-    )
 
 
 def history(work: Path, run_hash: str) -> list[dict]:
@@ -243,7 +233,10 @@ def test_nan_loss_fails_the_run_with_its_reason(store, tmp_path):
     h = parse_experiment(spec_dict).content_hash()
     run = tracking.runs_by_hash(tracking.client(uri), "test", [h])[h]
     assert run.info.status == "FAILED"
-    assert "non-finite loss" in run.data.tags[tracking.FAILURE]
+    # the reason: the error, where (epoch, step of the first logging interval) and which terms
+    reason = run.data.tags[tracking.FAILURE]
+    assert re.fullmatch(r"NonFiniteLoss: non-finite loss at epoch 1 step 8: .*\bloss=(nan|inf)\b.*", reason), reason
+    assert not (tmp_path / "runs" / h / "error.txt").exists()  # a diagnosis, not a crash: no traceback
 
 
 def test_missing_dataset_fails_at_once_with_the_fix(tmp_path):
@@ -273,7 +266,7 @@ def test_backfill_logs_checkpointed_epochs_mlflow_missed(tmp_path):
     """A kill between an epoch's checkpoint and its MLflow write: resume logs it once, not twice."""
     from types import SimpleNamespace
 
-    from trainer.engine import _backfill
+    from trainer.engine.runlog import backfill
 
     c = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
     spec = parse_experiment(smoke_specs.teacher())
@@ -281,7 +274,7 @@ def test_backfill_logs_checkpointed_epochs_mlflow_missed(tmp_path):
     log.log_metrics({"val.top1": 50.0}, step=1)
     history = [{"epoch": 1, "val.top1": 50.0}, {"epoch": 2, "val.top1": 60.0}]
     member = SimpleNamespace(history=history, run=log)
-    _backfill(member)
-    _backfill(member)
+    backfill(member)
+    backfill(member)
     steps = [(m.step, m.value) for m in c.get_metric_history(log.run_id, "val.top1")]
     assert sorted(steps) == [(1, 50.0), (2, 60.0)]

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from tests.test_launch_local import LESS_DATA, ROOT, kdgrid, mlflow_runs, store
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
+from tests.test_launch_local import LESS_DATA, mlflow_runs, store
 from tests.test_slurm import _squeue_state, config, needs_slurm
 from trainer import tracking
 
@@ -66,16 +67,11 @@ def test_nan_teacher_fails_with_reason_and_log_students_blocked_rest_finishes(tm
 def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     """Slurm: the teacher's job is cancelled while it trains; reproduce reports it with Slurm's state and
     its logs, the students (already queued behind it) are blocked with why, and the baseline finishes."""
-    import os
     import subprocess
-    import sys
     import time
 
     uri, work = store(tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
+    cmd = kdgrid_command(
         "reproduce",
         "--scale",
         "smoke",
@@ -95,16 +91,10 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
         "data.train_subset=512",
         "--set",
         "data.val_subset=128",
-    ]
+    )
     log = tmp_path / "reproduce.log"
     with open(log, "w") as f:
-        p = subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        )
+        p = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, env=kdgrid_env())
     try:
         deadline = time.monotonic() + 300
         while not (m := re.search(r"teacher item\(s\) as Slurm job\(s\) (\d+)", log.read_text())):
@@ -131,3 +121,42 @@ def test_cancelled_slurm_job_is_reported_with_state_and_logs(tmp_path):
     )
     assert len(students) == 2, text
     assert re.search(r"runs: 2 blocked, 1 failed, 1 finished", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_teacher_that_cannot_be_loaded_fails_the_run_recorded_and_a_rerun_trains_it(tmp_path, monkeypatch):
+    """A failure before the epoch loop (the teacher is loaded after the runs are opened): the run ends FAILED
+    with the reason and the traceback, its lock is released, and once the teacher is fixed a rerun trains it."""
+    import torch
+
+    from tests import smoke_specs
+    from tests.test_checkpoints import train
+    from trainer import models
+    from trainer.engine.runlog import TRACEBACK
+    from trainer.spec import parse_experiment
+
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_INTERVAL, "0")
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"not a checkpoint")
+    spec = smoke_specs.student("0" * 16, epochs=1, train=512)
+    spec["teacher"] = {**smoke_specs.TEACHER_MODEL, "source": "checkpoint", "path": str(teacher)}
+    spec["data"]["val_subset"] = 256
+    parsed = parse_experiment(spec)
+    h, uri, work = parsed.content_hash(), f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "runs"
+
+    with pytest.raises(Exception) as raised:
+        train(spec, work, uri)
+    c = tracking.client(uri)
+    run = tracking.runs_by_hash(c, "test", [h])[h]
+    reason = f"{type(raised.value).__name__}: {raised.value}"
+    assert run.info.status == "FAILED" and run.data.tags[tracking.FAILURE] == reason
+    tb = tracking.fetch_artifact(c, run.info.run_id, TRACEBACK, tmp_path / "artifacts").read_text()
+    assert "load_teacher" in tb and reason in tb
+    assert not (work / h / "lock").exists()
+
+    torch.save(models.create(parsed.teacher.name, **parsed.teacher_kwargs()).state_dict(), teacher)  # fixed
+    assert train(spec, work, uri) == {h: "finished"}  # a FAILED run is not finished: the rerun trains it
+    again = tracking.runs_by_hash(c, "test", [h])[h]
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert tracking.FAILURE not in again.data.tags

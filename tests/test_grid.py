@@ -174,16 +174,16 @@ def test_recipes():
     assert recipe_names(book, "paper,paper-sum, released") == ["paper-sum", "released"]
     assert recipe_names(book, None) == ["paper-mean"]
     pm = book.recipes["paper-mean"].manifold
-    assert (pm.reduction, pm.layers, pm.alpha, pm.beta, pm.k) == ("released", "sum", 1.0, 0.2, 192)
+    assert (pm.reduction, pm.layers, pm.alpha, pm.beta, pm.k) == ("mean", "sum", 1.0, 0.2, 192)
     p, r = book.recipes["paper-sum"], book.recipes["released"]
     assert (p.logit.kd, p.logit.kd_weight) == ("hard", 0.5)
     m = p.manifold
-    assert (m.reduction, m.alpha, m.beta, m.k, m.weight) == ("paper", 1.0, 0.2, 192, 1.0)
+    assert (m.reduction, m.alpha, m.beta, m.k, m.weight) == ("sum", 1.0, 0.2, 192, 1.0)
     assert (m.student_blocks, m.teacher_blocks) == (FIRST4_LAST4_S, FIRST4_LAST4_T)
     assert (m.term_scale.ci, m.term_scale.cp, m.term_scale.rs) == (1, 1, 1)
     assert (r.logit.kd, r.logit.tau, r.logit.kd_weight) == ("soft", 1.0, 1.0)
     m = r.manifold
-    assert (m.reduction, m.weight, m.alpha, m.beta, m.k) == ("released", 1.0, 1.0, 0.2, 192)
+    assert (m.reduction, m.weight, m.alpha, m.beta, m.k) == ("mean", 1.0, 1.0, 0.2, 192)
     assert (m.term_scale.ci, m.term_scale.cp, m.term_scale.rs * m.beta) == (0.1, 4.0, 0.2)
     assert r.student.drop_path == 0.0
     assert (p.embedding.student_blocks, p.embedding.teacher_blocks) == (FIRST4_LAST4_S, FIRST4_LAST4_T)
@@ -286,3 +286,51 @@ def test_bad_scales(write_yaml):
     assert s.teachers[S24].recipe.epochs == 7 and s.teachers[XXS].recipe.epochs == 2
     with pytest.raises(GridError, match="no scale 'huge'"):
         load_scale("huge")
+
+
+# ---- YAML: a key given twice is refused, naming the file, the key and its lines ---------------------
+def test_duplicate_keys_are_refused_with_file_key_and_line(write_yaml):
+    smoke = (grid.EXPERIMENTS / "smoke.yaml").read_text()
+    twice = smoke.replace(
+        "models:\n", f"models:\n  {TINY}: {{name: analog_deit_tiny_distilled, kwargs: {{patch_size: 7}}}}\n", 1
+    )
+    path = write_yaml("scale.yaml", twice)
+    with pytest.raises(GridError) as err:
+        load_scale(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"models.{TINY}: duplicate key '{TINY}'" in msg, msg
+    line = 1 + next(i for i, text in enumerate(twice.splitlines()) if text.startswith(f"  {TINY}:  "))
+    assert f"on line {line} (first on line 7)" in msg, msg
+    # in a table row too, and merge keys (`<<: *anchor`) may still be overridden
+    table = "table: '9'\ntitle: t\ncolumns: []\nrows:\n  - {k: 1, k: 2, paper_acc1: 70.0}\n"
+    with pytest.raises(GridError, match=r"rows\[0\]\.k: duplicate key 'k' on line 5"):
+        load_table(write_yaml("t.yaml", table))
+    from trainer import strict_yaml
+
+    assert strict_yaml.loads("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n") == {
+        "a": {"p": 1, "q": 2},
+        "b": {"p": 3, "q": 2},
+    }
+
+
+def test_the_grid_files_have_no_duplicate_keys():
+    """The three scales mapped deit_small_patch16_224 twice (equal copies); every file now reads strictly."""
+    from trainer import strict_yaml
+
+    for path in sorted(grid.EXPERIMENTS.glob("*.yaml")) + sorted(grid.ABLATIONS.glob("*.yaml")):
+        assert strict_yaml.read(path) == yaml.safe_load(path.read_text()), path
+
+
+def test_other_tables_are_not_read_at_import():
+    """Importing the grid reads no table: the other tables of ablations/ are found on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pathlib; seen = []; real = pathlib.Path.read_text\n"
+        "pathlib.Path.read_text = lambda self, *a, **k: (seen.append(self.name), real(self, *a, **k))[1]\n"
+        "import orchestrator.grid, orchestrator.plan; print(sorted({n for n in seen if n.endswith('.yaml')}))\n"
+        "from orchestrator.grid import EXTRA_TABLES; print(EXTRA_TABLES)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]" and "'vitkd'" in out[1], out

@@ -13,32 +13,20 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from orchestrator.launch.items import blocked_by, is_bad, kind, work_items
+from orchestrator.launch.items import work_items
+from orchestrator.launch.outcome import Outcome, blocked_by
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
 from trainer import tracking, workdir
 from trainer.engine import cohort_key
 
-ROOT = Path(__file__).resolve().parents[1]
 # The smoke scale on less data: the mechanics are the same, the tests take a quarter of the time.
 LESS_DATA = ("--set", "data.train_subset=256", "--set", "data.val_subset=128")
-
-
-def kdgrid(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`kdgrid ARGS` in a fresh interpreter; output captured (not a terminal: one line per event)."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-    )
 
 
 def store(tmp_path: Path) -> tuple[str, Path]:
@@ -113,13 +101,15 @@ def test_outcome_kinds(smoke_plan):
     student = next(r for r in smoke_plan.runs if r.deps)
     t = student.deps[0]
     assert blocked_by(student, {}) is None  # teacher not ended yet: not blocked
-    assert blocked_by(student, {t: "finished"}) is None
-    assert blocked_by(student, {t: "skipped: finished in MLflow"}) is None
-    why = blocked_by(student, {t: "failed: non-finite loss"})
-    assert kind(why) == "blocked" and "non-finite loss" in why and is_bad(why)
-    later = blocked_by(student, {t: "locked: held by host:123"})
-    assert kind(later) == "deferred" and not is_bad(later)
-    assert kind("locked: x") == "running elsewhere" and not is_bad("locked: x")
+    assert blocked_by(student, {t: Outcome("finished")}) is None
+    assert blocked_by(student, {t: Outcome.parse("skipped: finished in MLflow")}) is None
+    why = blocked_by(student, {t: Outcome.parse("failed: non-finite loss")})
+    assert why.kind == "blocked" and "non-finite loss" in why.detail and why.bad
+    later = blocked_by(student, {t: Outcome.parse("locked: held by host:123")})
+    assert later.kind == "deferred" and not later.bad
+    locked = Outcome.parse("locked: x")  # the engine's word for a run another process holds
+    assert locked == Outcome("running elsewhere", "x") and not locked.bad
+    assert str(Outcome.parse("failed: a: b")) == "failed: a: b" and Outcome.parse("finished").done
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,12 +143,12 @@ def _started(args: list[str], cwd: Path):
     group), output to first.log."""
     with open(cwd / "first.log", "w") as log:
         yield subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
+            kdgrid_command(*args),
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=kdgrid_env(),
         )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_launch_local import LESS_DATA, ROOT, assert_all_finished, kdgrid, store
+from tests.conftest import ROOT, kdgrid
+from tests.test_launch_local import LESS_DATA, assert_all_finished, store
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ import urllib.request
 import pytest
 
 from tests.browser import CHROMIUM
-from tests.test_report import kdgrid, ui_server
+from tests.conftest import kdgrid
+from tests.test_report import ui_server
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +180,7 @@ def test_chromium_shows_the_nested_grid(served_grid, tmp_path):
     """The UI's run list in headless Chromium, opened on kdgrid's saved view (its columns) as `kdgrid ui` prints
     it: the experiment opens on training runs, the grid's run is one row, and expanding it shows every child.
     With KDGRID_KEEP_SCREENSHOT=path the screenshot is kept (docs/mlflow-ui-grid.png was made so)."""
-    from orchestrator import parent_run
+    from orchestrator.tracking import grid_run
     from tests.browser import Browser
 
     url, plan, _ = served_grid
@@ -187,7 +188,7 @@ def test_chromium_shows_the_nested_grid(served_grid, tmp_path):
     names = [r.spec.name for r in plan.runs]
     shown = "document.body && document.body.innerText"
     with Browser(tmp_path / "profile", 1600, 1000) as b:
-        b.goto(parent_run.view_url(url, exp["experiment_id"]))
+        b.goto(grid_run.view_url(url, exp["experiment_id"]))
         assert b.wait_for(f"{shown}.includes('grid · smoke · paper-mean recipe')", 180), b.js("document.body.innerText")
         text = b.js("document.body.innerText")
         assert "Model registry" in text and "Judges" not in text  # the model-training pages, not GenAI's

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import resolve
 from orchestrator.plan import make_plan
-from orchestrator.report import agreement, claims
+from orchestrator.report import agreement, claims, decide
 from orchestrator.report.collect import RunResult
 from orchestrator.report.tables import build_table
 
@@ -54,7 +53,8 @@ def test_a_row_reads_its_head_and_claims_pick_rows_by_their_cells():
     assert heads["DeiT⚗ – class embedding"].last.mean == pytest.approx(54.1)
     assert heads["DeiT⚗ – distil. embedding"].last.mean == pytest.approx(57.2)
     assert heads["DeiT⚗ – class+distillation"].last.mean == pytest.approx(56.1)
-    result = {c.id: c for c in claims.check_all([model])}
+    one_look = claims.sequential.Design(looks=(3,))  # the fixed-sample test at the 3 seeds
+    result = {c.id: c for c in claims.check_all([model], design=one_look)}
     assert result["DeiT-hard"].verdict == claims.SUPPORTED  # 55 vs 51 at every size
     assert result["DeiT-token"].verdict == claims.SUPPORTED  # 57.x vs 54.x
     assert result["DeiT-fused"].verdict == claims.CONTRADICTED  # 56.1 < 57.2
@@ -76,7 +76,8 @@ def test_claims_leave_out_rows_a_cut_table_does_not_have(tmp_path):
         lambda i: plan.row_runs("vitkd", i),
         lambda h: _result(h, 60.0 + 2 * (plan.run(h).spec.distillation.vitkd is not None) + 0.1 * plan.run(h).seed),
     )
-    c = next(c for c in claims.check_all([model]) if c.id == "ViTKD")
+    two = claims.sequential.Design(looks=(2,))  # the fixed-sample test at the 2 seeds
+    c = next(c for c in claims.check_all([model], design=two) if c.id == "ViTKD")
     assert len(c.comparisons) == 1 and "DeiT-Small" in c.note and c.verdict == claims.SUPPORTED
 
 
@@ -126,7 +127,7 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
         for m in ("DeiT⚗ – class+distillation", "DeiT – no distillation")
     )
     assert c.comparisons[0].rows == (("deit", fused), ("deit", none))
-    keys = resolve.row_keys(plan)
+    keys = decide.row_keys(plan)
     assert [keys[r] for r in c.comparisons[0].rows] == [
         plan.row_runs("deit", fused)[0].hash,
         plan.row_runs("deit", none)[0].hash,
@@ -140,7 +141,7 @@ def test_other_tables_are_found_by_their_content(tmp_path):
     assert {"deit", "vitkd"} <= set(grid.EXTRA_TABLES) and grid.TABLE_FILES["vitkd"] == "vitkd.yaml"
     (tmp_path / "search.yaml").write_text("search: {alpha: [0.5, 1]}\n")
     (tmp_path / "t.yaml").write_text("table: x\ntitle: t\ncolumns: []\nrows: []\n")
-    assert not grid._is_table(tmp_path / "search.yaml") and grid._is_table(tmp_path / "t.yaml")
+    assert not grid.is_table_file(tmp_path / "search.yaml") and grid.is_table_file(tmp_path / "t.yaml")
 
 
 @pytest.mark.parametrize("tables", ["deit", "vitkd", "deit,vitkd,2"])

@@ -5,9 +5,6 @@ any launch with file, field path and reason. Plans only: nothing trains."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import yaml
 from orchestrator import grid
 from orchestrator.grid import GridError, load_recipes
 from orchestrator.plan import Plan, RowRef, make_plan, run_states
+from tests.conftest import kdgrid
 from trainer import tracking
 from trainer.spec import parse_experiment
 
@@ -160,7 +158,7 @@ def test_rows_resolve_scale_recipe_and_row():
     d = s.distillation
     assert (d.kd, d.kd_weight) == ("hard", 0.5)
     assert (d.manifold.teacher_blocks, d.manifold.student_blocks) == ((3, 4, 21, 22), (3, 4, 9, 10))
-    assert (d.manifold.alpha, d.manifold.beta, d.manifold.k, d.manifold.reduction) == (1.0, 0.2, 192, "paper")
+    assert (d.manifold.alpha, d.manifold.beta, d.manifold.k, d.manifold.reduction) == (1.0, 0.2, 192, "sum")
     d = by_key(p, "t3.r2").spec.distillation.manifold  # L_ci + L_cp: canonical k=0
     assert (d.terms, d.k, d.beta) == (("ci", "cp"), 0, 0.0)
     assert by_key(p, "t6.r4").spec.distillation.manifold.k == 768
@@ -171,12 +169,12 @@ def test_rows_resolve_scale_recipe_and_row():
     e = by_key(p, "t7.r3").spec.distillation
     assert e.kd == "hard" and e.manifold is None and e.embedding.teacher_blocks == (1, 2, 3, 4, 21, 22, 23, 24)
     assert by_key(p, "fig4.none").spec.student.name == "analog_deit_tiny"
-    # released: soft KD at weight 1, released reduction and per-term weights, drop_path 0
+    # released: soft KD at weight 1, mean reduction and per-term weights, drop_path 0
     s = by_key(r, "t2.r9").spec
     d = s.distillation
     assert (d.kd, d.tau, d.kd_weight, s.student.drop_path) == ("soft", 1.0, 1.0, 0.0)
     ts = d.manifold.term_scale
-    assert (d.manifold.reduction, ts.ci, ts.cp, ts.rs * d.manifold.beta) == ("released", 0.1, 4.0, 0.2)
+    assert (d.manifold.reduction, ts.ci, ts.cp, ts.rs * d.manifold.beta) == ("mean", 0.1, 4.0, 0.2)
     e = by_key(r, "t7.r1").spec
     assert (e.distillation.kd, e.distillation.embedding is not None, e.student.drop_path) == ("soft", True, 0.0)
     assert by_key(r, "t2.r5").spec.distillation.kd == "hard"  # hard rows stay DeiT's hard distillation
@@ -376,25 +374,9 @@ def test_row_without_paper_value_and_duplicates(write_yaml):
 
 
 # ---- the command line --------------------------------------------------------------------------------
-def _cli(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "plan",
-            *args,
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'kdgrid.db'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _cli(tmp_path, *args):
+    """`kdgrid plan ARGS` on an absent store."""
+    return kdgrid("plan", *args, "--tracking-uri", f"sqlite:///{tmp_path / 'kdgrid.db'}", cwd=tmp_path, timeout=300)
 
 
 def test_cli_plan_paper(tmp_path):

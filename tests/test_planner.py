@@ -1,4 +1,4 @@
-"""The launchers' scheduler on real plans (launch/planner.py, launch/costs.py).
+"""The launchers' scheduler on real plans (launch/scheduler.py, launch/costs.py).
 
 - FLOPs from a transformer's shape agree with torch's FlopCounterMode on the model itself;
 - a run's spec comes back from its flattened MLflow params with the same content hash;
@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.launch import costs
 from orchestrator.launch.items import work_items
-from orchestrator.launch.planner import Planner
+from orchestrator.launch.scheduler import Scheduler
 
 CUT = ["student.recipe.epochs=2"] + [
     f"teachers.{t}.{k}"
@@ -63,16 +63,16 @@ def test_spec_comes_back_from_mlflow_params(cut_plan):
 
 
 def simulate(items, mode: str, workers: int = 2) -> tuple[float, list]:
-    """Drive a Planner as the local launcher does, with its own estimates as the true durations."""
-    planner = Planner(items, workers, mode=mode)
+    """Drive a Scheduler as the local launcher does, with its own estimates as the true durations."""
+    scheduler = Scheduler(items, workers, mode=mode)
     now, running, idle, log = 0.0, {}, set(range(workers)), []
     while True:
-        for gid in planner.order:
-            if gid not in planner.ended and planner.ready(gid):
-                planner.prune(gid, lambda part: part)
-        for w, part in planner.assign(sorted(idle), {w: p.id for w, (p, _) in running.items()}, now=now):
+        for gid in scheduler.order:
+            if gid not in scheduler.ended and scheduler.ready(gid):
+                scheduler.prune(gid, lambda part: part)
+        for w, part in scheduler.assign(sorted(idle), {w: p.id for w, (p, _) in running.items()}, now=now):
             idle.discard(w)
-            end = now + planner.running[part.id].estimate
+            end = now + scheduler.running[part.id].estimate
             running[w] = (part, end)
             log.append((now, w, part))
         if not running:
@@ -80,35 +80,36 @@ def simulate(items, mode: str, workers: int = 2) -> tuple[float, list]:
         w = min(running, key=lambda k: running[k][1])
         part, now = running.pop(w)
         idle.add(w)
-        planner.finish(part.id, now=now)
+        scheduler.finish(part.id, now=now)
     return now, log
 
 
 def test_cost_schedule_keeps_the_workers_busy(cut_plan):
     spans = {}
-    for mode in ("plan", "cost"):
-        items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=mode == "plan")
+    for mode in ("order", "cost"):
+        items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=mode == "order")
         end, log = simulate(items, mode)
         trained = sorted(h for _, _, part in log for h in part.hashes)
         assert trained == sorted(r.hash for r in cut_plan.runs)  # every run once
-        busy = sum(Planner(items, 2, mode=mode).estimate(p.runs, p.id.split("-p")[0]) for _, _, p in log)
+        busy = sum(Scheduler(items, 2, mode=mode).estimate(p.runs, p.id.split("-p")[0]) for _, _, p in log)
         spans[mode] = (end, end / (busy / 2))
-    (plan_end, plan_ratio), (cost_end, cost_ratio) = spans["plan"], spans["cost"]
-    assert cost_end < plan_end
-    assert cost_ratio <= 1.05 < plan_ratio, spans
+    (order_end, order_ratio), (cost_end, cost_ratio) = spans["order"], spans["cost"]
+    assert cost_end < order_end
+    assert cost_ratio <= 1.05 < order_ratio, spans
+    assert Scheduler(items, 2, mode="plan").mode == "order"  # the schedule's old name still works
 
 
 def test_a_lone_cohort_gets_every_worker(cut_plan):
     """A --resolve round can be one cohort (one teacher's students at a new seed): the local pool must not
     be capped at one worker per item, or the cost schedule can never cut it (the pool was, until a
     7-run round trained on one of two cores)."""
-    from orchestrator.launch.local import pool_size
+    from orchestrator.launch.launchers.local import pool_size
 
     items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=False)
     cohort = max((it for it in items if it.role == "student"), key=lambda it: len(it.runs))
     assert len(cohort.runs) >= 4
-    assert pool_size(2, [cohort], "cost") == 2 and pool_size(2, [cohort], "plan") == 1
-    whole = Planner([cohort], 1).estimate(cohort.runs, cohort.id)
+    assert pool_size(2, [cohort], "cost") == 2 and pool_size(2, [cohort], "order") == 1
+    whole = Scheduler([cohort], 1).estimate(cohort.runs, cohort.id)
     end, log = simulate([cohort], "cost", workers=pool_size(2, [cohort], "cost"))
     assert {w for _, w, _ in log} == {0, 1} and end < whole
 
@@ -116,27 +117,27 @@ def test_a_lone_cohort_gets_every_worker(cut_plan):
 def test_a_cut_teacher_item_frees_its_students_part_by_part(cut_plan):
     items = work_items(cut_plan.runs, max_cohort=8, workers=2, balance=False)
     teachers = next(it for it in items if it.role == "teacher")
-    assert len(teachers.runs) == 3  # one cohort key: trained in lockstep unless the planner cuts them
-    planner = Planner(items, 2)
-    first = planner.assign([0, 1], {}, now=0.0)
+    assert len(teachers.runs) == 3  # one cohort key: trained in lockstep unless the scheduler cuts them
+    scheduler = Scheduler(items, 2)
+    first = scheduler.assign([0, 1], {}, now=0.0)
     assert len(first) == 2 and {len(p.runs) for _, p in first} == {1, 2}  # the big teacher alone
-    short = min((p for _, p in first), key=lambda p: planner.running[p.id].estimate)
-    planner.finish(short.id, now=planner.running[short.id].estimate)
+    short = min((p for _, p in first), key=lambda p: scheduler.running[p.id].estimate)
+    scheduler.finish(short.id, now=scheduler.running[short.id].estimate)
     freed = {h for h in short.hashes}
-    ready = [gid for gid in planner.order if planner.left[gid] and planner.ready(gid)]
-    assert ready and all(d in freed for gid in ready for r in planner.left[gid] for d in r.deps)
+    ready = [gid for gid in scheduler.order if scheduler.left[gid] and scheduler.ready(gid)]
+    assert ready and all(d in freed for gid in ready for r in scheduler.left[gid] for d in r.deps)
     big = next(p for _, p in first if p is not short)
-    waiting = [gid for gid in planner.order if planner.left[gid] and not planner.ready(gid)]
-    assert waiting and all(d in big.hashes for gid in waiting for r in planner.left[gid] for d in r.deps)
-    assert planner.eta(10.0, {0: big.id}) > 0
+    waiting = [gid for gid in scheduler.order if scheduler.left[gid] and not scheduler.ready(gid)]
+    assert waiting and all(d in big.hashes for gid in waiting for r in scheduler.left[gid] for d in r.deps)
+    assert scheduler.eta(10.0, {0: big.id}) > 0
     # past its estimate, the big teacher still runs: its students do not start, however the plan times them
-    late = planner.running[big.id].estimate * 3
-    started = planner.assign([1], {0: big.id}, now=late)
+    late = scheduler.running[big.id].estimate * 3
+    started = scheduler.assign([1], {0: big.id}, now=late)
     assert all(all(d not in big.hashes for r in p.runs for d in r.deps) for _, p in started)
     busy = {w: p.id for w, p in started}
-    planner.finish(big.id, now=late + 1)
+    scheduler.finish(big.id, now=late + 1)
     idle = [w for w in (0, 1) if w not in busy]
-    started = planner.assign(idle, busy, now=late + 1)
+    started = scheduler.assign(idle, busy, now=late + 1)
     assert any(d in big.hashes for _, p in started for r in p.runs for d in r.deps)
 
 
@@ -144,7 +145,8 @@ def test_a_cut_teacher_item_frees_its_students_part_by_part(cut_plan):
 @pytest.mark.timeout(900)
 def test_grid_logs_eta_and_its_costs_calibrate(tmp_path):
     from orchestrator.plan import make_plan
-    from tests.test_launch_local import LESS_DATA, assert_all_finished, kdgrid, store
+    from tests.conftest import kdgrid
+    from tests.test_launch_local import LESS_DATA, assert_all_finished, store
     from trainer import tracking
 
     uri, work = store(tmp_path)

@@ -16,7 +16,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ from orchestrator.grid import load_table
 from orchestrator.report import claims as C
 from orchestrator.report.collect import RunResult
 from orchestrator.report.tables import build_table, run_status_text, stat
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
 
 
 # ---- pure: statistics, comparisons, verdicts ---------------------------------------------------------
@@ -55,7 +53,8 @@ def test_stat_is_mean_and_sample_std():
     ],
 )
 def test_compare(a, b, relation, outcome):
-    got = C.compare(dict(enumerate(a)), dict(enumerate(b)), relation, 0.44)
+    one_look = C.sequential.Design(looks=(max(2, len(a)),))  # the fixed-sample test at the seeds given
+    got = C.compare(dict(enumerate(a)), dict(enumerate(b)), relation, 0.44, design=one_look)
     assert got.outcome == outcome
     assert got.diff == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
     assert (got.n_a, got.n_b) == (len(a), len(b))
@@ -112,26 +111,28 @@ def _paper_values(table_id: str, offsets=(0.0,)) -> dict[int, list[float]]:
 @pytest.mark.parametrize("table_id", ["2", "3", "4", "5", "6", "7"])
 def test_the_papers_numbers_support_the_papers_claims(table_id):
     """Fed the paper's own numbers, every claim holds with three seeds whose spread (0.02) puts Welch's 95%
-    interval (+-0.045) inside every gap the paper draws "beats" from (>= 0.07); with one seed none is tested."""
+    interval (+-0.045) inside every gap the paper draws "beats" from (>= 0.07) (one look at 3 seeds: the
+    fixed-sample test); with one seed none is tested, and the first look is at 3 seeds."""
     one = _model(table_id, _paper_values(table_id), 1)
     three = _model(table_id, _paper_values(table_id, (-0.02, 0.0, 0.02)), 3)
     for c in C.check_all([one]):
-        assert c.verdict == C.UNTESTED and c.seeds_needed == 2, (c.id, c.comparisons)
-    for c in C.check_all([three]):
+        assert c.verdict == C.UNTESTED and c.seeds_needed == 3, (c.id, c.comparisons)
+    for c in C.check_all([three], design=C.sequential.Design(looks=(3,))):
         assert c.verdict == C.SUPPORTED, (c.id, [x.describe() for x in c.comparisons])
 
 
 def test_claim_against_the_paper_and_within_spread():
     # Table 3 with the full loss BELOW the leave-one-out rows, clearly: not supported
+    two = C.sequential.Design(looks=(2,))  # one look at 2 seeds: the fixed-sample test
     t3 = _model("3", {0: [70.0, 70.1], 1: [72.0, 72.1], 2: [72.0, 72.2], 3: [72.0, 72.1]}, 2)
-    (c,) = C.check_all([t3])
+    (c,) = C.check_all([t3], design=two)
     assert c.id == "T3" and c.verdict == C.CONTRADICTED
     assert [x.outcome for x in c.comparisons] == ["contradicts"] * 3
     assert c.comparisons[0].a == "L_ci, L_cp, L_rs" and c.comparisons[0].b == "L_ci, L_cp"
     assert c.comparisons[0].paper_diff == pytest.approx(0.44)
     # differences smaller than the seeds' spread: the intervals contain 0
     t3 = _model("3", {0: [72.0, 74.0], 1: [72.5, 73.0], 2: [72.0, 73.0], 3: [71.0, 73.0]}, 2)
-    (c,) = C.check_all([t3])
+    (c,) = C.check_all([t3], design=C.sequential.Design(looks=(2, 4)))  # a next look to add seeds for
     assert c.verdict == C.UNRESOLVED and c.open_rows == [("3", 0), ("3", 1), ("3", 2), ("3", 3)]
     # a row with no finished seed: incomplete
     t3 = _model("3", {0: [72.0, 74.0], 1: [72.5, 73.0], 2: [72.0, 73.0]}, 2)
@@ -198,11 +199,12 @@ def test_figure4_claim():
         "hard": curve("hard", [52, 62, 71]),
         "manifold": curve("manifold", [55, 64, 73]),
     }
-    c = C.figure4_claim(curves, fig4)
+    one_look = C.sequential.Design(looks=(3,))  # the fixed-sample test at the 3 seeds
+    c = C.figure4_claim(curves, fig4, design=one_look)
     assert c.verdict == C.SUPPORTED and "3 of the 3 epochs" in c.note
     assert [x.paper_diff for x in c.comparisons] == [pytest.approx(2.86), pytest.approx(0.67)]
     curves["manifold"] = curve("manifold", [40, 50, 73])
-    c = C.figure4_claim(curves, fig4)
+    c = C.figure4_claim(curves, fig4, design=one_look)
     assert c.verdict == C.CONTRADICTED and "1 of the 3 epochs" in c.note
     assert C.figure4_claim({"none": curves["none"]}, fig4).verdict == C.INCOMPLETE
 
@@ -445,18 +447,6 @@ def test_cli_report_on_the_partial_store(store, tmp_path):
     assert "html: " in out.stdout and "7 planned runs: 7 finished." in out.stdout  # 6 students, their teacher
 
 
-def kdgrid(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
-    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
 def test_cli_report_on_an_empty_store(tmp_path):
     db = tmp_path / "none.db"
     out = kdgrid(
@@ -506,12 +496,12 @@ def ui_server(uri: str, cwd: Path):
     """`kdgrid ui` on a free port against the store; yields its printed address; stopped (SIGTERM) at the end."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        kdgrid_command("ui", "--tracking-uri", uri, "--port", str(port)),
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=kdgrid_env(),
     )
     try:
         lines, url = [], None

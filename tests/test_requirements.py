@@ -20,8 +20,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from orchestrator import requirements as req
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, kdgrid
 
 
 def _range(name: str) -> req.Range:
@@ -114,35 +113,25 @@ def test_installed_versions_follow_sys_path_order(tmp_path, monkeypatch):
     assert req.problems(("timm",)) == [req.problem(_range("timm"), "1.0.29")]
 
 
-def _cli(*args: str, shadow: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(str(p) for p in (shadow, ROOT) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": path, **env},
-        timeout=300,
-    )
-
-
 def test_commands_stop_on_an_unsupported_version(tmp_path):
     """A command with an out-of-range timm on the path stops before doing anything, naming timm and its range."""
     shadow = _shadow(tmp_path, "timm", "1.0.29")
-    out = _cli("plan", "--scale", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}", shadow=shadow)
+    out = kdgrid(
+        "plan", "--scale", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}", cwd=ROOT, path=(shadow,)
+    )
     assert out.returncode == 2, out.stderr
     assert "timm 1.0.29 is too old; kdgrid needs timm>=1.0.30,<2" in out.stderr
     assert "KDGRID_SKIP_VERSION_CHECK=1" in out.stderr
     assert not (tmp_path / "x.db").exists()
 
-    out = _cli("check", shadow=shadow)
+    out = kdgrid("check", cwd=ROOT, path=(shadow,))
     assert out.returncode == 1
     assert "BAD  timm 1.0.29 is too old" in out.stdout
     assert "ok   torch" in out.stdout
 
 
 def test_check_passes_in_this_environment():
-    out = _cli("check")
+    out = kdgrid("check", cwd=ROOT)
     assert out.returncode == 0, out.stdout
     assert out.stdout.strip().endswith("all dependencies within kdgrid's ranges")
 

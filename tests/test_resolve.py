@@ -1,21 +1,24 @@
 """`kdgrid reproduce --resolve`: the pure decision (which rows get how many seeds, within the budget and
---max-seeds), and the loop at the smoke scale for real: on a store holding Table 6 and Figure 4 at two
-seeds, a budget that pays for one claim's seeds adds seeds to that unresolved claim's rows only, trains
-them (teachers shared), and stops at the budget."""
+--max-seeds), and the loop at the smoke scale for real: it launches with the command's own launch options
+(`--schedule`, `--cost-store`); on a store holding Table 6 and Figure 4 at two seeds, a budget that pays
+for one claim's seeds adds seeds to that unresolved claim's rows only, trains them (teachers shared), and
+stops at the budget."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from orchestrator import resolve as R
-
-ROOT = Path(__file__).resolve().parents[1]
+from orchestrator.commands import resolve as loop
+from orchestrator.report import decide as R
+from orchestrator.tracking.spent import run_cpu_s
+from tests.conftest import ROOT, kdgrid
 
 
 # ---- pure ----------------------------------------------------------------------------------------
@@ -59,26 +62,33 @@ def test_at_least_one_more_seed_and_the_limits():
     assert step.chosen == ["Y"] and step.targets == {"b": 4} and "excludes" in step.skipped["X"]
 
 
-# ---- the loop at the smoke scale --------------------------------------------------------------------
-def _kdgrid(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "HOME": str(cwd),
-    }
-    p = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def test_next_round_is_the_decision_the_loop_calls():
+    """The loop's one call: done when every claim has its verdict, else the rows of the open claims raised,
+    priced by the runs' measured cost per seed (rows without one: the students' mean)."""
+    plan = SimpleNamespace(
+        row_hashes={("6", 0): ["a0", "a1"], ("6", 1): ["b0", "b1"]},
+        students=[SimpleNamespace(hash=h) for h in ("a0", "a1", "b0", "b1")],
     )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
+
+    def claim(cid, resolved, rows, need):
+        verdict = "supported" if resolved else "unresolved"
+        return SimpleNamespace(
+            id=cid, resolved=resolved, open_rows=rows, seeds_needed=need, effect_excluded=False, verdict=verdict
+        )
+
+    done = R.next_round(SimpleNamespace(claims=[claim("X", True, [], None)]), plan, {}, None, 10)
+    assert done.done and not done.targets
+    report = SimpleNamespace(claims=[claim("X", True, [], None), claim("Y", False, [("6", 1)], 4)])
+    step = R.next_round(report, plan, {"a0": 10.0, "a1": 12.0}, budget_left_s=None, max_seeds=10)
+    assert not step.done and step.chosen == ["Y"] and step.targets == {"b0": 4}
+    assert step.cost_s == pytest.approx(2 * 11.0)  # b has no measured run: the students' mean, 11 s a seed
+
+
+# ---- the loop at the smoke scale --------------------------------------------------------------------
+def _kdgrid(*args: str, cwd: Path, timeout: float = 900):
+    """`kdgrid ARGS` in a bare environment (one thread, no inherited MLflow or Ray settings); must succeed."""
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    return kdgrid(*args, cwd=cwd, timeout=timeout, env=env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, check=True)
 
 
 @pytest.mark.slow
@@ -126,7 +136,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     report = build_report(plan, uri, effect=effect)
     needs = R.needs_of(report, plan)
     assert any(not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5 for n in needs)
-    seeds, cost = R.row_state(plan, R.run_costs(uri, "smoke", [r.hash for r in plan.students]))
+    seeds, cost = R.row_state(plan, run_cpu_s(uri, "smoke", [r.hash for r in plan.students]))
     costs = sorted(
         R.claim_cost(n, seeds, cost)[1]
         for n in needs
@@ -153,7 +163,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     )
     out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
     print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
-    assert out["reason"] in (R.OUT_OF_BUDGET, R.CANNOT), p.stdout[-2000:]
+    assert out["reason"] in (loop.OUT_OF_BUDGET, loop.CANNOT), p.stdout[-2000:]
     assert len(out["rounds"]) == 1
     chosen = out["rounds"][0]["chosen"]
     assert chosen == expected.chosen and all(out["verdicts_before"][c] == "unresolved" for c in chosen)
@@ -203,3 +213,33 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
         cwd=tmp_path,
     )
     assert f"{out['seeds_after'][chosen[0]]} seeds per row (fewest)" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_resolve_launches_with_the_commands_schedule_and_cost_store(tmp_path, write_yaml):
+    """`--resolve` hands its launches the command's launch options whole: `--schedule order` starts the
+    items in plan order, and `--cost-store` prices the runs with the rates fitted to that store's cost.*
+    metrics while the tracking store is still empty. One run (Figure 4's no-distillation row) each."""
+    from orchestrator.launch import costs
+
+    fig4 = yaml.safe_load((ROOT / "ablations" / "figure4.yaml").read_text())
+    fig4["rows"] = [r for r in fig4["rows"] if r["curve"] == "none"]
+    table = write_yaml("fig4-none.yaml", fig4)
+    grid = ["--scale", "smoke", "--tables", str(table), "--workers", "1"]
+    grid += ["--set", "data.train_subset=256", "--set", "data.val_subset=128"]
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "second.db"))
+
+    where = ["--tracking-uri", first, "--workdir", str(tmp_path / "w1"), "--out", str(tmp_path / "r1")]
+    out = _kdgrid("reproduce", *grid, *where, "--resolve", "--schedule", "order", cwd=tmp_path).stdout
+    assert re.search(r"1 work item\(s\) over 1 stage\(s\), 1 at a time \(local launcher, items in plan order\)", out)
+    assert "critical path first" not in out and "--resolve: stopped: every claim is resolved" in out
+
+    where = ["--tracking-uri", second, "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "r2")]
+    out = _kdgrid("reproduce", *grid, *where, "--resolve", "--cost-store", first, cwd=tmp_path).stdout
+    fitted = re.search(
+        r"rates fitted to (\d+) logged process-epoch\(s\) and set-up\(s\) of the cost store (\S+)\)\);", out
+    )
+    assert fitted, out
+    assert fitted.group(2) == first and int(fitted.group(1)) == len(costs.observations(first, "smoke")) > 0
+    assert costs.observations(second, "smoke")  # the run trained into the tracking store, not the cost store

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from orchestrator.launch.costs import fit_rates, price
-from orchestrator.launch.schedule import Job, lpt, makespan, plan, priorities
+from orchestrator.launch.schedule import Job, lpt, makespan, place, priorities
 
 
 def students(prefix: str, costs) -> tuple:
@@ -42,7 +42,7 @@ def test_critical_path_goes_first():
     prio = priorities(GRID, workers=2)
     # the big teacher is not the costliest level-0 job by much, but 16 students wait for it
     assert prio["teacher-big"] > prio["teachers-small"] > prio["baseline"]
-    placed = plan(GRID, [0.0, 0.0])
+    placed = place(GRID, [0.0, 0.0])
     first = {p.job for p in placed if p.start == 0.0}
     assert first == {"teacher-big", "teachers-small"}  # the lone baseline waits: it has nothing below it
     starts = {p.job: p.start for p in placed}
@@ -53,13 +53,13 @@ def test_critical_path_goes_first():
         for d in job.deps:
             assert starts[job.id] >= ends[d]
     # on one worker the order alone shows the rule: the teacher with the most work below it first
-    one = plan(GRID, [0.0])
+    one = place(GRID, [0.0])
     assert one[0].job == "teacher-big"
 
 
 def test_critical_path_beats_plan_order_and_meets_the_floor():
     work = sum(j.cost for j in GRID)
-    placed = plan(GRID, [0.0, 0.0])
+    placed = place(GRID, [0.0, 0.0])
     ours = makespan(placed)
     assert ours < fifo(GRID, 2)  # listed order: the baseline first, the big teacher's students last
     # the floor: all work over both workers (cuts add a teacher pass each, so allow one part's shared cost)
@@ -72,7 +72,7 @@ def test_critical_path_beats_plan_order_and_meets_the_floor():
 def test_cohort_split_balances_cost_not_count():
     costs = [9, 7, 5, 4, 3, 2]
     job = Job("cohort", students("s", costs), shared=1)
-    placed = plan([job], [0.0, 0.0])
+    placed = place([job], [0.0, 0.0])
     assert len(placed) == 2  # two idle workers: worth a second teacher pass
     ends = [p.end for p in placed]
     assert max(ends) - min(ends) <= max(costs)
@@ -92,7 +92,7 @@ def test_cohort_split_balances_cost_not_count():
 def test_split_when_a_teacher_finishes_fills_the_free_worker():
     # one worker is free now; the other is busy for 30 s more: the cohort is cut so both end together
     job = Job("cohort", students("s", [12] * 8), shared=10)
-    placed = plan([job], [0.0, 30.0])
+    placed = place([job], [0.0, 30.0])
     assert len(placed) == 2
     by_worker = {p.worker: p for p in placed}
     assert by_worker[1].start == 30.0
@@ -103,7 +103,7 @@ def test_split_when_a_teacher_finishes_fills_the_free_worker():
 
 def test_no_cut_when_it_only_adds_teacher_passes():
     jobs = [Job("a", students("a", [10] * 4), shared=20), Job("b", students("b", [10] * 4), shared=20)]
-    placed = plan(jobs, [0.0, 0.0])
+    placed = place(jobs, [0.0, 0.0])
     assert sorted(p.job for p in placed) == ["a", "b"]  # one part each, one per worker
     assert makespan(placed) == 60
 
@@ -111,10 +111,10 @@ def test_no_cut_when_it_only_adds_teacher_passes():
 def test_running_jobs_and_cycles():
     # a student cohort whose teacher is still running (ends at 50 by its estimate) starts then
     job = Job("s", students("s", [5, 5]), shared=1, deps=frozenset({"teacher"}))
-    placed = plan([job], [0.0, 50.0], done={"teacher": 50.0})
+    placed = place([job], [0.0, 50.0], done={"teacher": 50.0})
     assert min(p.start for p in placed) == 50.0
     with pytest.raises(ValueError, match="cycle"):
-        plan(
+        place(
             [Job("x", students("x", [1]), deps=frozenset({"y"})), Job("y", students("y", [1]), deps=frozenset({"x"}))],
             [0.0],
         )
@@ -135,7 +135,7 @@ def test_plan_is_optimal_on_small_made_up_grids():
             )
             for i in range(4)
         ]
-        ours = makespan(plan(jobs, [0.0, 0.0]))
+        ours = makespan(place(jobs, [0.0, 0.0]))
         best = float("inf")
         for assign in itertools.product(range(3), repeat=len(jobs)):  # worker 0, worker 1, or cut over both
             loads = [0.0, 0.0]

@@ -61,7 +61,8 @@ def needs_slurm(test):
 def test_config_example_and_scale_hints_make_the_sbatch_script(tmp_path):
     """No Slurm needed: experiments/slurm.example.yaml over the paper scale's hints, per role, as sbatch."""
     from orchestrator.launch.items import LaunchContext
-    from orchestrator.launch.slurm import _executor, load_config
+    from orchestrator.launch.launchers.slurm import _executor, load_config
+    from orchestrator.launch.options import LaunchOptions
     from orchestrator.plan import make_plan
     from trainer.spec import SpecError
 
@@ -70,7 +71,8 @@ def test_config_example_and_scale_hints_make_the_sbatch_script(tmp_path):
     cfg = load_config(str(root / "experiments" / "slurm.example.yaml"), threads=1, hints=plan.launch)
     res = cfg.resources("student")
     assert (res.gpus_per_node, res.tasks_per_node, res.cpus_per_task, res.world_size) == (8, 8, 10, 8)
-    ctx = LaunchContext(plan=plan, work=tmp_path / "work", tracking_uri="http://mlflow.example:5000")
+    opts = LaunchOptions(workdir=tmp_path / "work", tracking_uri="http://mlflow.example:5000").resolved()
+    ctx = LaunchContext(plan, opts)
     ex, threads = _executor(cfg, res, ctx, tmp_path / "slurm", "kdgrid-paper-student", ["12", "13_1"])
     script = ex._executor._make_submission_file_text("CMD", "uid")
     for line in (
@@ -178,7 +180,9 @@ def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
     import torch
     from rich.console import Console
 
-    from orchestrator.launch import execute
+    from orchestrator.launch.execution import execute
+    from orchestrator.launch.options import LaunchOptions
+    from orchestrator.launch.outcome import Outcome
     from orchestrator.plan import make_plan
 
     uri, work = store(tmp_path)
@@ -187,11 +191,11 @@ def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
     plan = dataclasses.replace(plan, runs=[teacher])
     cfg = config(tmp_path, tasks_per_node=2, array=False)
     console = Console(width=200)
-    outcomes, ctx, items = execute(
-        plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg, wait=False, console=console
-    )
-    job = re.search(r"Slurm job (\S+)", outcomes[teacher.hash]).group(1)
-    logs = work / "logs" / items[0].id  # + .log (rank 0) and .rank1.log; submitit's own messages land there too
+    opts = LaunchOptions(launcher="slurm", workdir=work, tracking_uri=uri, slurm_config=cfg)
+    submitted = execute(plan, dataclasses.replace(opts, wait=False), console)
+    job = re.search(r"Slurm job (\S+)", submitted.outcomes[teacher.hash].detail).group(1)
+    # + .log (rank 0) and .rank1.log; submitit's own messages land there too
+    logs = work / "logs" / submitted.items[0].id
 
     ckpt = work / teacher.hash / "checkpoint.pt"
     deadline = time.monotonic() + 300
@@ -205,10 +209,8 @@ def test_two_task_job_trains_with_ddp_and_resumes_after_preemption(tmp_path):
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip the requeue delay
 
-    outcomes, ctx, items = execute(
-        plan, launcher="slurm", work=work, tracking_uri=uri, slurm_config=cfg, console=console
-    )  # adopts the requeued job and waits for it
-    assert outcomes == {teacher.hash: "finished"}, outcomes
+    outcomes = execute(plan, opts, console).outcomes  # adopts the requeued job and waits for it
+    assert outcomes == {teacher.hash: Outcome("finished")}, outcomes
     run = mlflow_runs(uri)[teacher.hash]
     assert run.info.status == "FINISHED" and run.info.run_id == run_id  # resumed into the same run
     assert run.data.params["effective.world_size"] == "2"

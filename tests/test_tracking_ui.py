@@ -1,5 +1,6 @@
-"""The parts behind the MLflow UI that need no training: WAL, the parent tag kept on reopen, the experiment
-kind, dataset inputs, the throughput meter, and the report's tables as CSV/JSON (a real SQLite store)."""
+"""The parts behind the MLflow UI that need no training: the tracking URI parsed once, the one test of a
+finished run, WAL, the parent tag kept on reopen, the experiment kind, dataset inputs, the throughput meter,
+and the report's tables as CSV/JSON (a real SQLite store)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,31 @@ from trainer import tracking
 
 def _spec(**tags):
     return SimpleNamespace(scale="unit", tags=dict(tags), recipe_name=None, name="a run")
+
+
+def test_one_parser_for_tracking_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = tracking.parse_uri("sqlite:///rel/m.db")  # relative: made absolute, for every worker and job
+    assert store.sqlite and store.path == tmp_path / "rel" / "m.db" and store.uri == f"sqlite:///{store.path}"
+    assert tracking.parse_uri(f"sqlite:///{tmp_path}/a.db").uri == f"sqlite:///{tmp_path}/a.db"
+    assert tracking.parse_uri("mlruns") == tracking.Store(str(tmp_path / "mlruns"), tmp_path / "mlruns")
+    assert tracking.parse_uri("file:mlruns").uri == (tmp_path / "mlruns").as_uri()
+    assert tracking.parse_uri(f"file://{tmp_path}/x").path == tmp_path / "x"
+    assert tracking.parse_uri("http://127.0.0.1:5000") == tracking.Store("http://127.0.0.1:5000", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking.absolute_uri(None) == f"sqlite:///{tmp_path / 'env.db'}"
+    assert tracking.artifact_root("sqlite:///rel/m.db") == (tmp_path / "rel" / "mlartifacts").as_uri()
+
+
+def test_finished_runs_are_those_mlflow_has_finished(tmp_path):
+    c = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    for h, status in (("done", "FINISHED"), ("failed", "FAILED"), ("running", None)):
+        log = tracking.RunLog.open(c, _spec(), h)
+        if status:
+            log.finish(status)
+    assert set(tracking.finished_runs(c, "unit")) == {"done"}
+    assert set(tracking.finished_runs(c, "unit", ["failed", "running"])) == set()
+    assert tracking.finished(None) is False and tracking.run_state(None) == "missing"
 
 
 def test_store_in_wal_mode_with_training_kind_and_never_created_by_enable_wal(tmp_path):

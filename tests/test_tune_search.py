@@ -9,15 +9,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import kdgrid_command, kdgrid_env
 from trainer import tracking
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH = {
     "search": "test",
     "title": "alpha and beta",
@@ -47,10 +46,7 @@ KEY = "smoke/paper-mean/test"
 
 
 def _argv(search: Path, uri: str, work: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
+    return kdgrid_command(
         "tune",
         str(search),
         "--scale",
@@ -70,18 +66,12 @@ def _argv(search: Path, uri: str, work: Path, out: Path) -> list[str]:
         str(work),
         "--out",
         str(out),
-    ]
+    )
 
 
 def _env() -> dict:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "COLUMNS": "200",
-        "OMP_NUM_THREADS": "1",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "KDGRID_SYSTEM_METRICS_INTERVAL": "0",
-    }
+    quiet = {"OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "KDGRID_SYSTEM_METRICS_INTERVAL": "0"}
+    return kdgrid_env({**os.environ, **quiet})
 
 
 def _runs(uri: str) -> list:

@@ -129,6 +129,60 @@ def test_paper_plan_uses_vitkds_teachers_and_recipe():
     d = by_key["vitkd.r3"].distillation
     assert d.kd == "none" and d.vitkd == ViTKDSpec() and (d.nkd.temp, d.nkd.gamma) == (1.0, 1.0)
     assert by_key["vitkd.r1"].teacher is None
+    # cls_KD's own protocol: mmcls's sampler (no repeated augmentation), fp32, the EMA evaluated for DeiT-B
+    for key, s in by_key.items():
+        base = s.student.name == "deit_base_patch16_224"
+        assert s.data.augment.repeated_aug is False and s.recipe.precision == "fp32", key
+        assert (s.recipe.ema, s.recipe.eval_weights) == ((True, "ema") if base else (False, None)), key
+        assert s.recipe.ema_decay == pytest.approx(1 - 4e-5)
+
+
+# The paper-scale runs of ViTKD's table as planned before its own protocol (issue 28): DeiT's repeated
+# augmentation, precision unset (fp16 AMP on CUDA), no EMA.
+BEFORE = {
+    "vitkd.r1": "a9a7786551c088f5",
+    "vitkd.r2": "3fcec52c8ca28c1b",
+    "vitkd.r3": "16bc6bb56fcdd04f",
+    "vitkd.r4": "fc573e17da8f89f1",
+    "vitkd.r5": "5364e005c285435e",
+    "vitkd.r6": "56815c5c96c37ad5",
+    "vitkd.r7": "511d67f3ec22b89e",
+    "vitkd.r8": "06ab728b294f0a72",
+    "vitkd.r9": "7ff4aae72d8f1517",
+}
+
+
+def test_only_the_protocol_moved_vitkds_hashes(tmp_path):
+    """Every paper-scale ViTKD run changed its hash, and only by the settings its protocol changed: with
+    them taken back, each hashes as before. The dumped specs (`kdgrid plan --dump`) show the protocol."""
+    import yaml
+
+    from orchestrator.plan import dump_plan, make_plan
+    from trainer.spec import ExperimentSpec
+
+    plan = make_plan("paper", "vitkd", 1)
+    dump_plan(plan, tmp_path)
+    for r in plan.runs:
+        key = r.uses[0].key
+        assert r.hash != BEFORE[key]
+        raw = r.spec.model_dump()
+        raw["data"]["augment"]["repeated_aug"] = True
+        raw["recipe"].update(precision=None, ema=False, eval_weights=None)
+        assert ExperimentSpec.model_validate(raw).content_hash() == BEFORE[key], key
+        dumped = yaml.safe_load((tmp_path / f"{r.hash}.yaml").read_text())
+        assert dumped["data"]["augment"]["repeated_aug"] is False and dumped["recipe"]["precision"] == "fp32"
+        base = dumped["student"]["name"] == "deit_base_patch16_224"
+        assert (dumped["recipe"]["ema"], dumped["recipe"]["eval_weights"]) == ((True, "ema") if base else (False, None))
+
+
+def test_vitkds_protocol_is_the_paper_scales_only():
+    """At the CPU scales the table keeps the scale's own student recipe: those runs did not move."""
+    from orchestrator.plan import make_plan
+
+    for scale in ("mini", "smoke"):
+        for r in make_plan(scale, "vitkd", 1).students:
+            s = r.spec
+            assert s.recipe.precision is None and not s.recipe.ema and s.recipe.eval_weights is None, scale
 
 
 def test_a_smoke_step_trains_vitkds_modules_with_the_student(tmp_path):

@@ -18,45 +18,10 @@ from pathlib import Path
 
 import torch
 
+from trainer.dataset_files import FASHION_MNIST_FILES, INSTALL_HINT, fashion_mnist_root, has_idx
 from trainer.spec import DataSpec
 
-FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
-INSTALL_HINT = (
-    "install Debian's package with `sudo apt-get install dataset-fashion-mnist` "
-    f"(files under {FASHION_MNIST_DEBIAN}), or set data.root to a folder holding the four IDX files "
-    "(.gz or not); set KDGRID_ALLOW_DOWNLOAD=1 to let torchvision download them instead"
-)
-
-
-def _fmnist_root(spec: DataSpec) -> Path:
-    return Path(spec.root or FASHION_MNIST_DEBIAN).expanduser()
-
-
-def _has_idx(root: Path) -> bool:
-    return all((root / f).exists() or (root / f"{f}.gz").exists() for f in FASHION_MNIST_FILES)
-
-
-def dataset_problem(spec: DataSpec) -> str | None:
-    """Why the dataset cannot be read, with how to fix it; None when it can."""
-    if spec.dataset == "fashion_mnist":
-        root = _fmnist_root(spec)
-        if _has_idx(root) or os.environ.get("KDGRID_ALLOW_DOWNLOAD") == "1":
-            return None
-        return f"Fashion-MNIST not found at {root}: {INSTALL_HINT}"
-    root = Path(spec.root or "").expanduser()
-    if not spec.root or not (root / "train").is_dir() or not (root / "val").is_dir():
-        return (
-            f"ImageNet not found at {spec.root!r}: set data.root to a folder with train/ and val/ "
-            "subfolders of class folders (the layout torchvision's ImageFolder reads)"
-        )
-    return None
 
 
 def _cache_dir() -> Path:
@@ -67,10 +32,10 @@ def _fashion_mnist(spec: DataSpec, train: bool):
     """torchvision's FashionMNIST over the Debian files, unpacked once into a cache folder."""
     from torchvision.datasets import FashionMNIST
 
-    src = _fmnist_root(spec)
+    src = fashion_mnist_root(spec.root)
     cache = _cache_dir() / "fashion-mnist"
     raw = cache / "FashionMNIST" / "raw"
-    if _has_idx(src):
+    if has_idx(src):
         raw.mkdir(parents=True, exist_ok=True)
         for name in FASHION_MNIST_FILES:
             dst = raw / name
@@ -295,40 +260,51 @@ def build(
     batch_size x world_size x accumulation); val is evaluated on every rank's shard. `val_transform`
     replaces the validation transform of an image folder (a teacher's own eval transform)."""
     if spec.dataset == "fashion_mnist":
-        out = []
-        for train, size in ((True, spec.train_subset), (False, spec.val_subset)):
-            ds = _fashion_mnist(spec, train)
-            images, labels = ds.data.unsqueeze(1), ds.targets
-            idx = _subset(len(labels), size, spec.subset_seed + (0 if train else 1))
-            if idx is not None:
-                images, labels = images[idx], labels[idx]
-            if spec.img_size != images.shape[-1]:
-                images = (
-                    torch.nn.functional.interpolate(
-                        images.float(), size=spec.img_size, mode="bilinear", align_corners=False
-                    )
-                    .round()
-                    .clamp(0, 255)
-                    .byte()
-                )
-            if spec.in_chans != 1:
-                images = images.expand(-1, spec.in_chans, -1, -1).contiguous()
-            out.append(
-                TensorData(
-                    images,
-                    labels,
-                    batch_size,
-                    train,
-                    crop_padding=spec.augment.crop_padding if train else 0,
-                    crop_scale=spec.augment.crop_scale if train else None,
-                    hflip=spec.augment.hflip if train else 0.0,
-                    rank=rank,
-                    world_size=world_size,
-                    accumulation=accumulation,
-                )
+        a = spec.augment
+        return tuple(
+            TensorData(
+                *_fashion_mnist_images(spec, train),
+                batch_size,
+                train,
+                crop_padding=a.crop_padding if train else 0,
+                crop_scale=a.crop_scale if train else None,
+                hflip=a.hflip if train else 0.0,
+                rank=rank,
+                world_size=world_size,
+                accumulation=accumulation,
             )
-        return tuple(out)
+            for train in (True, False)
+        )
+    train_ds, val_ds = _image_folders(spec, val_transform)
+    return (
+        FolderData(
+            train_ds, batch_size, True, spec.num_workers, spec.augment.repeated_aug, rank, world_size, accumulation
+        ),
+        FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size),
+    )
 
+
+def _fashion_mnist_images(spec: DataSpec, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images (uint8 N x C x H x W, resized and with the spec's channels) and labels, subset."""
+    ds = _fashion_mnist(spec, train)
+    images, labels = ds.data.unsqueeze(1), ds.targets
+    idx = _subset(len(labels), spec.train_subset if train else spec.val_subset, spec.subset_seed + (0 if train else 1))
+    if idx is not None:
+        images, labels = images[idx], labels[idx]
+    if spec.img_size != images.shape[-1]:
+        images = (
+            torch.nn.functional.interpolate(images.float(), size=spec.img_size, mode="bilinear", align_corners=False)
+            .round()
+            .clamp(0, 255)
+            .byte()
+        )
+    if spec.in_chans != 1:
+        images = images.expand(-1, spec.in_chans, -1, -1).contiguous()
+    return images, labels
+
+
+def _image_folders(spec: DataSpec, val_transform=None):
+    """(train, val) ImageFolders under data.root with DeiT's transforms (timm), subset."""
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
@@ -356,10 +332,7 @@ def build(
         if idx is not None:
             ds.samples = [ds.samples[i] for i in idx.tolist()]
             ds.targets = [s[1] for s in ds.samples]
-    return (
-        FolderData(train_ds, batch_size, True, spec.num_workers, a.repeated_aug, rank, world_size, accumulation),
-        FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size),
-    )
+    return train_ds, val_ds
 
 
 def with_transform(val_data: FolderData, transform) -> FolderData:

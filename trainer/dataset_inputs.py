@@ -18,10 +18,10 @@ NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet-1k"}
 
 
 def source_of(spec: DataSpec) -> str:
-    from trainer import data as data_mod
+    from trainer.dataset_files import fashion_mnist_root
 
     if spec.dataset == "fashion_mnist":
-        return str(Path(spec.root or data_mod.FASHION_MNIST_DEBIAN).expanduser())
+        return str(fashion_mnist_root(spec.root))
     return str(Path(spec.root or "").expanduser())
 
 

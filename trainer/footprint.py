@@ -17,7 +17,7 @@ from trainer import methods
 from trainer.models import model_info
 from trainer.spec import ExperimentSpec
 
-FLOAT = 4  # bytes: estimates are for float32; bf16 autocast only lowers them
+FLOAT = 4  # bytes: estimates are for float32; fp16 or bf16 autocast only lowers them
 
 
 @dataclass(frozen=True)

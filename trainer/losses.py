@@ -138,12 +138,9 @@ def _pair_terms(
         groups.setdefault(key, []).append(i)
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for members in groups.values():
-
-        def stack(fs, members=members):
-            return fs[members[0]][None] if len(members) == 1 else torch.stack([fs[i] for i in members])
-
         idx = None if draws[0] is None else torch.stack([draws[i] for i in members])
-        for name, vec in _stack_terms(stack(feats_s), stack(feats_t), names, idx, reduction).items():
+        stacked_s, stacked_t = _stack(feats_s, members), _stack(feats_t, members)
+        for name, vec in _stack_terms(stacked_s, stacked_t, names, idx, reduction).items():
             parts[name].append(vec)
     order = [i for members in groups.values() for i in members]
     out = {name: vecs[0] if len(vecs) == 1 else torch.cat(vecs) for name, vecs in parts.items()}
@@ -151,6 +148,11 @@ def _pair_terms(
         where = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
         out = {name: vec[where.to(vec.device)] for name, vec in out.items()}
     return out
+
+
+def _stack(feats: Sequence[Tensor], members: list[int]) -> Tensor:
+    """The members' features as one (m, n, p, c) tensor; a view, not a copy, for a single member."""
+    return feats[members[0]][None] if len(members) == 1 else torch.stack([feats[i] for i in members])
 
 
 def manifold_terms(
@@ -181,7 +183,9 @@ def manifold_terms(
 #     With W the least-squares fit of Bb on Ab (on a sample of rows), E, I - W W^T and every block of
 #     M H are of the size of the gap itself: nothing cancels, and float32 products of C lose nothing
 #     that matters. Only E, a difference of nearly equal rows, is computed in float64 (one m x c_s x
-#     c_t GEMM). The backward is one float32 GEMM with C as well: dL/dA ~ D A = G Ab + ..., G Ab = C (M H)[:, :c_s].
+#     c_t GEMM), and only where it is one: where ||Ab W|| <= _E_CANCEL ||E|| on the sample (a teacher
+#     far from a linear map of the student), forming E loses < 2 bits and runs in float32.
+#     The backward is one float32 GEMM with C as well: dL/dA ~ D A = G Ab + ..., G Ab = C (M H)[:, :c_s].
 # One pass over row blocks: the rows are centred on the mean of the sample, and H and w are corrected
 # exactly to the true mean afterwards (float64 column sums). C (float32, m x (c_s + c_t)) is kept for
 # the backward: memory is one more copy of the features; time O(m c^2). Accuracy against float64: ~1e-7

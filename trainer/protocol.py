@@ -35,14 +35,19 @@ def versions() -> dict[str, str]:
 def run_protocol(
     spec, *, world_size: int, accumulation: int, precision: str, train_images: int, val_images: int
 ) -> dict[str, Any]:
-    """The protocol params of one run (spec: an ExperimentSpec)."""
+    """The protocol params of one run (spec: an ExperimentSpec): `lr` is the optimizer's, at the global
+    batch it trains with; `eval_weights` the weights its accuracy is read from (model or ema)."""
+    from trainer.engine.member import effective_lr
+
     r, d = spec.recipe, spec.data
     out: dict[str, Any] = {
         "batch_per_device": r.batch_size,
         "world_size": world_size,
         "accumulation": accumulation,
         "global_batch": r.batch_size * world_size * accumulation,
+        "lr": effective_lr(spec, world_size),
         "precision": precision,
+        "eval_weights": r.eval_weights or "model",
         "epochs": r.epochs,
         "train_images": train_images,
         "val_images": val_images,

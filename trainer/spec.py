@@ -17,20 +17,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from trainer import methods
+from trainer import methods, strict_yaml
 from trainer.methods import embedding, manifold
+from trainer.problems import SpecError, validation_problems
 from trainer.spec_base import NOT_HASHED, Block, Positive, StrictModel, Weight  # noqa: F401 (re-exported)
-
-
-class SpecError(ValueError):
-    """A spec that cannot run, with where (file, field path) and why."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        where = f"{source}: " if source else ""
-        lines = [f"{where}{path or '<root>'}: {reason}" for path, reason in problems]
-        super().__init__("invalid spec\n  " + "\n  ".join(lines))
 
 
 class ModelSpec(StrictModel):
@@ -130,9 +120,19 @@ class RecipeSpec(StrictModel):
     warmup_epochs: Weight = 5
     weight_decay: Weight = 0.05
     clip_grad: Positive | None = None
-    ema: bool = False
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99996
-    amp: bool = True  # bf16 autocast on GPU (losses in float32); ignored on CPU
+    ema: bool = False  # keep an EMA of the weights, updated every optimizer step (trainer/engine/ema.py)
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99996  # 1 - mmcv's EMAHook momentum (4e-5)
+    # Which weights a run is evaluated on, `val.*` and its accuracy: the trained model (unset, as DeiT's
+    # main.py) or its EMA (`ema`, as mmcls's EMAHook in ViTKD's DeiT-B configs). Unset is not hashed;
+    # `model` is that same run (normalised to unset).
+    eval_weights: Literal["model", "ema"] | None = None
+    amp: bool = True  # mixed precision on CUDA where `precision` is unset; ignored on CPU
+    # fp16 (autocast + GradScaler, as DeiT and the released ManifoldKD code) | bf16 (autocast) | fp32, on every
+    # device, CPU included. Unset (None), `amp` decides as it did before this field: fp16 on CUDA, fp32 on CPU
+    # or with `amp: false` (trainer.precision.effective; kdgrid's CUDA autocast was bf16 until then). Hashed
+    # only when set, so runs planned before it keep their hashes; with `amp: false`, fp32 is that same run
+    # (normalised to unset) and fp16/bf16 a contradiction. Losses are float32 under any of them.
+    precision: Literal["fp16", "bf16", "fp32"] | None = None
     compile: bool = Field(False, json_schema_extra=NOT_HASHED)
     log_every: int = Field(50, ge=1, json_schema_extra=NOT_HASHED)
 
@@ -143,6 +143,14 @@ class RecipeSpec(StrictModel):
                 f"global_batch: {self.global_batch} is not a multiple of batch_size {self.batch_size} "
                 "(the per-device micro-batch)"
             )
+        if self.precision is not None and not self.amp:
+            if self.precision != "fp32":
+                raise ValueError(f"precision: {self.precision} with amp: false: mixed precision is on or off, not both")
+            self.__dict__["precision"] = None  # amp: false already trains in fp32: the same run, the same hash
+        if self.eval_weights == "ema" and not self.ema:
+            raise ValueError("eval_weights: ema needs ema: true (an EMA of the weights to evaluate)")
+        if self.eval_weights == "model":
+            self.__dict__["eval_weights"] = None  # the trained model is what every run is evaluated on
         if self.world_size is not None:
             self.__dict__["accumulation"] = accumulation_steps(self, self.world_size, self.accumulation)
         return self
@@ -164,8 +172,9 @@ def accumulation_steps(recipe: RecipeSpec, world_size: int, stated: int | None =
         if recipe.global_batch % per_step:
             raise ValueError(
                 f"global_batch: {recipe.global_batch} cannot be split over world_size {world_size} x batch_size "
-                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count (launch.resources.gpus) "
-                f"that divides {recipe.global_batch // recipe.batch_size}, or another batch_size"
+                f"{recipe.batch_size} = {per_step} images per micro-step: choose a device count "
+                f"(launch.resources.gpus) that divides {recipe.global_batch // recipe.batch_size}, "
+                "or another batch_size"
             )
         acc = recipe.global_batch // per_step
     if stated is not None and stated != acc:
@@ -270,6 +279,8 @@ def _hashed(model: BaseModel) -> Any:
         value = getattr(model, name)
         if value is None and field.default is None:
             continue
+        if "hash_as" in extra:  # a renamed value hashes as before
+            value = extra["hash_as"].get(value, value)
         out[name] = _hashed_value(value)
     return out
 
@@ -304,41 +315,21 @@ def cross_field_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    problems = []
-    for e in err.errors():
-        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-            # cross-field errors carry their own path: "distillation.manifold.k: ..."
-            head, sep, rest = msg.partition(": ")
-            if sep and " " not in head and not path:
-                path, msg = head, rest
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        full = ".".join(p for p in (prefix, path) if p)
-        problems.append((full, msg))
-    return problems
+format_validation_error = validation_problems  # the name callers have used: (field path, reason) per error
 
 
 def parse_experiment(data: Any, source: str | None = None, prefix: str = "") -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, prefix), source) from None
+        raise SpecError(validation_problems(err, prefix, ExperimentSpec), source) from None
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
-    """Read a spec file (YAML, safe_load), validate it, and check that what it names exists."""
+    """Read a spec file (YAML as safe_load reads it, duplicate keys refused), validate it, and check that
+    what it names exists."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError([("", f"no such file {path}")], str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError([("", f"not valid YAML: {err}")], str(path)) from None
-    spec = parse_experiment(data, str(path))
+    spec = parse_experiment(strict_yaml.read(path), str(path))
     problems = resource_problems(spec)
     if problems:
         raise SpecError(problems, str(path))
@@ -347,10 +338,10 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
 
 def resource_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """What the run needs from disk: the dataset and any teacher checkpoint file."""
-    from trainer.data import dataset_problem
+    from trainer.dataset_files import dataset_problem
 
     problems = []
-    msg = dataset_problem(spec.data)
+    msg = dataset_problem(spec.data.dataset, spec.data.root)
     if msg:
         problems.append(("data.root", msg))
     if spec.teacher is not None and spec.teacher.source == "checkpoint":

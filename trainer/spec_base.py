@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 try:
-    from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+    from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
     HAVE_PYDANTIC = True
 except ModuleNotFoundError:  # pragma: no cover - exercised by tests/test_bench_gpu.py's blocked child
@@ -31,6 +31,9 @@ except ModuleNotFoundError:  # pragma: no cover - exercised by tests/test_bench_
     def Strict(*args, **kwargs):  # type: ignore[no-redef]  # noqa: N802
         return None
 
+    def AfterValidator(func):  # type: ignore[no-redef]  # noqa: N802
+        return None
+
     def field_validator(*args, **kwargs):  # type: ignore[no-redef]
         return lambda f: f
 
@@ -46,6 +49,13 @@ Block = Annotated[int, Strict(), Field(ge=1)]
 NOT_HASHED = {"hash": False}  # json_schema_extra marker: execution detail, not part of the run's identity
 
 
+def hashed_as(tokens: dict[str, str]) -> dict:
+    """json_schema_extra marker: a renamed value hashes as the token it replaced, so runs keep their hash."""
+    return {"hash_as": tokens}
+
+
 class StrictModel(BaseModel):
-    # Frozen: a validated spec is normalised once (in its after-validators) and then never changes.
+    """Every spec, grid and method model: unknown keys are errors (a typo must not pass as a default), and
+    frozen: a validated model is normalised once (in its after-validators) and then never changes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,56 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+@dataclass(frozen=True)
+class Store:
+    """A tracking URI, parsed: `path` is a local store's SQLite file or file-store folder (None: a server)."""
+
+    uri: str  # absolute where the store is local, so every worker, trial and job can use it
+    path: Path | None
+    sqlite: bool = False
+
+
+def parse_uri(uri: str | None = None) -> Store:
+    """The one parser of MLflow tracking URIs (default: `default_uri()`): `sqlite:///file`, `file:folder`,
+    a bare folder (MLflow's file store), or a server (any other scheme). A relative path is made absolute."""
+    uri = uri or default_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_absolute():
+            path = path.resolve()
+            uri = f"sqlite:///{path}"
+        return Store(uri, path, sqlite=True)
+    if uri.startswith("file:"):
+        path = Path(uri[len("file:") :].removeprefix("//")).expanduser()
+        if not uri.startswith("file:///"):
+            path = path.resolve()
+            uri = path.as_uri()
+        return Store(uri, path)
+    if "://" not in uri:
+        path = Path(uri).expanduser().resolve()
+        return Store(str(path), path)
+    return Store(uri, None)
+
+
+def absolute_uri(uri: str | None = None) -> str:
+    return parse_uri(uri).uri
+
+
 def experiment_name(scale: str) -> str:
     return f"kdgrid-{scale}"
 
 
-_TRANSIENT = ("database is locked", "database table is locked", "database is busy")  # SQLite's own words
+_TRANSIENT = (
+    *("database is locked", "database table is locked", "database is busy"),  # SQLite's own words
+    "queuepool limit",  # `mlflow server`'s connection pool stayed full for 30 s (a 400, which MLflow does not retry)
+)
 
 
 def retry(fn: Callable, *args, **kwargs):
     """SQLite allows one writer at a time: several training processes retry (for up to ~1 min, on top of
-    MLflow's 20 s busy timeout) instead of failing or losing a metric. Anything else is raised at once
-    (MLflow's HTTP client retries a busy or unreachable server itself)."""
+    MLflow's 20 s busy timeout) instead of failing or losing a metric; so do writers that an overloaded
+    `mlflow server` turns away (64 writers at once, benchmarks.bench_tracking). Anything else is raised at
+    once (MLflow's HTTP client retries a 5xx or an unreachable server itself)."""
     delay = 0.05
     for attempt in range(30):
         try:
@@ -64,9 +104,10 @@ def enable_wal(uri: str) -> bool:
     """Put an existing SQLite store in write-ahead-log mode (persistent, once per file): readers no longer
     block the writer and each commit is one append, so concurrent training processes wait far less for the
     lock. MLflow itself sets a 20 s busy timeout per session. WAL needs a local disk (not NFS)."""
-    if not uri.startswith("sqlite:///") or uri in _WAL_DONE:
+    store = parse_uri(uri)
+    if not store.sqlite or uri in _WAL_DONE:
         return False
-    path = Path(uri[len("sqlite:///") :])
+    path = store.path
     if not path.exists():  # never create a store here
         return False
     import sqlite3
@@ -83,14 +124,16 @@ def enable_wal(uri: str) -> bool:
 def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
+    # MLflow prints "View run ... at: URL" to stdout on closing a run of a server: stdout is kdgrid's
+    # (`kdgrid report --format json` writes its data there). MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false restores it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=uri or default_uri())
 
 
-def _artifact_root(uri: str) -> str | None:
+def artifact_root(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (./mlartifacts), not in the process's working directory."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
-    return None
+    store = parse_uri(uri)
+    return (store.path.resolve().parent / "mlartifacts").as_uri() if store.sqlite else None
 
 
 def experiment_id(c, scale: str) -> str:
@@ -101,7 +144,7 @@ def experiment_id(c, scale: str) -> str:
             exp_id = retry(
                 c.create_experiment,
                 name,
-                artifact_location=_artifact_root(c.tracking_uri),
+                artifact_location=artifact_root(c.tracking_uri),
                 tags={"kdgrid.scale": scale, EXPERIMENT_KIND: TRAINING_KIND},
             )
             enable_wal(c.tracking_uri)
@@ -141,11 +184,21 @@ def runs_by_hash(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str
             return out
 
 
+def finished(run) -> bool:
+    """Whether an MLflow run (or None: no run) ended FINISHED: the one test of "this run is done"."""
+    return run is not None and run.info.status == "FINISHED"
+
+
+def finished_runs(c, scale: str, hashes: Iterable[str] | None = None) -> dict[str, Any]:
+    """The finished MLflow run of each of these content hashes that has one."""
+    return {h: run for h, run in runs_by_hash(c, scale, hashes).items() if finished(run)}
+
+
 def run_state(run) -> str:
     """finished / partial (started, not finished: killed, failed or still running) / missing."""
     if run is None:
         return "missing"
-    return "finished" if run.info.status == "FINISHED" else "partial"
+    return "finished" if finished(run) else "partial"
 
 
 def fetch_artifact(c, run_id: str, path: str, dst: Path) -> Path:
@@ -229,6 +282,14 @@ class RunLog:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry(self.c.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """`text` as the artifact `artifact_file` (e.g. failure/traceback.txt), no local file needed."""
+        retry(self.c.log_text, self.run_id, text, artifact_file)
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` is logged already (what a resumed run must not log again)."""
+        return {m.step for m in retry(self.c.get_metric_history, self.run_id, key)}
 
     def log_datasets(self, datasets: Iterable[tuple[Any, str]]) -> None:
         """(mlflow Dataset entity, context) pairs, e.g. "training" / "validation": the UI's Dataset column.

@@ -3,8 +3,8 @@
 Work is counted per model as forward FLOPs (for transformers from their shape, trainer.models.model_info,
 already known from validating the plan; for CNNs torch's FlopCounterMode on a meta-device model, nothing
 allocated): a training step is 3 forwards (forward and backward), evaluation and the teacher's pass 1,
-plus the manifold loss's relation maps. A cohort pays its teacher's pass once per part (`shared`), its
-students each their own steps (`own`), every process a set-up.
+plus the work each distillation method prices for its loss (`Method.flops`). A cohort pays its teacher's
+pass once per part (`shared`), its students each their own steps (`own`), every process a set-up.
 
 The price of a FLOP differs between models (small widths are overhead-bound on a CPU), so `calibrate`
 fits one rate per model (CPU-seconds per FLOP; a teacher's inference passes apart from its training) and
@@ -107,18 +107,18 @@ def images(spec) -> tuple[int, int]:
     return spec.data.train_subset or train, spec.data.val_subset or val
 
 
-def _maps_flops(spec) -> float:
-    """The manifold loss's relation maps per image, student and teacher: n x n, p x p and k x k Gram matrices."""
-    m = spec.distillation.manifold
-    if m is None:
-        return 0.0
+def loss_flops(spec) -> float:
+    """Forward FLOPs per training image of the run's distillation losses, each method pricing its own work
+    (trainer.methods: the manifold loss's relation maps, ViTKD's generation, the projections, ...)."""
+    from trainer import methods
     from trainer.models import model_info
 
+    if not methods.active(spec.distillation):
+        return 0.0
+
     s = model_info(spec.student.name, **spec.model_kwargs())
-    n, p, k = spec.recipe.batch_size, s.num_patches or 0, m.k
-    width = s.width * 2  # student and teacher maps, the teacher taken as wide as the student
-    per_batch = 2 * width * (p * n * n + n * p * p + k * k)  # per block: L_ci, L_cp, L_rs
-    return len(m.student_blocks) * per_batch / max(1, n)
+    t = model_info(spec.teacher.name, **spec.teacher_kwargs()) if spec.teacher is not None else None
+    return methods.loss_flops(spec, s, t)
 
 
 def epoch_work(spec) -> tuple[dict[str, float], dict[str, float]]:
@@ -127,7 +127,7 @@ def epoch_work(spec) -> tuple[dict[str, float], dict[str, float]]:
     n_train, n_val = images(spec)
     s_key = model_key(spec.student.name, spec.model_kwargs())
     f_s = forward_flops(spec.student.name, spec.model_kwargs(), spec.data.in_chans, spec.data.img_size)
-    own = {s_key: n_train * (TRAIN * f_s + TRAIN * _maps_flops(spec)) + n_val * f_s}
+    own = {s_key: n_train * (TRAIN * f_s + TRAIN * loss_flops(spec)) + n_val * f_s}
     shared = {}
     if spec.teacher is not None:
         shared[teacher_key(spec)] = n_train * forward_flops(

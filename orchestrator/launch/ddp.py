@@ -17,6 +17,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from orchestrator.launch.worker import run_item
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -33,7 +35,6 @@ def _rank_main(rank: int, world_size: int, port: int, payload: dict, kwargs: dic
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    from orchestrator.launch.items import run_item
     from trainer.distributed import shutdown
 
     try:
@@ -55,8 +56,6 @@ def run_item_ddp(
     timeout_s: float | None = None,
 ) -> dict[str, str]:
     """Train one item with `world_size` DDP processes; {hash: outcome} as `run_item` returns it."""
-    from orchestrator.launch.items import run_item
-
     kwargs: dict[str, Any] = dict(work=work, tracking_uri=tracking_uri, threads=threads)
     if world_size <= 1:
         return run_item(payload, callbacks=tuple(callbacks), **kwargs)

@@ -5,14 +5,14 @@ to train: members with their own cost and a `shared` cost paid once per part it 
 teacher's forward for every batch, the process set-up), so cutting a cohort in two costs one more
 teacher pass and is worth it only when it keeps a worker from idling.
 
-`plan` is list scheduling (Graham) with HEFT-style priorities: whenever a worker frees, the ready job
+`place` is list scheduling (Graham) with HEFT-style priorities: whenever a worker frees, the ready job
 with the longest remaining path below it starts there (a teacher whose students carry the most work
-first; for jobs with nothing below them, longest first). Before placing a job, `plan` tries cutting it
+first; for jobs with nothing below them, longest first). Before placing a job, `place` tries cutting it
 over the 1..k workers that free first, members assigned longest-first to the part that ends first (LPT),
 and keeps the cut whose whole remaining schedule (simulated once more, one level less deep) ends
-soonest, the fewest parts on ties. The local launcher replans whenever an item ends, so the same logic
-cuts a cohort over the workers that are free when its teacher finishes; the makespan of the plan is the
-grid's ETA.
+soonest, the fewest parts on ties. The local launcher places again whenever an item ends, so the same logic
+cuts a cohort over the workers that are free when its teacher finishes; the makespan of the placement is
+the grid's ETA.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Job:
 class Placement:
     job: str
     members: tuple[str, ...]
-    worker: int  # index into the `free_at` given to `plan`
+    worker: int  # index into the `free_at` given to `place`
     start: float
     end: float
 
@@ -90,22 +90,22 @@ def lpt(members: Sequence[tuple[str, float]], starts: Sequence[float], shared: f
     return [(i, p) for i, p in enumerate(parts) if p]
 
 
-def plan(
+def place(
     jobs: Sequence[Job], free_at: Sequence[float], done: Mapping[str, float] | None = None, *, lookahead: int = 1
 ) -> list[Placement]:
     """Place every job on the workers (free from `free_at`); `done` gives the end time of jobs not in
     `jobs` that others need (running ones; deps found in neither are taken as finished at time 0)."""
     if not free_at:
-        raise ValueError("plan needs at least one worker")
+        raise ValueError("place needs at least one worker")
     prio = priorities(jobs, len(free_at))
-    return _plan(list(jobs), list(free_at), dict(done or {}), prio, lookahead)
+    return _place(list(jobs), list(free_at), dict(done or {}), prio, lookahead)
 
 
 def makespan(placements: Sequence[Placement], free_at: Sequence[float] = (0.0,)) -> float:
     return max([p.end for p in placements] + list(free_at))
 
 
-def _plan(
+def _place(
     jobs: list[Job], free: list[float], done: dict[str, float], prio: dict[str, float], lookahead: int
 ) -> list[Placement]:
     ids = {j.id for j in jobs}
@@ -132,7 +132,7 @@ def _plan(
             score = 0.0
             if len(cuts) > 1:  # judge a cut by when everything left would end, placed without cuts
                 rest_done = dict(done, **{job.id: max(p.end for p in parts)})
-                score = makespan(_plan(todo, trial_free, rest_done, prio, lookahead - 1), trial_free)
+                score = makespan(_place(todo, trial_free, rest_done, prio, lookahead - 1), trial_free)
             key = (round(score, 6), len(parts))
             if best is None or key < best[0]:
                 best = (key, parts, trial_free)

@@ -1,13 +1,10 @@
 """The launchers' live view: one row per run with its state, epoch, accuracy and ETA.
 
-Fed by events, plain tuples that cross process boundaries as they are:
-  ("start", hash, start_epoch, steps, epochs)     ("progress", hash, epoch, step, metrics)
-  ("epoch", hash, epoch, metrics)                 ("end", hash, status, reason)
-plus `set_state` from the launcher (queued, running, submitted, blocked, skipped, ...).
-On a terminal it is a rich Live table; elsewhere (CI logs, a detached launch) it prints one line per
-state change and per epoch. The launcher also gives it the grid's ETA (`set_eta`, from the scheduler's
-estimates, launch/planner.py): in the table's title, and as a line of its own in a log whenever the
-estimate is renewed (an item ended).
+Fed by the training processes' events (launch/events.py) and by the launcher's outcomes (`set_state`:
+queued, running, submitted, blocked, skipped, ...). On a terminal it is a rich Live table; elsewhere (CI
+logs, a detached launch) it prints one line per state change and per epoch. The launcher also gives it the
+grid's ETA (`set_eta`, from the scheduler's estimates): in the table's title, and as a line of its own in a
+log whenever the estimate is renewed (an item ended).
 """
 
 from __future__ import annotations
@@ -19,7 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.launch.items import kind
+from orchestrator.launch.events import EpochEnded, RunEnded, RunEvent, RunProgress, RunStarted
+from orchestrator.launch.outcome import Outcome
 
 STYLE = {
     "queued": "dim",
@@ -172,67 +170,40 @@ class RunView:
         )
         return min(1.0, done / len(rows))
 
-    def set_state(self, h: str, outcome: str, quiet: bool = False) -> None:
+    def set_state(self, h: str, outcome: Outcome, quiet: bool = False) -> None:
         r = self.rows.get(h)
-        if r is None:
+        if r is None or (r.state, r.detail) == (outcome.kind, outcome.detail):
             return
-        k = kind(outcome)
-        detail = outcome.split(":", 1)[1].strip() if ":" in outcome else ""
-        if (r.state, r.detail) == (k, detail):
-            return
-        r.state, r.detail = k, detail
-        if k in ("finished", "skipped"):
+        r.state, r.detail = outcome.kind, outcome.detail
+        if outcome.kind in ("finished", "skipped"):
             r.step, r.epoch = 0, r.epochs
         if not quiet:
-            self._line(h, outcome)
+            self._line(h, str(outcome))
 
-    def handle(self, event: tuple) -> None:
-        what, h = event[0], event[1]
-        r = self.rows.get(h)
+    def handle(self, event: RunEvent) -> None:
+        r = self.rows.get(event.run)
         if r is None:
             return
-        if what == "start":
-            _, _, start_epoch, steps, epochs = event
-            r.epoch, r.steps, r.epochs, r.step = start_epoch, steps, epochs, 0
-            self.set_state(h, "running", quiet=True)
-            self._line(h, f"running from epoch {start_epoch}/{epochs}" + (" (resumed)" if start_epoch else ""))
-        elif what == "progress":
-            _, _, epoch, step, metrics = event
-            r.epoch, r.step = epoch, step
-            r.loss = metrics.get("loss", r.loss)
-            r.step_time = metrics.get("step_time_s", r.step_time)
-        elif what == "epoch":
-            _, _, epoch, metrics = event
-            r.epoch, r.step = epoch + 1, 0
-            r.top1 = metrics.get("val.top1", r.top1)
-            r.best = metrics.get("val.best_top1", r.best)
-            r.loss = metrics.get("train.loss", r.loss)
-            r.eval_time = metrics.get("eval_time_s", r.eval_time)
-            self._line(
-                h,
-                f"epoch {r.epoch}/{r.epochs} top1 {r.top1:.2f} loss {r.loss:.3f}"
-                if r.top1 is not None and r.loss is not None
-                else f"epoch {r.epoch}/{r.epochs}",
-            )
-        elif what == "end":
-            _, _, status, reason = event
-            self.set_state(h, status if not reason else f"{status}: {reason}")
+        if isinstance(event, RunStarted):
+            r.epoch, r.steps, r.epochs, r.step = event.start_epoch, event.steps, event.epochs, 0
+            self.set_state(event.run, Outcome("running"), quiet=True)
+            resumed = " (resumed)" if event.start_epoch else ""
+            self._line(event.run, f"running from epoch {event.start_epoch}/{event.epochs}{resumed}")
+        elif isinstance(event, RunProgress):
+            r.epoch, r.step = event.epoch, event.step
+            r.loss = event.metrics.get("loss", r.loss)
+            r.step_time = event.metrics.get("step_time_s", r.step_time)
+        elif isinstance(event, EpochEnded):
+            self._epoch(event.run, r, event)
+        elif isinstance(event, RunEnded):
+            self.set_state(event.run, event.outcome)
 
-
-class QueueCallback:
-    """An engine callback (trainer.engine.Callback) that forwards its events as view tuples to a queue."""
-
-    def __init__(self, queue):
-        self.queue = queue
-
-    def on_start(self, run_hash, spec, start_epoch, steps) -> None:
-        self.queue.put(("start", run_hash, start_epoch, steps, spec.recipe.epochs))
-
-    def on_progress(self, run_hash, epoch, step, metrics) -> None:
-        self.queue.put(("progress", run_hash, epoch, step, dict(metrics)))
-
-    def on_epoch(self, run_hash, epoch, metrics) -> None:
-        self.queue.put(("epoch", run_hash, epoch, dict(metrics)))
-
-    def on_end(self, run_hash, status, reason) -> None:
-        self.queue.put(("end", run_hash, status, reason))
+    def _epoch(self, h: str, r: Row, event: EpochEnded) -> None:
+        m = event.metrics
+        r.epoch, r.step = event.epoch + 1, 0
+        r.top1, r.best = m.get("val.top1", r.top1), m.get("val.best_top1", r.best)
+        r.loss, r.eval_time = m.get("train.loss", r.loss), m.get("eval_time_s", r.eval_time)
+        if r.top1 is not None and r.loss is not None:
+            self._line(h, f"epoch {r.epoch}/{r.epochs} top1 {r.top1:.2f} loss {r.loss:.3f}")
+        else:
+            self._line(h, f"epoch {r.epoch}/{r.epochs}")

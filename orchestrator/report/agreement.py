@@ -139,10 +139,12 @@ def agreement_claim(
     test: str = "welch",
     level: float = claims_mod.stats.LEVEL,
     effect: float | None = None,
+    design: claims_mod.sequential.Design | None = None,
 ) -> claims_mod.ClaimResult:
     """The distilled student (class+distil.) agrees with the teacher on more images than the undistilled one,
     per student size; agreement = 100 x (1 - disagreement) per seed. DeiT: 0.102 vs 0.133 disagreement (B)."""
     text = "The distilled student agrees more with the teacher than the undistilled one (DeiT's agreement table)"
+    design = design or claims_mod.sequential.Design(level=level)
     comps = []
     for a in agreements:
         dist = {
@@ -160,13 +162,12 @@ def agreement_claim(
                 effect=effect,
                 labels=(f"{a.student} DeiT⚗ agreement %", f"{a.student} no distillation agreement %"),
                 rows=a.row_refs,
+                design=design,
             )
         )
     if not comps:
         return claims_mod.ClaimResult("DeiT-agree", "deit", text, claims_mod.INCOMPLETE)
-    return claims_mod.ClaimResult(
-        "DeiT-agree", "deit", text, claims_mod.verdict([c.outcome for c in comps]), comps, effect=effect
-    )
+    return claims_mod.claim_result("DeiT-agree", "deit", text, comps, design, effect=effect)
 
 
 def markdown_lines(agreements: list[Agreement]) -> list[str]:

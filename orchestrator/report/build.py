@@ -6,16 +6,20 @@ from __future__ import annotations
 import shlex
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.grid import TABLE_IDS, load_recipes
+from orchestrator.grid.sources import Sources, load_sources
 from orchestrator.report import claims as claims_mod
-from orchestrator.report import figure
+from orchestrator.report import figure, sequential
 from orchestrator.report import protocol as protocol_mod
 from orchestrator.report.collect import Collected, collect
 from orchestrator.report.tables import TableModel, build_tables
 from trainer.tracking import default_uri
+
+COMPARABLE, ANALOG, NOTHING_YET = "Comparable with the paper", "Analog numbers", "Nothing to compare yet"
 
 
 @dataclass
@@ -33,11 +37,17 @@ class Report:
     scale_note: str
     comparable: bool  # the paper's own setting: absolute numbers compare with the paper's
     error: str | None = None
+    banner: str = ""  # the banner's label (unset: from `comparable`); NOTHING_YET while no run has finished
+    protocol_sources: str = ""  # the reference protocols' values and their sources, under the banner
     generated: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     png: bytes | None = None  # Figure 4, once drawn
     test: str = "welch"  # how claims are decided (claims.basis)
     level: float = claims_mod.stats.LEVEL
+    design: sequential.Design = field(default_factory=sequential.Design)  # the looks claims are decided at
     agreements: list = field(default_factory=list)  # DeiT's teacher-agreement matrices (report/agreement.py)
+
+    def __post_init__(self) -> None:
+        self.banner = self.banner or (COMPARABLE if self.comparable else ANALOG)
 
     @property
     def total(self) -> int:
@@ -83,15 +93,15 @@ def reproduce_command(plan: Any, tracking_uri: str | None = None, overrides: tup
     return shlex.join(args)
 
 
-def describe_scale(plan: Any, protocols: list[dict[str, str]] | None = None) -> tuple[str, bool]:
-    """(a sentence on what the numbers are, whether they compare with the paper's directly).
+def describe_scale(plan: Any, protocols: Mapping[str, list[dict[str, str]]] | None = None) -> tuple[str, bool, str]:
+    """(a sentence on what the numbers are, whether they compare with the paper's directly, the banner's label).
 
-    With `protocols` (what the finished student runs logged as `protocol.*`), comparability is decided by
-    them against the paper's protocol (report/protocol.py) and every deviation is listed; without, by the
-    scale alone (a plan with nothing trained yet)."""
+    `protocols`: what the finished student runs logged as `protocol.*`, by the reference each is held to
+    (report/protocol.py); comparability is decided by them and every deviation is listed. With no finished
+    run, nothing can be compared yet, whatever the scale promises."""
     students = [r.spec for r in plan.runs if r.role == "student"] or [r.spec for r in plan.runs]
     if not students:
-        return f"Scale '{plan.scale}'.", plan.scale == "paper"
+        return f"Scale '{plan.scale}'.", False, NOTHING_YET
     d, epochs = students[0].data, sorted({s.recipe.epochs for s in students})
     models = sorted({s.student.name for s in students} | {s.teacher.name for s in students if s.teacher})
     dataset = {"imagenet": "ImageNet-1k", "fashion_mnist": "Fashion-MNIST"}.get(d.dataset, d.dataset)
@@ -102,19 +112,39 @@ def describe_scale(plan: Any, protocols: list[dict[str, str]] | None = None) -> 
         f"{dataset} ({d.img_size}×{d.img_size}, {d.num_classes} classes{subset}), {ep} epochs, "
         f"models: {', '.join(models)}"
     )
-    comparable = plan.scale == "paper" and d.dataset == "imagenet" and not d.train_subset
-    deviations = ""
-    if protocols:
-        comparable, deviations = protocol_mod.banner(protocols)
-        deviations = " " + deviations
+    if not protocols or not any(protocols.values()):
+        return (
+            f"Scale '{plan.scale}': {setting}. No student run of this grid has finished yet: nothing can be "
+            "compared with the paper's numbers, whatever the scale.",
+            False,
+            NOTHING_YET,
+        )
+    comparable, deviations = protocol_mod.banner_by_reference(protocols)
+    deviations = " " + deviations
     if comparable:
-        return f"Scale '{plan.scale}': the paper's setting — {setting}.{deviations}", True
+        return f"Scale '{plan.scale}': the paper's setting — {setting}.{deviations}", True, COMPARABLE
     analog = "CPU analogs of the paper's models" if any(m.startswith("analog_") for m in models) else "models"
     return (
-        f"Scale '{plan.scale}': {analog} on {setting}. These accuracies are NOT comparable with the "
-        f"paper's ImageNet numbers; what carries over is the ORDERING of rows within a table and the sign "
-        f"of the differences between rows (see the rank column and the claims).{deviations}"
-    ), False
+        (
+            f"Scale '{plan.scale}': {analog} on {setting}. These accuracies are NOT comparable with the "
+            f"paper's ImageNet numbers; what carries over is the ORDERING of rows within a table and the sign "
+            f"of the differences between rows (see the rank column and the claims).{deviations}"
+        ),
+        False,
+        ANALOG,
+    )
+
+
+def reference_of(plan: Any, run: Any, sources: Sources) -> str:
+    """The reference protocol a student run is held to: its first row's table's, or its recipe's."""
+    from orchestrator.plan.specs import uses_recipe
+
+    use = run.uses[0] if run.uses else None
+    if use is None:
+        return "deit"
+    row = plan.table(use.table).rows[use.index]
+    proto = sources.protocol_of(use.table, uses_recipe(row.method), plan.recipe)
+    return proto if proto in protocol_mod.REFERENCES else "deit"
 
 
 def build_report(
@@ -126,9 +156,12 @@ def build_report(
     test: str = "welch",
     level: float = claims_mod.stats.LEVEL,
     effect: float | None = None,
+    max_seeds: int = sequential.MAX_SEEDS,
 ) -> Report:
     """Everything the renderers show. `overrides`: the `--set` options the plan was made with (they go
-    into the `kdgrid reproduce` hint)."""
+    into the `kdgrid reproduce` hint). The claims are decided by the sequential design that the grid's
+    `--seeds` and `--max-seeds` fix before any result is seen (its looks), at `level`."""
+    design = sequential.design_for(plan.seeds, max_seeds, level)
     hashes = {r.hash: r.spec.recipe.epochs for r in plan.runs}
     fig_hashes = [
         p.hash
@@ -139,27 +172,28 @@ def build_report(
     ]
     if collected is None:
         collected = collect(plan.scale, tracking_uri, hashes, histories=fig_hashes)
-    models = build_tables(plan, collected.get)
+    sources = load_sources()
+    models = build_tables(plan, collected.get, sources=sources)
     tables = [m for m in models if m.table != "fig4"]
     fig4 = next((m for m in models if m.table == "fig4"), None)
     curves = figure.build_curves(fig4) if fig4 is not None else {}
-    claims = claims_mod.check_all(tables, test=test, level=level, effect=effect)
+    claims = claims_mod.check_all(tables, test=test, level=level, effect=effect, design=design)
     if fig4 is not None:
-        claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect))
+        claims.append(claims_mod.figure4_claim(curves, fig4, test=test, level=level, effect=effect, design=design))
     agreements = []
     deit = next((t for t in tables if t.table == "deit"), None)
     if deit is not None and not collected.error:
         from orchestrator.report import agreement
 
         agreements = agreement.build(deit, tracking_uri)
-        claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect))
+        claims.append(agreement.agreement_claim(agreements, test=test, level=level, effect=effect, design=design))
     counts = Counter(collected.get(h).status for h in hashes)
-    protocols = [
-        collected.get(r.hash).protocol
-        for r in plan.runs
-        if r.role == "student" and collected.get(r.hash).status == "finished"
-    ]
-    note, comparable = describe_scale(plan, protocols or None)
+    protocols: dict[str, list[dict[str, str]]] = {}
+    for r in plan.students:
+        if collected.get(r.hash).status == "finished":
+            protocols.setdefault(reference_of(plan, r, sources), []).append(collected.get(r.hash).protocol)
+    note, comparable, label = describe_scale(plan, protocols)
+    references = {reference_of(plan, r, sources) for r in plan.students} or {"deit"}
     explicit_uri = tracking_uri if tracking_uri != default_uri() else None  # the hint names a store only if needed
     return Report(
         scale=plan.scale,
@@ -174,8 +208,11 @@ def build_report(
         command=reproduce_command(plan, explicit_uri, tuple(overrides)),
         scale_note=note,
         comparable=comparable,
+        banner=label,
+        protocol_sources=protocol_mod.sources_line(k for k in protocol_mod.REFERENCES if k in references),
         error=collected.error,
         test=test,
         level=level,
+        design=design,
         agreements=agreements,
     )

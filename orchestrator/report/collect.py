@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trainer import tracking
@@ -70,15 +69,8 @@ class Collected:
 def store_absent(uri: str) -> bool:
     """A local store (SQLite file, file: folder, bare path) that does not exist yet: empty, and reading it
     must not create it."""
-    if uri.startswith("sqlite:///"):
-        local = uri[len("sqlite:///") :]
-    elif uri.startswith("file:"):
-        local = uri[len("file:") :].removeprefix("//")
-    elif "://" not in uri:
-        local = uri
-    else:
-        return False
-    return not Path(local).exists()
+    path = tracking.parse_uri(uri).path
+    return path is not None and not path.exists()
 
 
 def _int(v: Any) -> int | None:

@@ -1,4 +1,4 @@
-"""`kdgrid report --recipe all` (or `--recipe paper-mean,released,paper-sum`): the recipes side by side.
+"""The recipes side by side (`kdgrid report --recipe all`, or `--recipe paper-mean,released,paper-sum`).
 
 One Markdown document: the claims of every recipe in one table (verdict, seeds used and needed), every
 table's rows with one column per recipe (final top-1 over seeds, the paper's Acc1 beside it), then each
@@ -8,9 +8,6 @@ the same MLflow runs: trained once, shown in every section.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 from orchestrator.report.build import Report
 from orchestrator.report.claims import INCOMPLETE, row_label
@@ -129,45 +126,3 @@ def markdown(reports: dict[str, Report], figures: dict[str, str] | None = None) 
             out.append("#" + line if line.startswith("#") else line)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
-
-
-def cmd_report_recipes(args, names: list[str], uri: str) -> int:
-    from orchestrator.report import _plan
-    from orchestrator.report.build import build_report
-
-    if args.format != "md":
-        print(
-            f"error: --format {args.format}: several recipes are reported side by side in Markdown only "
-            "(report one recipe at a time for LaTeX or HTML)",
-            file=sys.stderr,
-        )
-        return 2
-    reports = {}
-    for n in names:
-        plan = _plan(args, n, uri)
-        reports[n] = build_report(plan, uri, tuple(args.overrides), test=args.test, level=args.level)
-        if reports[n].error:
-            print(f"error: the MLflow store at {uri} could not be read: {reports[n].error}", file=sys.stderr)
-            return 1
-    figures = {}
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for n, r in reports.items():
-            png = r.figure_png()
-            if png:
-                (out / f"figure4-{n}.png").write_bytes(png)
-                figures[n] = f"figure4-{n}.png"
-        path = out / "report.md"
-        path.write_text(markdown(reports, figures), encoding="utf-8")
-        print(f"md: {path}")
-    else:
-        sys.stdout.write(markdown(reports))
-    missing = {n: r for n, r in reports.items() if not r.complete}
-    for n, r in missing.items():
-        print(
-            f"recipe {n}: {r.total - r.counts.get('finished', 0)} of {r.total} planned runs have no final result "
-            f"yet; to train them:\n  {r.command}",
-            file=sys.stderr if not args.out else sys.stdout,
-        )
-    return 0

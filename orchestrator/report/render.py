@@ -15,7 +15,7 @@ from orchestrator.report.tables import RowModel, TableModel
 
 
 def claim_basis(report: Report) -> str:
-    return claims_basis(report.test, report.level)
+    return claims_basis(report.test, report.level, design=report.design)
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Grid:
     rows: list[list[str]]
     classes: list[list[str]]  # per cell: "" (the paper's text), "num", "state" (no number: why) or "runs"
     notes: list[str]  # per-seed states of rows that are not complete
+    sources: list[str]  # which reference the Acc1 and Δ columns use, where the teachers' numbers come from
 
 
 def acc_cell(r: RowModel) -> tuple[str, str]:
@@ -34,31 +35,39 @@ def acc_cell(r: RowModel) -> tuple[str, str]:
     return r.last.fmt() + mark, r.best.fmt() + mark if r.best else ""
 
 
+TEACHER_HEADERS = ["Teacher Acc1 (paper)", "Teacher Acc1 (weights)", "Teacher Acc1 (measured)"]
+
+
 def grid(t: TableModel) -> Grid:
     headers = [h for h, _ in t.columns]
     teacher_at = None
     if t.has_teacher_acc:
         fields = [f for _, f in t.columns]
         teacher_at = fields.index("teacher") + 1 if "teacher" in fields else 1
-        headers[teacher_at:teacher_at] = ["Teacher Acc1 (paper)", "Teacher Acc1 (grid)"]
-    headers += ["Acc1 (paper)", "Acc1 last", "Acc1 best", "Δ last − paper", "rank grid / paper", "seeds", "runs"]
+        headers[teacher_at:teacher_at] = TEACHER_HEADERS
+    refs = ["Acc1 (reference)"] if t.has_reference else []
+    delta = "Δ last − reference" if t.has_reference else "Δ last − paper"
+    headers += ["Acc1 (paper)", *refs, "Acc1 last", "Acc1 best", delta, "rank grid / paper", "seeds", "runs"]
+    tail = 7 + len(refs)  # the cells after the paper's own columns
     rows, classes, notes = [], [], []
     for i, r in enumerate(t.rows, 1):
         cells = [r.cells.get(f, "") for _, f in t.columns]
         if teacher_at is not None:
             grid_t = r.teacher_grid.fmt(1) if r.teacher_grid else (r.teacher_note or "missing")
             paper_t = f"{r.teacher_paper:.1f}" if r.teacher_paper is not None else ""
-            cells[teacher_at:teacher_at] = [paper_t, grid_t]
+            weights_t = f"{r.teacher_expected:.2f}" if r.teacher_expected is not None else ""
+            cells[teacher_at:teacher_at] = [paper_t, weights_t, grid_t]
         last, best = acc_cell(r)
         delta = f"{r.delta:+.2f}" if r.delta is not None else ""
         rank = f"{r.rank_grid} / {r.rank_paper}" if r.rank_grid is not None else ""
         paper = f"{r.paper_acc1:.2f}" if r.paper_acc1 is not None else ""
+        reference = [f"{r.reference_acc1:.2f}" if r.reference_acc1 is not None else ""] if refs else []
         runs = ", ".join(r.run_ids)
-        cells += [paper, last, best, delta, rank, f"{r.seeds_done}/{len(r.runs)}", runs]
+        cells += [paper, *reference, last, best, delta, rank, f"{r.seeds_done}/{len(r.runs)}", runs]
         rows.append(cells)
-        numeric = set(range(len(cells) - 7, len(cells) - 1))
+        numeric = set(range(len(cells) - tail, len(cells) - 1))
         if teacher_at is not None:
-            numeric |= {teacher_at, teacher_at + 1}
+            numeric |= {teacher_at, teacher_at + 1, teacher_at + 2}
         classes.append(
             [
                 "runs"
@@ -75,7 +84,13 @@ def grid(t: TableModel) -> Grid:
             notes.append(f"* row {i}: mean over {r.seeds_done} of {len(r.runs)} seeds; " + "; ".join(r.notes))
         elif r.notes != r.short_notes:  # the reasons runs failed, which the cell leaves out
             notes.append(f"row {i}: " + "; ".join(r.notes))
-    return Grid(headers, rows, classes, notes)
+    sources = [t.reference_line()]
+    if teacher_at is not None:
+        sources.append(
+            "Teacher Acc1: (paper) as the paper prints it; (weights) the top-1 timm measured for the hub weights "
+            f"loaded ({t.teacher_weights or 'not recorded'}); (measured) this grid's, on its own validation images."
+        )
+    return Grid(headers, rows, classes, notes, sources)
 
 
 def curve_lines(report: Report) -> list[str]:
@@ -123,7 +138,9 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
         f"{report.seeds} seed{'s' if report.seeds != 1 else ''}",
         "",
     ]
-    out += [f"> **{'Comparable with the paper' if report.comparable else 'Analog numbers'}.** {report.scale_note}", ""]
+    out += [f"> **{report.banner}.** {report.scale_note}", ""]
+    if report.protocol_sources:
+        out += [f"*Reference protocols and their sources.* {report.protocol_sources}", ""]
     out += [f"MLflow store: `{report.uri}` · generated {report.generated}", "", f"**{report.summary()}.**", ""]
     if report.error:
         out += [f"**The store could not be read:** {report.error}", ""]
@@ -138,9 +155,8 @@ def markdown(report: Report, figure_path: str | None = None) -> str:
         out.append("|" + "|".join("---" for _ in g.headers) + "|")
         out += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in g.rows]
         out.append("")
-        out += [n + "  " for n in g.notes]
-        if g.notes:
-            out.append("")
+        out += [n + "  " for n in g.notes + g.sources]
+        out.append("")
     if report.fig4 is not None:
         out += [f"## {report.fig4.heading}", ""]
         if figure_path:
@@ -218,8 +234,10 @@ def latex(report: Report, figure_path: str | None = None) -> str:
         r"\begin{document}",
         rf"\section*{{kdgrid report --- scale \texttt{{{tex(report.scale)}}}, recipe "
         rf"\texttt{{{tex(report.recipe)}}}, {report.seeds} seed{'s' if report.seeds != 1 else ''}}}",
-        rf"\noindent\textbf{{{'Comparable with the paper' if report.comparable else 'Analog numbers'}.}} "
-        f"{tex(report.scale_note)}\\par\\medskip",
+        rf"\noindent\textbf{{{tex(report.banner)}.}} {tex(report.scale_note)}\par\medskip",
+        rf"\noindent\emph{{Reference protocols and their sources.}} {tex(report.protocol_sources)}\par\medskip"
+        if report.protocol_sources
+        else "",
         rf"\noindent\raggedright MLflow store: {tex_tt(report.uri)}, generated {tex(report.generated)}. "
         f"{tex(report.summary())}.\\par",
     ]
@@ -239,8 +257,8 @@ def latex(report: Report, figure_path: str | None = None) -> str:
         ]
         out += [" & ".join(tex(c) for c in row) + r" \\" for row in g.rows]
         out += [r"\bottomrule", r"\end{tabular}}"]
-        if g.notes:
-            out += [r"\par\smallskip\raggedright " + r"\\ ".join(tex(n) for n in g.notes)]
+        if g.notes or g.sources:
+            out += [r"\par\smallskip\raggedright " + r"\\ ".join(tex(n) for n in g.notes + g.sources)]
         out.append(r"\end{table}")
     if report.fig4 is not None:
         out.append(r"\begin{figure}[htbp]\centering")
@@ -268,6 +286,7 @@ def latex(report: Report, figure_path: str | None = None) -> str:
 
 
 # ---- HTML ----------------------------------------------------------------------------------------
+# A Jinja template: its line breaks are the page's, so long lines stay whole (the noqa at its end).
 _HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>kdgrid report — {{ r.scale }}</title>
@@ -291,7 +310,8 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 </style></head>
 <body>
 <h1>kdgrid report — scale <code>{{ r.scale }}</code>, recipe <code>{{ r.recipe }}</code>, {{ r.seeds }} seed{{ 's' if r.seeds != 1 }}</h1>
-<div class="banner {{ 'paper' if r.comparable else 'analog' }}"><strong>{{ 'Comparable with the paper.' if r.comparable else 'Analog numbers.' }}</strong> {{ r.scale_note }}</div>
+<div class="banner {{ 'paper' if r.comparable else 'analog' }}"><strong>{{ r.banner }}.</strong> {{ r.scale_note }}</div>
+{% if r.protocol_sources %}<p class="meta"><em>Reference protocols and their sources.</em> {{ r.protocol_sources }}</p>{% endif %}
 <p class="meta">MLflow store: <code>{{ r.uri }}</code> · generated {{ r.generated }} · <strong>{{ r.summary() }}</strong></p>
 {% if r.error %}<p class="banner analog"><strong>The store could not be read:</strong> {{ r.error }}</p>{% endif %}
 {% if not r.complete %}<p>To train what is missing (finished runs are skipped):</p><pre>{{ r.command }}</pre>{% endif %}
@@ -303,7 +323,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 <tbody>
 {% for row, cls in zip(g.rows, g.classes) %}<tr>{% for c, k in zip(row, cls) %}<td{% if k %} class="{{ k }}"{% endif %}>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
-{% if g.notes %}<div class="notes">{% for n in g.notes %}{{ n }}<br>{% endfor %}</div>{% endif %}
+{% if g.notes or g.sources %}<div class="notes">{% for n in g.notes + g.sources %}{{ n }}<br>{% endfor %}</div>{% endif %}
 {% endfor %}
 {% if r.fig4 is not none %}
 <h2 id="figure-4">{{ r.fig4.heading }}</h2>
@@ -328,7 +348,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 {% endfor %}
 {% endif %}
 </body></html>
-"""
+"""  # noqa: E501
 
 
 def html(report: Report) -> str:

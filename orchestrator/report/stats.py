@@ -1,4 +1,8 @@
-"""Pure: the test that decides a comparison of two table rows over seeds, and how many seeds it needs.
+"""Pure: the fixed-sample test of a comparison of two table rows over seeds, and how many seeds it needs.
+
+The report's claims are decided by the group-sequential design of sequential.py (this test, re-run after
+every round of added seeds, does not hold its level); this one is a single test at a fixed n (the tune
+report's comparison, benchmarks/bench_claims.py's copy of the old --resolve).
 
 A comparison is "A beats B" (or "A is close to B") on the final-epoch top-1 of each seed. The test gives
 the mean difference A - B and its confidence interval at `level` (95% by default):

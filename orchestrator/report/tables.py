@@ -1,8 +1,11 @@
 """Pure: the plan's table definitions + per-run results -> table models, row by row.
 
 Each row keeps the paper's printed cells and Acc1 beside this grid's numbers over its seeds: the
-final-epoch (`last_top1`) and best-epoch (`best_top1`) top-1 as mean ± sample std, the difference to the
-paper, how many seeds finished, the run ids, and, where a seed has no number yet, what it is doing instead.
+final-epoch (`last_top1`) and best-epoch (`best_top1`) top-1 as mean ± sample std, the difference to its
+reference (the paper's Acc1, or the recipe's own where experiments/sources.yaml gives one: the released
+code's README for `--recipe released`), how many seeds finished, the run ids, and, where a seed has no number
+yet, what it is doing instead. A teacher column shows the paper's number, the top-1 expected of the weights
+loaded (timm's results) and the grid's measurement.
 """
 
 from __future__ import annotations
@@ -61,18 +64,25 @@ class RowModel:
     notes: list[str] = field(default_factory=list)  # "seed 1: running (epoch 3/10)", ...
     short_notes: list[str] = field(default_factory=list)  # the same without failure reasons
     teacher_paper: float | None = None  # Table 2
-    teacher_grid: Stat | None = None
+    teacher_grid: Stat | None = None  # measured by this grid
     teacher_note: str | None = None
+    teacher_expected: float | None = None  # timm's top-1 of the hub weights loaded (experiments/sources.yaml)
+    reference: Reference | None = None  # the recipe's own reference where it is not the paper's
     curve: str | None = None  # Figure 4: none | hard | manifold
     head: str | None = None  # the head of a distilled student this row reads (DeiT's Table 5): cls | dist | avg
     rank_grid: int | None = None  # within rows of the same student (1 = highest)
     rank_paper: int | None = None
 
     @property
+    def reference_acc1(self) -> float | None:
+        """What the row is judged against: its recipe's reference, else the paper's Acc1."""
+        return self.reference.acc1 if self.reference is not None else self.paper_acc1
+
+    @property
     def delta(self) -> float | None:
-        if self.last is None or self.paper_acc1 is None:
+        if self.last is None or self.reference_acc1 is None:
             return None
-        return self.last.mean - self.paper_acc1
+        return self.last.mean - self.reference_acc1
 
     @property
     def seeds_done(self) -> int:
@@ -112,6 +122,8 @@ class TableModel:
     caption: str
     columns: list[tuple[str, str]]  # (header, field): the paper's printed columns except Acc1
     rows: list[RowModel]
+    source: str = ""  # where the printed Acc1 comes from (the table's `source`; Jia et al. when unset)
+    teacher_weights: str = ""  # where the teachers' expected top-1 comes from
 
     @property
     def label(self) -> str:
@@ -127,6 +139,26 @@ class TableModel:
     @property
     def has_teacher_acc(self) -> bool:
         return any(r.teacher_paper is not None or r.teacher_grid is not None for r in self.rows)
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether some row is judged against another number than the paper's."""
+        return any(r.reference is not None for r in self.rows)
+
+    def reference_line(self) -> str:
+        """Which reference the Acc1 and Δ columns use, and where it comes from."""
+        paper = f"Acc1 (paper): {self.source or 'Jia et al., arXiv 2107.01378v2'}"
+        refs = {}
+        for i, r in enumerate(self.rows, 1):
+            if r.reference is not None:
+                refs.setdefault((r.reference.acc1, r.reference.cited, r.reference.note), []).append(str(i))
+        if not refs:
+            return f"{paper}; Δ is against it."
+        others = "; ".join(
+            f"row{'s' if len(rows) > 1 else ''} {', '.join(rows)}: {acc:g}, {cited}" + (f" ({note})" if note else "")
+            for (acc, cited, note), rows in refs.items()
+        )
+        return f"{paper}. Acc1 (reference) and Δ: the paper's, except {others}."
 
     def row(self, **match: str) -> RowModel | None:
         """The first row whose printed cells contain each given text (case- and space-insensitive)."""
@@ -189,10 +221,26 @@ def _columns(table: Any) -> list[tuple[str, str, str | None]]:
     return [(_attr(c, "header"), _attr(c, "field"), _attr(c, "format")) for c in _attr(table, "columns", [])]
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A recipe's own reference for a row (experiments/sources.yaml `references`)."""
+
+    acc1: float
+    cited: str  # "huawei-noah/Efficient-Computing@6c74f9a5 Distillation/ManifoldKD README.md:55 (...)"
+    note: str = ""
+
+
 def build_table(
-    table: Any, row_runs: Callable[[int], Sequence[Any]], results: Callable[[str], RunResult], now: float | None = None
+    table: Any,
+    row_runs: Callable[[int], Sequence[Any]],
+    results: Callable[[str], RunResult],
+    now: float | None = None,
+    references: Callable[[str], Reference | None] | None = None,
+    expected: Callable[[str], float | None] | None = None,
 ) -> TableModel:
-    """One table model. `row_runs(i)`: the planned runs (one per seed) of row i; `results(hash)`."""
+    """One table model. `row_runs(i)`: the planned runs (one per seed) of row i; `results(hash)`;
+    `references(seed-0 hash)`: a row's own reference, where not the paper's; `expected(weights)`: the top-1
+    expected of a hub teacher's weights (timm name with its tag)."""
     cols = _columns(table)
     shown = [c for c in cols if c[1] not in ACC_FIELDS and c[1] not in TEACHER_ACC_FIELDS]
     teacher_field = next((f for _, f, _ in cols if f in TEACHER_ACC_FIELDS), None)
@@ -226,6 +274,9 @@ def build_table(
             t = _attr(row, teacher_field)
             m.teacher_paper = float(t) if t is not None else None
             m.teacher_grid, m.teacher_note = _teacher_acc(planned, runs, results)
+            m.teacher_expected = _expected(planned, expected)
+        if references is not None and planned:
+            m.reference = references(planned[0].hash)
         rows.append(m)
     _rank(rows)
     return TableModel(
@@ -234,7 +285,17 @@ def build_table(
         caption=str(_attr(table, "caption", "")),
         columns=[(h, f) for h, f, _ in shown],
         rows=rows,
+        source=str(_attr(table, "source", "") or ""),
     )
+
+
+def _expected(planned: Sequence[Any], expected: Callable[[str], float | None] | None) -> float | None:
+    """The top-1 expected of the row's teacher weights: timm's hub weights only (a file or a grid run has
+    no published number)."""
+    teacher = getattr(getattr(planned[0], "spec", None), "teacher", None) if planned else None
+    if expected is None or teacher is None or getattr(teacher, "source", None) != "hub":
+        return None
+    return expected(teacher.name)
 
 
 def _teacher_acc(
@@ -278,5 +339,30 @@ def _rank(rows: list[RowModel]) -> None:
                 setattr(r, attr, 1 + sum(value(o) > value(r) + 1e-9 for o in group))
 
 
-def build_tables(plan: Any, results: Callable[[str], RunResult], now: float | None = None) -> list[TableModel]:
-    return [build_table(t, lambda i, t=t: plan.row_runs(t.table, i), results, now) for t in plan.tables]
+def build_tables(
+    plan: Any, results: Callable[[str], RunResult], now: float | None = None, sources: Any = None
+) -> list[TableModel]:
+    """The plan's tables; with `sources` (orchestrator.grid.sources.Sources), each row's reference under the
+    plan's recipe and the teachers' expected top-1."""
+    references = expected = None
+    weights_cited = ""
+    if sources is not None:
+        by_hash = {
+            plan.row_keys[r.row]: Reference(r.acc1, sources.cite(r.source, r.at), r.note)
+            for r in sources.references
+            if r.recipe == plan.recipe and r.row in getattr(plan, "row_keys", {})
+        }
+        references = by_hash.get
+
+        def expected(name: str) -> float | None:
+            w = sources.weights.get(name)
+            return w.acc1 if w is not None else None
+
+        docs = {w.source for w in sources.weights.values()}
+        weights_cited = "; ".join(sources.cite(d) for d in sorted(docs))
+    out = []
+    for t in plan.tables:
+        m = build_table(t, lambda i, t=t: plan.row_runs(t.table, i), results, now, references, expected)
+        m.teacher_weights = weights_cited
+        out.append(m)
+    return out

@@ -166,7 +166,8 @@ def rerun(
     console,
     experiment: Path | None = None,
 ) -> None:
-    from orchestrator.launch import execute, summarize
+    from orchestrator.launch.execution import execute, summarize
+    from orchestrator.launch.options import LaunchOptions
     from orchestrator.tune.search import ensure_parent
 
     c = tracking.client(uri)
@@ -175,11 +176,9 @@ def rerun(
     console.print(
         f"re-running the top {top} configuration(s) and the paper's choice over {seeds} seed(s)", highlight=False
     )
-    outcomes, ctx, items = execute(
-        plan, launcher="local", work=work, tracking_uri=uri, workers=workers, console=console
-    )
-    if items:
-        summarize(outcomes, ctx, items)
+    launched = execute(plan, LaunchOptions(workdir=work, tracking_uri=uri, workers=workers), console)
+    if launched.items:
+        summarize(launched)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,7 +320,8 @@ def markdown(setup: Setup, runs: list[SearchRun], top: int, seeds: int, budget_n
         if g.role != "paper" and len(g.values) > 1 and len(paper.values) > 1:
             d = decide(g.values, paper.values)
             if d is not None:
-                cmp = f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] ({d.outcome.replace('supports', 'better').replace('contradicts', 'worse')})"
+                verdict = d.outcome.replace("supports", "better").replace("contradicts", "worse")
+                cmp = f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] ({verdict})"
         per = ", ".join(f"{g.values[k]:.2f}" for k in sorted(g.values))
         lines.append(f"| {name} | {config_label(g.config)} | {len(g.values)} | {_fmt(g.mean, g.std)} | {per} | {cmp} |")
     means = sorted([g for g in gs if g.mean is not None], key=lambda g: -g.mean)
@@ -363,7 +363,7 @@ def plot(setup: Setup, runs: list[SearchRun], dpi: int = 110) -> bytes:
         p = s.space[k]
         cats = [_value_cell(o) for o in p.options] if p.dist == "choice" else None
 
-        def x_of(v):
+        def x_of(v, cats=cats):
             return cats.index(_value_cell(v)) if cats is not None else v
 
         fin = [r for r in trials if r.status == "finished" and k in r.config]

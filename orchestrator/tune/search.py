@@ -5,7 +5,7 @@
   run with its content hash, its MLflow run (a child of the search's parent run, tagged `kdgrid.search`),
   its checkpoints and its resume. Two trials that resolve to the same spec are one run.
 - **Teacher first.** At the CPU scales the base row's teacher is a planned run: it is trained once, before
-  the search, through the ordinary launcher (orchestrator.launch.execute), and every trial loads it.
+  the search, through the ordinary launcher (orchestrator.launch.execution), and every trial loads it.
 - **Searcher.** Tune's BasicVariantGenerator (random sampling, seeded by the file's `random_state`): the
   pinned environment has neither optuna nor hyperopt, and the random searcher is what Tune ships itself;
   Tune saves and restores it with the experiment.
@@ -209,7 +209,7 @@ def mark_stopped(c, run_id: str, by: str, epoch: int) -> None:
     run = tracking.retry(c.get_run, run_id)
     if tracking.FAILURE in run.data.tags:  # the trial's own "SystemExit" from Tune's stop: not a failure
         tracking.retry(c.delete_tag, run_id, tracking.FAILURE)
-    if run.info.status != "FINISHED":
+    if not tracking.finished(run):
         tracking.retry(c.set_terminated, run_id, "KILLED")
 
 
@@ -220,7 +220,7 @@ def settle(c, scale: str, key: str) -> None:
         by = run.data.tags.get(STOPPED_BY)
         if not by:
             continue
-        if run.info.status == "FINISHED":
+        if tracking.finished(run):
             for t in (STOPPED_BY, STOPPED_EPOCH):
                 tracking.retry(c.delete_tag, run.info.run_id, t)
         elif run.info.status != "KILLED" or tracking.FAILURE in run.data.tags:
@@ -297,7 +297,8 @@ class _Report:
 
 def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str, parent: str, deps: list[str]) -> None:
     """One Tune trial: the sampled spec trained (or resumed, or found finished) as a kdgrid run."""
-    from orchestrator.launch.items import kind, run_item, wait_for_locks
+    from orchestrator.launch.outcome import Outcome
+    from orchestrator.launch.worker import run_item, wait_for_locks
     from trainer.spec import parse_experiment
 
     base_spec = parse_experiment(base, "search base")
@@ -317,17 +318,17 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
         rep.replay(stopped)
         return
     try:
-        outcome = run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(rep,))[h]
+        outcome = Outcome.parse(run_item(payload, work=work, tracking_uri=uri, threads=threads, callbacks=(rep,))[h])
     except SystemExit:  # Tune's stop: the engine closed the run KILLED with "SystemExit: 0" as its reason
         c = tracking.client(uri)
         run = tracking.runs_by_hash(c, spec.scale, [h]).get(h)
         if run is not None and run.data.tags.get(STOPPED_BY):  # the driver recorded the stop: not a failure
             mark_stopped(c, run.info.run_id, run.data.tags[STOPPED_BY], int(run.data.tags.get(STOPPED_EPOCH, 0)))
         raise
-    if kind(outcome) == "running elsewhere":  # another trial sampled the same spec: wait for it
+    if outcome.kind == "running elsewhere":  # another trial sampled the same spec: wait for it
         wait_for_locks(work, [h], 24 * 3600)
-        outcome = "skipped: trained by another trial"
-    if kind(outcome) not in ("finished", "skipped"):
+        outcome = Outcome("skipped", "trained by another trial")
+    if not outcome.done:
         raise RuntimeError(f"run {h}: {outcome}")
     if rep.last is not None:
         rep.send(spec.recipe.epochs, rep.last["val.top1"], rep.last.get("cost.cpu_s", 0.0), False)
@@ -336,7 +337,7 @@ def _trial(config: dict, base: dict, work: str, uri: str, threads: int, key: str
 
 def _stopped_epoch(uri: str, scale: str, h: str) -> int:
     run = tracking.runs_by_hash(tracking.client(uri), scale, [h]).get(h)
-    if run is None or run.info.status == "FINISHED" or run.data.tags.get(STOPPED_BY) != "ASHA":
+    if run is None or tracking.finished(run) or run.data.tags.get(STOPPED_BY) != "ASHA":
         return 0
     return int(run.data.tags.get(STOPPED_EPOCH, 0))
 
@@ -357,7 +358,7 @@ class RecordingASHA(ASHAScheduler):
         if action == TrialScheduler.STOP and 0 < epoch < self.epochs and result.get("run"):
             c = tracking.client(self.uri)
             run = tracking.runs_by_hash(c, self.scale, [result["run"]]).get(result["run"])
-            if run is not None and run.info.status != "FINISHED":
+            if run is not None and not tracking.finished(run):
                 mark_stopped(c, run.info.run_id, "ASHA", epoch)
         return action
 
@@ -412,31 +413,25 @@ class Options:
 
 def train_teachers(setup: Setup, uri: str, work: Path, parent: str, console) -> None:
     """The base row's teachers, trained once through the ordinary launcher before any trial starts."""
-    from orchestrator.launch import execute, summarize
-    from orchestrator.launch.items import is_bad, kind, wait_for_locks
+    from orchestrator.launch.execution import execute, summarize
+    from orchestrator.launch.options import LaunchOptions
+    from orchestrator.launch.worker import wait_for_locks
 
     if not setup.teachers:
         return
     for t in setup.teachers:
         t.spec.tags.setdefault(tracking.PARENT, parent)  # a new teacher nests under the search
     plan = dataclasses.replace(setup.plan, runs=list(setup.teachers))
-    outcomes, ctx, items = execute(
-        plan,
-        launcher="local",
-        work=work,
-        tracking_uri=uri,
-        workers=1,
-        threads=max(1, (os.cpu_count() or 1)),
-        console=console,
-    )
-    if items:
-        summarize(outcomes, ctx, items)
-    elsewhere = [h for h, o in outcomes.items() if kind(o) == "running elsewhere"]
+    opts = LaunchOptions(workdir=work, tracking_uri=uri, workers=1, threads=max(1, (os.cpu_count() or 1)))
+    launched = execute(plan, opts, console)
+    if launched.items:
+        summarize(launched)
+    elsewhere = [h for h, o in launched.outcomes.items() if o.kind == "running elsewhere"]
     if elsewhere:  # another kdgrid command is training the teacher: wait for it, then check again
         console.print("waiting for the teacher another command is training", highlight=False)
         wait_for_locks(work, elsewhere, 24 * 3600)
-        outcomes, _, _ = execute(plan, launcher="local", work=work, tracking_uri=uri, workers=1, console=console)
-    bad = {h: o for h, o in outcomes.items() if is_bad(o) or kind(o) == "running elsewhere"}
+        launched = execute(plan, dataclasses.replace(opts, threads=1), console)
+    bad = {h: str(o) for h, o in launched.outcomes.items() if o.bad or o.kind == "running elsewhere"}
     if bad:
         raise RuntimeError(f"the search's teacher did not finish: {bad}")
 
@@ -460,7 +455,7 @@ def run_search(setup: Setup, uri: str, work: Path, opts: Options, console) -> Pa
     # Tune saves the search's state every 2 s (its default adapts, up to minutes): a killed driver loses
     # little, and a trial that ended meanwhile replays from MLflow on restore instead of training again
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    from orchestrator.launch.ray import init_ray
+    from orchestrator.launch.launchers.ray import init_ray
 
     init_ray(opts.ray_address, uri)
     try:
@@ -540,7 +535,7 @@ def mark_budget_stops(c, setup: Setup, grid) -> None:
     for result in grid:
         m = result.metrics or {}
         run = found.get(m.get("run"))
-        if result.error is not None or run is None or run.info.status == "FINISHED":
+        if result.error is not None or run is None or tracking.finished(run):
             continue
         if not run.data.tags.get(STOPPED_BY):
             mark_stopped(c, run.info.run_id, "budget", int(m.get("epoch", 0)))

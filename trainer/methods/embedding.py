@@ -6,23 +6,27 @@ from __future__ import annotations
 from torch import nn
 
 from trainer import losses
-from trainer.methods import LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
-from trainer.methods.manifold import BLOCK_ROW_FIELDS
-from trainer.spec_base import Block, StrictModel, Weight, model_validator
+from trainer.methods import (
+    BLOCK_ROW_FIELDS,
+    BlockPairs,
+    LossInputs,
+    Method,
+    block_name_parts,
+    block_pair_problems,
+    blocks_text,
+    linear_flops,
+    register,
+    zero_based,
+)
+from trainer.spec_base import Block, Weight
 
 
-class EmbeddingSpec(StrictModel):
+class EmbeddingSpec(BlockPairs):
     """Direct embedding transfer (Table 7's baseline): MSE between paired block outputs."""
 
     student_blocks: tuple[Block, ...] = (1, 2, 3, 4, 9, 10, 11, 12)
     teacher_blocks: tuple[Block, ...] = (1, 2, 3, 4, 21, 22, 23, 24)
     weight: Weight = 1.0
-
-    @model_validator(mode="after")
-    def _paired(self) -> EmbeddingSpec:
-        if len(self.student_blocks) != len(self.teacher_blocks):
-            raise ValueError("student_blocks and teacher_blocks must have the same length (paired in order)")
-        return self
 
 
 @register
@@ -32,6 +36,7 @@ class Embedding(Method):
     fields = {"embedding": (EmbeddingSpec | None, None)}
     rows = {"embedding": "Embedding"}
     row_fields = dict(BLOCK_ROW_FIELDS)
+    recipe_fields = {"embedding": (EmbeddingSpec, EmbeddingSpec())}
     recipe_rows = True
     module_name = "projections"  # the attribute name checkpoints have always used
     terms = ("embed",)
@@ -57,6 +62,17 @@ class Embedding(Method):
         emb = sum(losses.embedding_transfer(fs.float(), ft.float()) for fs, ft in zip(x.student, x.teacher))
         emb = emb * e.weight
         return emb, {"embed": emb}
+
+    def flops(self, e, s, t, spec):
+        """Per block pair and patch: the projection where the widths differ, and the squared error."""
+        p, c_s, c_t = s.num_patches or 0, s.width or 0, t.width or 0
+        project = linear_flops(c_s, c_t) if c_s != c_t else 0.0
+        return len(e.student_blocks) * p * (project + 3 * c_t)
+
+    def name_parts(self, name, row):
+        """Its blocks, after the method's name (Table 7 sets them beside the manifold rows)."""
+        blocks = block_name_parts(row)
+        return ["embedding", *blocks] if blocks else []
 
     def resolve_row(self, name, row, recipe, hard):
         loss = recipe.embedding.model_dump()

@@ -13,10 +13,20 @@ from typing import Annotated, Any, Literal
 
 from trainer import losses
 from trainer.methods import LossInputs, Method, register
-from trainer.spec_base import Field, Positive, Strict
+from trainer.spec_base import Field, Positive, Strict, StrictModel
 
 KDWeight = Annotated[float, Strict(), Field(ge=0, le=1)]
 Reduction = Literal["batch", "elements"]
+FLOPS_PER_CLASS = 10  # softmaxes of student and teacher and the KL (or cross-entropy) over one image's logits
+
+
+class LogitSettings(StrictModel):
+    """The logit distillation of a recipe's rows, and DeiT's hard distillation of every Hard row (Eq. 5-6):
+    (1 - kd_weight) CE + kd_weight KD."""
+
+    kd: Literal["none", "soft", "hard"]
+    tau: Positive = 1.0
+    kd_weight: KDWeight = 0.5
 
 
 @register
@@ -31,6 +41,7 @@ class LogitKD(Method):
     }
     rows = {"hard": "Hard", "soft": "Soft"}
     row_fields = {"tau": Positive | None, "kd_weight": KDWeight | None, "kd_reduction": Reduction | None}
+    recipe_fields = {"logit": (LogitSettings, ...)}  # required: every recipe says how its rows distil logits
     uses_dist_head = True
     terms = ("kd",)
 
@@ -53,6 +64,18 @@ class LogitKD(Method):
             x.kd_logits, x.t_logits, kind=d.kd, tau=d.tau, reduction=getattr(d, "kd_reduction", None) or "batch"
         )
         return d.kd_weight * kd, {"kd": kd}
+
+    def flops(self, d, s, t, spec) -> float:
+        return FLOPS_PER_CLASS * spec.data.num_classes
+
+    def name_parts(self, name: str, row) -> list[str]:
+        """hard / soft, the row's temperature, weight and reduction, and "class token" for a student without
+        a distillation token (DeiT's table has both, with the same model name)."""
+        settings = [f"{sym}={v:g}" for sym, v in (("τ", row.tau), ("λ", row.kd_weight)) if v is not None]
+        if row.kd_reduction is not None:
+            settings.append(f"kl/{row.kd_reduction}")
+        undistilled = row.student and "distilled" not in row.student
+        return [name, *([" ".join(settings)] if settings else []), *(["class token"] if undistilled else [])]
 
     def resolve_row(self, name: str, row, recipe, hard) -> dict[str, Any]:
         out = hard.model_dump() if name == "hard" else {"kd": "soft", "tau": 1.0, "kd_weight": 0.5}

@@ -6,11 +6,47 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from trainer import losses
-from trainer.methods import FLOAT, LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
-from trainer.spec_base import Block, Field, Strict, StrictModel, Weight, field_validator, model_validator
+from trainer.methods import (
+    BLOCK_ROW_FIELDS,
+    FLOAT,
+    BlockPairs,
+    LossInputs,
+    Method,
+    block_name_parts,
+    block_pair_problems,
+    blocks_text,
+    register,
+    zero_based,
+)
+from trainer.spec_base import (
+    AfterValidator,
+    Block,
+    Field,
+    Strict,
+    StrictModel,
+    Weight,
+    field_validator,
+    hashed_as,
+    model_validator,
+)
 
 Term = Literal["ci", "cp", "rs"]
 K = Annotated[int, Strict(), Field(ge=0)]
+# How each relation-map gap is reduced (Eq. 10-12): summed as the paper prints it, or averaged over its
+# entries as the released code's F.mse_loss does. Specs written before the rename say paper / released;
+# runs hash with those tokens, so every run keeps its content hash.
+Reduction = Literal["sum", "mean"]
+OLD_REDUCTION = {"paper": "sum", "released": "mean"}
+LOSS_REDUCTION = {"sum": "paper", "mean": "released"}  # the token trainer.losses and the content hash use
+
+
+def distinct_terms(terms):
+    if terms is not None and len(set(terms)) != len(terms):
+        raise ValueError(f"repeated term in {list(terms)}")
+    return terms
+
+
+Terms = Annotated[tuple[Term, ...], AfterValidator(distinct_terms)]
 
 
 class TermScale(StrictModel):
@@ -21,7 +57,7 @@ class TermScale(StrictModel):
     rs: Weight = 1.0
 
 
-class ManifoldSpec(StrictModel):
+class ManifoldSpec(BlockPairs):
     """Fine-grained manifold loss (Eq. 9): L_ci + alpha L_cp + beta L_rs over block pairs.
 
     Effective weights are (term_scale.ci, term_scale.cp * alpha, term_scale.rs * beta), times `weight`:
@@ -30,15 +66,15 @@ class ManifoldSpec(StrictModel):
     and keeps Table 4's rows meaningful as relative changes of alpha and beta.
     """
 
-    terms: tuple[Term, ...] = ("ci", "cp", "rs")
+    terms: Terms = ("ci", "cp", "rs")
     alpha: Weight = 1.0
     beta: Weight = 0.2
     k: int = Field(192, ge=0)
     student_blocks: tuple[Block, ...] = (1, 2, 3, 4, 9, 10, 11, 12)
     teacher_blocks: tuple[Block, ...] = (1, 2, 3, 4, 21, 22, 23, 24)
-    reduction: Literal["paper", "released"] = "paper"
+    reduction: Reduction = Field("sum", json_schema_extra=hashed_as(LOSS_REDUCTION))
     # How Eq. 13 combines the block pairs: "sum" (the paper's text) or "mean" (the released code). Unset
-    # follows the reduction (paper -> sum, released -> mean), which keeps earlier runs' content hashes.
+    # follows the reduction, which keeps earlier runs' content hashes.
     layers: Literal["sum", "mean"] | None = None
     term_scale: TermScale = TermScale()
     weight: Weight = 1.0
@@ -48,22 +84,20 @@ class ManifoldSpec(StrictModel):
     @property
     def layer_reduce(self) -> str:
         """How the block pairs' losses combine (Eq. 13): the explicit `layers`, else the reduction's."""
-        return self.layers or ("sum" if self.reduction == "paper" else "mean")
+        return self.layers or self.reduction
+
+    @field_validator("reduction", mode="before")
+    @classmethod
+    def _old_name(cls, reduction: Any) -> Any:
+        return OLD_REDUCTION.get(reduction, reduction) if isinstance(reduction, str) else reduction
 
     @field_validator("terms")
     @classmethod
-    def _unique_terms(cls, terms: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(terms)) != len(terms):
-            raise ValueError(f"repeated term in {list(terms)}")
+    def _term_order(cls, terms: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(t for t in ("ci", "cp", "rs") if t in terms)  # canonical order
 
     @model_validator(mode="after")
     def _canonical(self) -> ManifoldSpec:
-        if len(self.student_blocks) != len(self.teacher_blocks):
-            raise ValueError(
-                f"student_blocks has {len(self.student_blocks)} blocks but teacher_blocks has "
-                f"{len(self.teacher_blocks)}: blocks are paired in order"
-            )
         if not self.terms and not self.exact:
             raise ValueError("no manifold term selected: list terms (ci, cp, rs) or set exact: true")
         # Settings that cannot change the loss are normalised away, so equal losses hash equally:
@@ -82,9 +116,6 @@ class ManifoldSpec(StrictModel):
         return self
 
 
-BLOCK_ROW_FIELDS = {"teacher_blocks": tuple[Block, ...] | None, "student_blocks": tuple[Block, ...] | None}
-
-
 @register
 class Manifold(Method):
     key = "manifold"
@@ -92,12 +123,13 @@ class Manifold(Method):
     fields = {"manifold": (ManifoldSpec | None, None)}
     rows = {"manifold": "Manifold"}
     row_fields = {
-        "terms": tuple[Term, ...] | None,
+        "terms": Terms | None,
         "alpha": Weight | None,
         "beta": Weight | None,
         "k": K | None,
         **BLOCK_ROW_FIELDS,
     }
+    recipe_fields = {"manifold": (ManifoldSpec, ManifoldSpec())}
     recipe_rows = True
     terms = ("mf_ci", "mf_cp", "mf_rs", "mf_exact")
 
@@ -134,7 +166,7 @@ class Manifold(Method):
             terms=m.terms,
             weights=weights,
             k=m.k,
-            reduction=m.reduction,
+            reduction=LOSS_REDUCTION[m.reduction],
             layer_reduce=m.layer_reduce,
             exact_weight=m.exact_weight * m.weight if m.exact else 0.0,
             generator=x.generator,
@@ -149,6 +181,24 @@ class Manifold(Method):
         maps = p * n * n + n * p * p + k * k  # ci, cp and rs maps, each kept for student, teacher, gap
         return 3 * FLOAT * maps * len(m.student_blocks)
 
+    def flops(self, m, s, t, spec):
+        """The relation maps of every block pair, student and teacher (the teacher's taken as wide as the
+        student's): n x n per patch (L_ci), p x p per image (L_cp), k x k sampled (L_rs)."""
+        n, p, k = spec.recipe.batch_size, s.num_patches or 0, m.k
+        per_batch = 2 * (2 * s.width) * (p * n * n + n * p * p + k * k)
+        return len(m.student_blocks) * per_batch / max(1, n)
+
+    def name_parts(self, name, row):
+        """The paper's notation for what Tables 3-6 vary: "L_ci+L_cp", "α=0.5 β=0.2", "k=384", blocks."""
+        parts = []
+        if row.terms is not None:
+            parts.append("+".join(f"L_{t}" for t in row.terms))
+        if row.alpha is not None or row.beta is not None:
+            parts.append(" ".join(f"{sym}={v:g}" for sym, v in (("α", row.alpha), ("β", row.beta)) if v is not None))
+        if row.k is not None:
+            parts.append(f"k={row.k}")
+        return parts + block_name_parts(row)
+
     def resolve_row(self, name, row, recipe, hard):
         loss = recipe.manifold.model_dump()
         loss.update({f: getattr(row, f) for f in self.row_fields if getattr(row, f, None) is not None})
@@ -159,7 +209,7 @@ class Manifold(Method):
             f"terms={'+'.join(m.terms)} α={m.alpha:g} β={m.beta:g} k={m.k}",
             f"blocks s{blocks_text(m.student_blocks)} t{blocks_text(m.teacher_blocks)}",
         ]
-        if m.reduction != "paper":
+        if m.reduction != "sum":
             parts.append(f"reduction={m.reduction}")
         if m.layers is not None:
             parts.append(f"layers={m.layers}")

@@ -46,12 +46,17 @@ class NKD(Method):
     order = 40  # after the feature losses: "vitkd+nkd" as ViTKD names the combination
     fields = {"nkd": (NKDSpec | None, None)}
     rows = {"nkd": "NKD"}
+    recipe_fields = {}  # its rows train with ViTKD's settings for it, whatever the recipe
     uses_dist_head = True
     terms = ("nkd",)
 
     def loss(self, cfg, x: LossInputs):
         value = nkd_loss(x.kd_logits, x.t_logits, x.target, temp=cfg.temp, gamma=cfg.gamma)
         return cfg.weight * value, {"nkd": value}
+
+    def flops(self, cfg, s, t, spec):
+        """Softmaxes over all classes and over the non-target ones, for student and teacher, and the sums."""
+        return 16 * spec.data.num_classes
 
     def resolve_row(self, name, row, recipe, hard):
         return {"nkd": {}}

@@ -22,8 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.methods import FINAL, FLOAT, LossInputs, Method, block_pair_problems, blocks_text, register, zero_based
-from trainer.spec_base import Block, Field, StrictModel, Weight
+from trainer.methods import (
+    FINAL,
+    FLOAT,
+    BlockPairs,
+    LossInputs,
+    Method,
+    block_pair_problems,
+    blocks_text,
+    linear_flops,
+    register,
+    zero_based,
+)
+from trainer.spec_base import Block, Field, Weight
 
 Ratio = Annotated[float, Field(gt=0, lt=1)]
 
@@ -74,7 +85,7 @@ def generation_loss(generated: Tensor, f_t: Tensor, mask: Tensor, ratio: float) 
 
 
 # ---- the method ------------------------------------------------------------------------------------
-class ViTKDSpec(StrictModel):
+class ViTKDSpec(BlockPairs):
     """ViTKD's settings; the defaults are its released code's (DeiT configs)."""
 
     alpha: Weight = 3e-5  # mimicking
@@ -110,6 +121,7 @@ class ViTKD(Method):
     order = 30
     fields = {"vitkd": (ViTKDSpec | None, None)}
     rows = {"vitkd": "ViTKD"}
+    recipe_fields = {}  # its rows train with its released settings, whatever the recipe
     terms = ("vitkd_mim", "vitkd_gen")
 
     def student_taps(self, v):
@@ -120,8 +132,6 @@ class ViTKD(Method):
 
     def problems(self, v, s, t, spec):
         out = []
-        if len(v.student_blocks) != len(v.teacher_blocks):
-            out.append(("distillation.vitkd.teacher_blocks", "as many blocks as student_blocks (paired in order)"))
         for side, info in (("student", s), ("teacher", t)):
             if info.kind != "vit":
                 out.append((f"{side}.name", f"{info.name} is not a ViT: ViTKD needs its patch tokens on a grid"))
@@ -155,6 +165,14 @@ class ViTKD(Method):
         # the generation branch keeps ~6 token maps of the teacher's width (mask fill, two convs, ReLU, gap)
         # and the mimicked blocks' projections one each
         return FLOAT * batch * (s.num_patches or 0) * (t.width or 0) * (6 + len(v.student_blocks))
+
+    def flops(self, v, s, t, spec):
+        """Per patch: the projections where the widths differ (each mimicked block and the final tokens),
+        the generation's two 3x3 convolutions at the teacher's width, the mask fill and the squared errors."""
+        p, c_s, c_t = s.num_patches or 0, s.width or 0, t.width or 0
+        project = linear_flops(c_s, c_t) * (len(v.student_blocks) + 1) if c_s != c_t else 0.0
+        convs = 2 * 9 * linear_flops(c_t, c_t)
+        return p * (project + convs + 3 * c_t * (len(v.student_blocks) + 2))
 
     def resolve_row(self, name, row, recipe, hard):
         return {"vitkd": {}}

@@ -1,0 +1,1 @@
+"""The built-in launchers, one module each, named for the launcher it registers (`--launcher <module>`)."""
