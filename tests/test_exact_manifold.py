@@ -157,7 +157,11 @@ def test_shape_mismatch():
 def test_benchmark_quick_smoke(capsys, naive):
     from benchmarks.bench_loss import main
 
-    rows = main(["--quick", "--repeats", "1"] + ([] if naive else ["--no-naive"]))
+    threads = torch.get_num_threads()
+    try:  # the benchmark sets its thread count: later tests in this process must not run on it
+        rows = main(["--quick", "--repeats", "1"] + ([] if naive else ["--no-naive"]))
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "manifold_exact" in out and "PASS" in out
     metrics = {metric for _, metric, *_ in rows}
