@@ -22,6 +22,8 @@ from torch import Tensor
 
 MANIFOLD_TERMS = ("ci", "cp", "rs")
 _REDUCTIONS = ("paper", "released")
+# The spec names them by what they do (manifold.reduction: sum | mean); these tokens also enter content hashes.
+SPEC_REDUCTION = {"sum": "paper", "mean": "released"}
 
 
 def _no_autocast(t: Tensor):
