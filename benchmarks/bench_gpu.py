@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import models  # noqa: F401  (registers the CPU analogs with timm)
-from trainer.losses import manifold_loss
+from trainer.losses import SPEC_REDUCTION, manifold_loss
 from trainer.objective import objective
 from trainer.taps import Student, forward_taps
 
@@ -472,7 +472,7 @@ class Bench:
                 f_t[:pairs],
                 weights=weights,
                 k=m.k,
-                reduction=m.reduction,
+                reduction=SPEC_REDUCTION[m.reduction],
                 layer_reduce="sum",
                 generator=gen,
             )["total"].backward()

@@ -1,7 +1,9 @@
 """`kdgrid`: the command line, parsed here and dispatched to its command (orchestrator/commands/<name>.py).
 
 A command's module is imported only when it runs (it loads torch, mlflow, Ray, ...), so `kdgrid --help`
-answers at once; the launchers are listed from their registry without importing them.
+answers at once; the launchers are listed from their registry without importing them. Before any of
+them loads, the libraries' telemetry is turned off (trainer/telemetry.py) for this process and every
+process it starts, unless the user asks otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from orchestrator.launch import registry
 from orchestrator.launch.options import DEPRECATED_SCHEDULES, SCHEDULES
 from orchestrator.requirements import check_startup
+from trainer import telemetry
 
 DEFAULT_WORKDIR = "kdgrid_runs"
 
@@ -235,6 +238,7 @@ def command_module(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    telemetry.apply()  # before MLflow or Ray is imported: they read it then
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     unsupported = check_startup() if args.command != "check" else None  # a millisecond: reads dist-info names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainer import data
+from trainer.datasets.fashion_mnist import MEAN, STD
 from trainer.spec import AugmentSpec, DataSpec
 
 
@@ -40,7 +41,7 @@ def test_subsets_are_deterministic_and_validation_is_unaugmented():
     t2, v2 = data.build(spec, 50)
     assert torch.equal(t1.labels, t2.labels) and len(t1.labels) == 300 and len(v1.labels) == 200
     x, _ = next(iter(v1.epoch(7, 9)))  # validation: no augmentation, same for any seed/epoch
-    raw = v1.images[:50].float().div(255).sub(data.FASHION_MNIST_MEAN).div(data.FASHION_MNIST_STD)
+    raw = v1.images[:50].float().div(255).sub(MEAN).div(STD)
     assert torch.allclose(x, raw)
 
 
@@ -51,7 +52,7 @@ def test_random_resized_crop_zooms_in():
     )
     train, _ = data.build(spec, 256)
     x, _ = next(iter(train.epoch(0, 0)))
-    pixels = x * data.FASHION_MNIST_STD + data.FASHION_MNIST_MEAN  # back to [0, 1]
+    pixels = x * STD + MEAN  # back to [0, 1]
     raw = train.images.float().div(255)
     lit_crop, lit_raw = (pixels > 0.15).float().mean(), (raw > 0.15).float().mean()
     assert lit_crop > 1.3 * lit_raw  # zoomed in: more of the frame is garment

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import struct
+import time
 import urllib.parse
 import urllib.request
 
@@ -177,18 +178,29 @@ def test_rest_api_shows_the_nested_grid(served_grid):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: as root, `apt-get install -y chromium`")
 def test_chromium_shows_the_nested_grid(served_grid, tmp_path):
-    """The UI's run list in headless Chromium, opened on kdgrid's saved view (its columns) as `kdgrid ui` prints
-    it: the experiment opens on training runs, the grid's run is one row, and expanding it shows every child.
+    """The UI's run list in headless Chromium, opened on the URL a second `kdgrid ui` on the grid's store prints
+    for it (kdgrid's saved view, its columns): the experiment opens on training runs, the grid's run is one
+    row, and expanding it shows every child.
     With KDGRID_KEEP_SCREENSHOT=path the screenshot is kept (docs/mlflow-ui-grid.png was made so)."""
     from orchestrator.tracking import grid_run
     from tests.browser import Browser
 
-    url, plan, _ = served_grid
+    url, plan, base = served_grid
     exp, _runs_ = _runs(url)
     names = [r.spec.name for r in plan.runs]
     shown = "document.body && document.body.innerText"
-    with Browser(tmp_path / "profile", 1600, 1000) as b:
-        b.goto(grid_run.view_url(url, exp["experiment_id"]))
+    printed: list[str] = []
+    with (
+        ui_server(f"sqlite:///{base / 'mlflow.db'}", base, printed) as (url, _),
+        Browser(tmp_path / "profile", 1600, 1000) as b,
+    ):
+        deadline = time.monotonic() + 30  # the lines after the address come through ui_server's reader thread
+        while not (found := [x for x in printed if x.startswith("  kdgrid-smoke: ")]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert found, printed
+        view = found[0].split(": ", 1)[1].strip()
+        assert view == grid_run.view_url(url, exp["experiment_id"]), printed
+        b.goto(view)
         assert b.wait_for(f"{shown}.includes('grid · smoke · paper-mean recipe')", 180), b.js("document.body.innerText")
         text = b.js("document.body.innerText")
         assert "Model registry" in text and "Judges" not in text  # the model-training pages, not GenAI's

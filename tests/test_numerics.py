@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 from importlib.metadata import version
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import models, numerics
+from trainer import models, numerics, progress
 from trainer.spec import parse_experiment
 
 DATA = Path(__file__).parent / "data" / "numerics_fingerprint.json"
@@ -68,7 +69,7 @@ class _Losses:
     def on_end(self, *args) -> None: ...
 
     def on_progress(self, run_hash: str, epoch: int, step: int, values: dict) -> None:
-        self.steps.append({k: v for k, v in values.items() if k != "step_time_s"})
+        self.steps.append({k: v for k, v in values.items() if k not in ("step_time_s", "images_per_s")})  # timings
 
 
 def fingerprint(tmp: Path) -> dict:
@@ -83,6 +84,8 @@ def fingerprint(tmp: Path) -> dict:
     torch.save(models.create(parsed.teacher.name, **parsed.teacher_kwargs()).state_dict(), teacher)
     torch.set_rng_state(rng)
     losses, threads = _Losses(), torch.get_num_threads()
+    cadence = os.environ.get(progress.PROGRESS_ENV)
+    os.environ[progress.PROGRESS_ENV] = "0"  # reports every recipe.log_every steps only, however slow the machine
     try:
         results = train_specs(
             [parsed], work=tmp / "runs", tracking_uri=f"sqlite:///{tmp / 'm.db'}", threads=1, device="cpu",
@@ -90,6 +93,10 @@ def fingerprint(tmp: Path) -> dict:
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
+        if cadence is None:
+            del os.environ[progress.PROGRESS_ENV]
+        else:
+            os.environ[progress.PROGRESS_ENV] = cadence
     h = parsed.content_hash()
     assert results == {h: "finished"}, results
     history = torch.load(tmp / "runs" / h / "checkpoint.pt", weights_only=True)["history"]

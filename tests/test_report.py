@@ -492,8 +492,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def ui_server(uri: str, cwd: Path):
-    """`kdgrid ui` on a free port against the store; yields its printed address; stopped (SIGTERM) at the end."""
+def ui_server(uri: str, cwd: Path, printed: list[str] | None = None):
+    """`kdgrid ui` on a free port against the store; yields its printed address; stopped (SIGTERM) at the end.
+    Every line it prints is appended to `printed` (as it comes) where given."""
     port = _free_port()
     proc = subprocess.Popen(
         kdgrid_command("ui", "--tracking-uri", uri, "--port", str(port)),
@@ -504,7 +505,7 @@ def ui_server(uri: str, cwd: Path):
         env=kdgrid_env(),
     )
     try:
-        lines, url = [], None
+        lines, url = [] if printed is None else printed, None
         deadline = time.monotonic() + 180
         while url is None and time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -517,7 +518,7 @@ def ui_server(uri: str, cwd: Path):
             pytest.fail("kdgrid ui printed no address:\n" + "".join(lines))
         assert url == f"http://127.0.0.1:{port}"
         # keep reading the server's log: a full pipe would block its logging, and with it every request
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True).start()
         yield url, port
     finally:
         proc.send_signal(signal.SIGTERM)  # kdgrid ui stops the server it started

@@ -1,4 +1,5 @@
-"""Data: Fashion-MNIST from Debian's package (CPU scales) and an ImageNet folder with DeiT's augmentations.
+"""The data pipeline every dataset shares: its order, sharding, subsets and augmentation, and the two
+batch sources a dataset (trainer.datasets) builds, images in memory or a torch dataset behind a DataLoader.
 
 The data order of every epoch is a pure function of (seed, epoch), and the augmentation of a micro-batch a
 function of (seed, epoch, its global index): a run resumed from a checkpoint, trained in a cohort beside
@@ -7,52 +8,19 @@ other students, or split differently over GPUs and accumulation steps sees exact
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from trainer.dataset_files import FASHION_MNIST_FILES, INSTALL_HINT, fashion_mnist_root, has_idx
+from trainer import datasets
 from trainer.spec import DataSpec
 
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("KDGRID_CACHE", Path.home() / ".cache" / "kdgrid")).expanduser()
-
-
-def _fashion_mnist(spec: DataSpec, train: bool):
-    """torchvision's FashionMNIST over the Debian files, unpacked once into a cache folder."""
-    from torchvision.datasets import FashionMNIST
-
-    src = fashion_mnist_root(spec.root)
-    cache = _cache_dir() / "fashion-mnist"
-    raw = cache / "FashionMNIST" / "raw"
-    if has_idx(src):
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in FASHION_MNIST_FILES:
-            dst = raw / name
-            if dst.exists():
-                continue
-            tmp = raw / f".{name}.{os.getpid()}"
-            plain, packed = src / name, src / f"{name}.gz"
-            with open(plain, "rb") if plain.exists() else gzip.open(packed, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            os.replace(tmp, dst)  # atomic: concurrent workers never read half a file
-        return FashionMNIST(str(cache), train=train, download=False)
-    if os.environ.get("KDGRID_ALLOW_DOWNLOAD") == "1":
-        return FashionMNIST(str(cache), train=train, download=True)
-    raise FileNotFoundError(f"Fashion-MNIST not found at {src}: {INSTALL_HINT}")
-
-
-def _subset(n: int, size: int | None, seed: int) -> torch.Tensor | None:
+def subset_indices(n: int, size: int | None, seed: int) -> torch.Tensor | None:
+    """The sorted indices of a split's deterministic subset of `size` of its `n` images; None: all."""
     if size is None or size >= n:
         return None
     g = torch.Generator().manual_seed(seed)
@@ -98,8 +66,9 @@ def rank_rows(total: int, rank: int, world_size: int) -> range:
 class TensorData:
     """An in-memory image set (uint8 N x C x H x W) served in batches with batched augmentation.
 
-    Fashion-MNIST is small enough to hold whole; augmenting a batch at once (random crop with zero
-    padding, horizontal flip) from an explicit generator keeps a CPU step cheap and the order exact.
+    For sets small enough to hold whole (Fashion-MNIST): augmenting a batch at once (random crop with zero
+    padding, random-resized crop, horizontal flip) from an explicit generator keeps a CPU step cheap and the
+    order exact. Pixels are scaled to [0, 1], then normalised with the dataset's `mean` and `std`.
     """
 
     images: torch.Tensor
@@ -112,6 +81,8 @@ class TensorData:
     rank: int = 0
     world_size: int = 1
     accumulation: int = 1
+    mean: float = 0.0
+    std: float = 1.0
 
     def __len__(self) -> int:
         """Micro-batches this rank trains per epoch (train), or evaluates (val: its shard, every image)."""
@@ -132,7 +103,7 @@ class TensorData:
             x = self.images[idx].float().div_(255)
             if self.train:
                 x = self._augment(x, torch.Generator().manual_seed(micro_seed(seed, epoch, j, "augment")))
-            yield x.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD), self.labels[idx]
+            yield x.sub_(self.mean).div_(self.std), self.labels[idx]
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -253,42 +224,34 @@ class FolderData:
         yield from loader
 
 
-def build(
-    spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, accumulation: int = 1, val_transform=None
-):
-    """(train, val) batch sources for `spec`: training in micro-batches of `batch_size` (the global batch is
-    batch_size x world_size x accumulation); val is evaluated on every rank's shard. `val_transform`
-    replaces the validation transform of an image folder (a teacher's own eval transform)."""
-    if spec.dataset == "fashion_mnist":
-        a = spec.augment
-        return tuple(
-            TensorData(
-                *_fashion_mnist_images(spec, train),
-                batch_size,
-                train,
-                crop_padding=a.crop_padding if train else 0,
-                crop_scale=a.crop_scale if train else None,
-                hflip=a.hflip if train else 0.0,
-                rank=rank,
-                world_size=world_size,
-                accumulation=accumulation,
-            )
-            for train in (True, False)
-        )
-    train_ds, val_ds = _image_folders(spec, val_transform)
-    return (
-        FolderData(
-            train_ds, batch_size, True, spec.num_workers, spec.augment.repeated_aug, rank, world_size, accumulation
-        ),
-        FolderData(val_ds, batch_size, False, spec.num_workers, False, rank, world_size),
-    )
+@dataclass(frozen=True)
+class Batching:
+    """How a rank reads a dataset: micro-batches of `batch_size`, its shard of `world_size`, and the
+    accumulation steps of an optimizer step (the global batch is batch_size x world_size x accumulation)."""
+
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    accumulation: int = 1
 
 
-def _fashion_mnist_images(spec: DataSpec, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's images (uint8 N x C x H x W, resized and with the spec's channels) and labels, subset."""
-    ds = _fashion_mnist(spec, train)
-    images, labels = ds.data.unsqueeze(1), ds.targets
-    idx = _subset(len(labels), spec.train_subset if train else spec.val_subset, spec.subset_seed + (0 if train else 1))
+def build(spec: DataSpec, batch_size: int, rank: int = 0, world_size: int = 1, accumulation: int = 1):
+    """(train, val) batch sources for `spec`, built by its dataset (trainer.datasets): training in
+    micro-batches of `batch_size`; val is evaluated on every rank's shard."""
+    return datasets.get(spec.dataset).build(spec, Batching(batch_size, rank, world_size, accumulation))
+
+
+def subset(spec: DataSpec, n: int, train: bool) -> torch.Tensor | None:
+    """The indices of the spec's subset of a split of `n` images (train_subset or val_subset, drawn with
+    subset_seed, the validation split's with subset_seed + 1); None: every image."""
+    size = spec.train_subset if train else spec.val_subset
+    return subset_indices(n, size, spec.subset_seed + (0 if train else 1))
+
+
+def fit_images(spec: DataSpec, images: torch.Tensor, labels: torch.Tensor, train: bool):
+    """A split held in memory (uint8 N x C x H x W, labels) cut to the spec: its subset, its image size
+    (bilinear), its channels (a grey image repeated)."""
+    idx = subset(spec, len(labels), train)
     if idx is not None:
         images, labels = images[idx], labels[idx]
     if spec.img_size != images.shape[-1]:
@@ -298,18 +261,68 @@ def _fashion_mnist_images(spec: DataSpec, train: bool) -> tuple[torch.Tensor, to
             .clamp(0, 255)
             .byte()
         )
-    if spec.in_chans != 1:
+    if spec.in_chans != images.shape[1]:
+        if images.shape[1] != 1:
+            raise ValueError(f"data.in_chans: {spec.in_chans}, but the images have {images.shape[1]} channels")
         images = images.expand(-1, spec.in_chans, -1, -1).contiguous()
     return images, labels
 
 
-def _image_folders(spec: DataSpec, val_transform=None):
-    """(train, val) ImageFolders under data.root with DeiT's transforms (timm), subset."""
+def in_memory(
+    spec: DataSpec,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    b: Batching,
+    mean: float,
+    std: float,
+) -> tuple[TensorData, TensorData]:
+    """(train, val) TensorData of two splits held whole (uint8 images N x C x H x W, labels), each fitted to
+    the spec (`fit_images`); the training split augmented as spec.augment says (padding crop, resized crop,
+    flip), both normalised with the dataset's `mean` and `std`."""
+    a = spec.augment
+    return tuple(
+        TensorData(
+            *fit_images(spec, *split, is_train),
+            b.batch_size,
+            is_train,
+            crop_padding=a.crop_padding if is_train else 0,
+            crop_scale=a.crop_scale if is_train else None,
+            hflip=a.hflip if is_train else 0.0,
+            rank=b.rank,
+            world_size=b.world_size,
+            accumulation=b.accumulation,
+            mean=mean,
+            std=std,
+        )
+        for is_train, split in ((True, train), (False, val))
+    )
+
+
+def from_files(spec: DataSpec, train_ds, val_ds, b: Batching) -> tuple[FolderData, FolderData]:
+    """(train, val) FolderData over two torch datasets read from files (their transforms applied per
+    sample, keyed to its place), with the spec's loader workers and repeated augmentation."""
+    return (
+        FolderData(
+            train_ds,
+            b.batch_size,
+            True,
+            spec.num_workers,
+            spec.augment.repeated_aug,
+            b.rank,
+            b.world_size,
+            b.accumulation,
+        ),
+        FolderData(val_ds, b.batch_size, False, spec.num_workers, False, b.rank, b.world_size),
+    )
+
+
+def image_transforms(spec: DataSpec):
+    """(train, val) transforms of images read from files, DeiT's from timm: training as spec.augment says
+    (random-resized crop, flip, RandAugment, colour jitter, random erasing; bicubic), validation a bicubic
+    resize and centre crop of 0.875."""
     from timm.data import create_transform
-    from torchvision.datasets import ImageFolder
 
     a = spec.augment
-    root = Path(spec.root).expanduser()
     train_tf = create_transform(
         spec.img_size,
         is_training=True,
@@ -323,16 +336,8 @@ def _image_folders(spec: DataSpec, val_transform=None):
         scale=a.crop_scale or (0.08, 1.0),
     )
     _posterize_zero_bits(train_tf)
-    val_tf = val_transform or create_transform(
-        spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875
-    )
-    train_ds, val_ds = ImageFolder(root / "train", train_tf), ImageFolder(root / "val", val_tf)
-    for ds, size, off in ((train_ds, spec.train_subset, 0), (val_ds, spec.val_subset, 1)):
-        idx = _subset(len(ds), size, spec.subset_seed + off)
-        if idx is not None:
-            ds.samples = [ds.samples[i] for i in idx.tolist()]
-            ds.targets = [s[1] for s in ds.samples]
-    return train_ds, val_ds
+    val_tf = create_transform(spec.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+    return train_tf, val_tf
 
 
 def with_transform(val_data: FolderData, transform) -> FolderData:

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
+from trainer import datasets as registry
 from trainer.spec import DataSpec
-
-NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet-1k"}
 
 
 def source_of(spec: DataSpec) -> str:
-    from trainer.dataset_files import fashion_mnist_root
-
-    if spec.dataset == "fashion_mnist":
-        return str(fashion_mnist_root(spec.root))
-    return str(Path(spec.root or "").expanduser())
+    return registry.get(spec.dataset).source(spec)
 
 
 def count(data: Any) -> int:
@@ -48,7 +42,7 @@ def datasets(spec: DataSpec, train_data: Any, val_data: Any) -> list[tuple[Any, 
     """[(mlflow Dataset, "training"), (mlflow Dataset, "validation")]."""
     from mlflow.entities import Dataset
 
-    name = NAMES.get(spec.dataset, spec.dataset)
+    name = registry.get(spec.dataset).display_name
     n_train, n_val = count(train_data), count(val_data)
     profile = json.dumps(
         {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from torch import Tensor
 
 MANIFOLD_TERMS = ("ci", "cp", "rs")
 _REDUCTIONS = ("paper", "released")
+# The spec names them by what they do (manifold.reduction: sum | mean); these tokens also enter content hashes.
+SPEC_REDUCTION = {"sum": "paper", "mean": "released"}
 
 
 def _no_autocast(t: Tensor):
@@ -169,150 +172,261 @@ def manifold_terms(
 
 # --- exact patch-level manifold loss (Eq. 8) without the (np x np) map -------------------------------
 #
-# With the rows of A (m x c_s) and B (m x c_t) the unit patch embeddings,
-#     ||AA^T - BB^T||_F^2 = ||A^T A||^2 - 2 ||A^T B||^2 + ||B^T B||^2,
-# c x c Gram matrices instead of an m x m map. Transformer features share a large mean direction, so
-# these three terms are ~m^2 and cancel down to the small gap. Write A = Ab + 1 mu^T, B = Bb + 1 nu^T
-# with mu, nu the mean rows, so that 1^T Ab = 0 and 1^T Bb = 0. Then
-#     AA^T - BB^T = G + w 1^T + 1 w^T + d 1 1^T,
-#     G = Ab Ab^T - Bb Bb^T,  w = Ab mu - Bb nu,  d = mu^T mu - nu^T nu,
-# and since G 1 = 0 and 1^T w = 0 every cross term vanishes:
-#     ||AA^T - BB^T||^2 = ||Ab^T Ab||^2 - 2 ||Ab^T Bb||^2 + ||Bb^T Bb||^2 + 2 m ||w||^2 + m^2 d^2.
-# Centering removes the shared direction; float64 products remove the rest of the cancellation (a
-# float32 product already errs by ~1e-7 of the Gram terms, more than the whole gap of near-identical
-# maps). Two passes over row blocks (means, then Grams and w), so memory is O(c^2 + chunk * c) and time
-# O(m c^2). (One pass with a provisional shift and w from the Grams is ~10% faster but loses up to
-# 1e-4 relative on nearly parallel patches: w^2 then cancels as a difference of quadratic forms.)
+# With the rows of A (m x c_s) and B (m x c_t) the unit patch embeddings, ||AA^T - BB^T||_F^2 needs
+# c x c Gram matrices only, not the m x m map. Two rewrites let those Grams be float32 GEMMs:
+#  1. Centering. With mu, nu the mean rows, A = Ab + 1 mu^T and B = Bb + 1 nu^T (1^T Ab = 0, 1^T Bb = 0):
+#         AA^T - BB^T = G + w 1^T + 1 w^T + d 1 1^T,  G = Ab Ab^T - Bb Bb^T,  w = Ab mu - Bb nu,
+#     d = mu.mu - nu.nu, and since G 1 = 0 and 1^T w = 0:  ||AA^T - BB^T||^2 = ||G||^2 + 2m ||w||^2 + m^2 d^2.
+#     This removes the direction all patches share (trained ViTs: pairwise cosines ~0.9).
+#  2. The student's share of the teacher. ||G||^2 = ||Ab^T Ab||^2 - 2||Ab^T Bb||^2 + ||Bb^T Bb||^2 cancels
+#     down to the gap when the two maps nearly coincide, below what float32 Grams resolve. For any
+#     W (c_s x c_t), with E = Bb - Ab W, C = [Ab | E] and M = [[I - W W^T, -W], [-W^T, -I]]:
+#         G = C M C^T,   ||G||^2 = tr((M H)^2),   H = C^T C.
+#     With W the least-squares fit of Bb on Ab (on a sample of rows), E, I - W W^T and every block of
+#     M H are of the size of the gap itself: nothing cancels, and float32 products of C lose nothing
+#     that matters. Only E, a difference of nearly equal rows, is computed in float64 (one m x c_s x
+#     c_t GEMM), and only where it is one: where ||Ab W|| <= _E_CANCEL ||E|| on the sample (a teacher
+#     far from a linear map of the student), forming E loses < 2 bits and runs in float32.
+#     The backward is one float32 GEMM with C as well: dL/dA ~ D A = G Ab + ..., G Ab = C (M H)[:, :c_s].
+# One pass over row blocks: the rows are centred on the mean of the sample, and H and w are corrected
+# exactly to the true mean afterwards (float64 column sums). C (float32, m x (c_s + c_t)) is kept for
+# the backward: memory is one more copy of the features; time O(m c^2). Accuracy against float64: ~1e-7
+# relative, also for nearly equal, rotated or nearly parallel features (tests/test_exact_manifold.py).
 
-_CHUNK = 1024  # rows per block: float64 blocks of 1024 x c stay a few MB, GEMMs stay efficient
+_CHUNK = 512  # rows per block of the elementwise passes (a float64 block of 512 rows stays in cache)
+_BLOCK_ROWS = 4096  # rows per kept block of C' and per float32 Gram product (summed in float64)
+_GRAM_LEAF = 96  # columns of the diagonal blocks of a symmetric Gram, computed whole
+_RIDGE = 1e-8  # of the mean variance: keeps W finite where the sample does not span the student's rows
+_E_CANCEL = 3.0  # ||Ab W|| / ||E|| on the sample up to which E is formed in float32 (see below)
 _EPS = 1e-12  # F.normalize's
 
 
-_GRAM_BLOCK = 96  # columns per block of a symmetric Gram: upper blocks only, ~1/4 less GEMM work, measured
+def _row_blocks(m: int, rows: int):
+    for i in range(0, m, rows):
+        yield slice(i, min(i + rows, m))
 
 
-def _gram_edges(c: int) -> list[int]:
-    nb = max(1, round(c / _GRAM_BLOCK))
-    return [c * i // nb for i in range(nb + 1)]
+def _sym_blocks(lo: int, hi: int):
+    """(rows, cols) column spans whose products x[:, rows]^T x[:, cols] fill the upper block triangle of
+    x^T x on [lo, hi): halve recursively, one GEMM for each off-diagonal quarter, whole diagonal blocks of
+    at most _GRAM_LEAF columns. Most work lands in a few large GEMMs (near peak), ~(1/2 + leaf/2c) of a
+    full product's."""
+    if hi - lo <= _GRAM_LEAF:
+        yield slice(lo, hi), slice(lo, hi)
+        return
+    mid = (lo + hi) // 2
+    yield from _sym_blocks(lo, mid)
+    yield from _sym_blocks(mid, hi)
+    yield slice(lo, mid), slice(mid, hi)
 
 
-def _add_sym_gram(acc: Tensor, x: Tensor, edges: list[int]) -> None:
-    """acc += x^T x on the block upper triangle only (`_fill_lower` completes it): a symmetric Gram
-    needs (nb + 1) / (2 nb) of a full product's GEMM work (5/8 at four blocks)."""
-    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
-    for i, si in enumerate(spans):
-        for sj in spans[i:]:
-            prod = x[:, si].T @ x[:, sj]
-            acc[si, sj] += prod if prod.dtype == acc.dtype else prod.to(acc.dtype)
-
-
-def _fill_lower(acc: Tensor, edges: list[int]) -> Tensor:
-    spans = [slice(a, b) for a, b in zip(edges, edges[1:])]
-    for i, si in enumerate(spans):
-        for sj in spans[i + 1 :]:
-            acc[sj, si] = acc[si, sj].T
-    return acc
-
-
-def _blocks(f_s: Tensor, f_t: Tensor, chunk: int):
-    """Row blocks of the (m, c_s) and (m, c_t) views of f_s and f_t, with their row slice."""
-    m = f_s.shape[0] * f_s.shape[1]
-    x_s, x_t = f_s.reshape(m, -1), f_t.reshape(m, -1)
-    for i in range(0, m, chunk):
-        yield x_s[i : i + chunk], x_t[i : i + chunk], slice(i, i + chunk)
+def _gram(blocks: Sequence[Tensor]) -> Tensor:
+    """X^T X in float64 of the row blocks X_i stacked, from products in their dtype, summed in float64."""
+    c = blocks[0].shape[1]
+    acc = blocks[0].new_zeros(c, c, dtype=torch.float64)
+    part = acc if blocks[0].dtype == acc.dtype else blocks[0].new_empty(c, c)
+    spans = list(_sym_blocks(0, c))
+    for x in blocks:
+        if part is not acc:
+            part.zero_()
+        for si, sj in spans:
+            part[si, sj].addmm_(x[:, si].T, x[:, sj])
+        if part is not acc:
+            acc += part
+    return acc.triu() + acc.triu(1).T
 
 
 def _rnorm(x: Tensor) -> Tensor:
-    """1 / max(||row||, eps) of each row, (rows, 1): F.normalize(x, dim=1) is x * _rnorm(x)."""
-    return x.norm(dim=1, keepdim=True).clamp_min(_EPS).reciprocal()
+    """1 / max(||row||, eps) of each row in float64, (rows, 1): F.normalize(x, dim=1) is x * _rnorm(x)."""
+    return torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64).clamp_min_(_EPS).reciprocal_()
+
+
+def _fit(x_s: Tensor, x_t: Tensor, center: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From ~2 c_s + 64 rows spread over the batch: the provisional means s, t of the unit rows, the
+    least-squares W of (unit rows - t) on (unit rows - s), float64, and how much forming E = Bb - Ab W
+    cancels there, ||Ab W|| / ||E||. Any W gives the exact loss; a good one keeps E small (as small as the
+    gap between the maps: float32 products of the sample are not enough)."""
+    m, c_s = x_s.shape
+    rows = slice(0, m, max(1, m // (2 * c_s + 64)))
+    a, b = x_s[rows] * _rnorm(x_s[rows]), x_t[rows] * _rnorm(x_t[rows])
+    s, t = (a.mean(0), b.mean(0)) if center else (a.new_zeros(c_s), b.new_zeros(b.shape[1]))
+    a, b = a - s, b - t
+    saa = a.T @ a
+    saa.diagonal().add_(_RIDGE * saa.diagonal().mean() + 1e-300)
+    W = torch.linalg.solve(saa, a.T @ b).to(x_s.dtype).double()  # representable in the GEMMs' dtype
+    fitted = a @ W
+    return s, t, W, fitted.norm() / (b - fitted).norm().clamp_min(1e-300)
+
+
+class _Parts(NamedTuple):
+    """What the backward needs: the reciprocal row norms, the true means, the column means g = C'^T 1 / m
+    of C' (rows centred on the sample mean), M H and H (of the exactly centred C), W, d, and C' itself as
+    [Ab' | E' | 1 | w] in row blocks."""
+
+    r_s: Tensor
+    r_t: Tensor
+    mu: Tensor
+    nu: Tensor
+    g: Tensor
+    mh: Tensor
+    h: Tensor
+    fit: Tensor
+    d: Tensor
+    cols: tuple[Tensor, ...]
 
 
 def _manifold_gram(
-    f_s: Tensor, f_t: Tensor, *, center: bool = True, dtype: torch.dtype = torch.float64, chunk: int = _CHUNK
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """||M(A) - M(B)||^2 / m^2 through c x c Grams (no autograd), with products in `dtype` and sums in
-    float64. Also returns the uncentered Grams A^T A, A^T B, B^T B (float64) and the rows' reciprocal
-    norms (m, 1) of f_s and f_t, for the backward pass.
+    f_s: Tensor, f_t: Tensor, *, center: bool = True, fit: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, _Parts]:
+    """||M(A) - M(B)||^2 / m^2 (no autograd) with Gram products in `dtype` (see the derivation above).
 
-    center=False or dtype=float32 are the less accurate variants, kept to measure why they are not used.
+    center=False (no provisional mean; rows rounded to `dtype` with their shared direction) and fit=False
+    (W = 0: the plain Gram identity) are the less accurate variants, kept to measure why they are not used.
     """
     f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
     c_s, c_t = f_s.shape[-1], f_t.shape[-1]
-    r_s, r_t = f_s.new_empty(m, 1, dtype=dtype), f_t.new_empty(m, 1, dtype=dtype)
-    mu, nu = f_s.new_zeros(c_s, dtype=f64), f_s.new_zeros(c_t, dtype=f64)
-    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):  # the norms, and the mean unit rows (x^T r)
-        x_s, x_t = x_s.to(dtype), x_t.to(dtype)
-        r_s[rows], r_t[rows] = _rnorm(x_s), _rnorm(x_t)
-        if center:
-            mu += (x_s.T @ r_s[rows]).view(-1).to(f64)
-            nu += (x_t.T @ r_t[rows]).view(-1).to(f64)
-    mu, nu = mu / m, nu / m
-    xx, xy, yy = (mu.new_zeros(i, j) for i, j in ((c_s, c_s), (c_s, c_t), (c_t, c_t)))
-    w2 = mu.new_zeros(())
-    mu_c, nu_c = mu.to(dtype), nu.to(dtype)
-    edges_s, edges_t = _gram_edges(c_s), _gram_edges(c_t)
-    for x_s, x_t, rows in _blocks(f_s, f_t, chunk):
-        a = torch.addcmul(-mu_c, x_s.to(dtype), r_s[rows])  # unit rows minus their mean
-        b = torch.addcmul(-nu_c, x_t.to(dtype), r_t[rows])
-        _add_sym_gram(xx, a, edges_s)
-        xy += (a.T @ b).to(f64)
-        _add_sym_gram(yy, b, edges_t)
-        w2 += (a @ mu_c - b @ nu_c).to(f64).pow(2).sum()
-    xx, yy = _fill_lower(xx, edges_s), _fill_lower(yy, edges_t)
+    c = c_s + c_t
+    x_s, x_t = f_s.reshape(m, c_s), f_t.reshape(m, c_t)
+    s, t, W, cancel = _fit(x_s, x_t, center)
+    if not fit:
+        W.zero_()
+    e_low = cancel <= _E_CANCEL  # forming E cancels little: float32 products are as good as the Gram's
+    r_s, r_t = x_s.new_empty(m, 1, dtype=f64), x_t.new_empty(m, 1, dtype=f64)
+    q, colsum, shift = x_s.new_empty(m, dtype=f64), x_s.new_zeros(c, dtype=f64), torch.cat([s, -t])
+    buf = x_s.new_empty(min(_CHUNK, m), c, dtype=f64)
+    cols = []  # C' = [Ab' | E' | 1 | w] in blocks of _BLOCK_ROWS rows (heap-sized: reused, not page-faulted)
+    width = -(-(c + 2) // 16) * 16  # rows of 64-byte multiples: ~10% faster Gram, ~30% faster E in float32
+    for block in _row_blocks(m, _BLOCK_ROWS):
+        part = x_s.new_empty(block.stop - block.start, width, dtype=dtype)[:, : c + 2]
+        part[:, c] = 1
+        for local in _row_blocks(len(part), _CHUNK):
+            rows = slice(block.start + local.start, block.start + local.stop)
+            b = buf[: local.stop - local.start]
+            for x, r, half, mean in ((x_s, r_s, b[:, :c_s], s), (x_t, r_t, b[:, c_s:], t)):
+                half.copy_(x[rows])  # the one float64 copy of the rows
+                r[rows] = _rnorm(half)
+                half.mul_(r[rows]).sub_(mean)  # unit rows minus the sample mean
+            colsum += b.sum(0)
+            torch.mv(b, shift, out=q[rows])  # w, up to the mean correction
+            if fit and not e_low:
+                b[:, c_s:].addmm_(b[:, :c_s], W, alpha=-1)  # E' = Bb' - Ab' W, in float64
+            part[local, :c] = b
+        if fit and e_low:
+            part[:, c_s:c].addmm_(part[:, :c_s], W.to(dtype), alpha=-1)  # E' in the Gram's dtype
+        cols.append(part)
+    delta, eps = colsum[:c_s] / m, colsum[c_s:] / m  # the sample means' error
+    mu, nu = s + delta, t + eps
+    g = torch.cat([delta, eps - W.T @ delta])
+    h = _gram([part[:, :c] for part in cols]).addr_(g, g, alpha=-m)  # of C = C' - 1 g^T, exactly centred
+    y = torch.cat([delta - W @ eps, -eps]).to(dtype)  # w = q + C' y - (delta.mu - eps.nu): Ab mu - Bb nu expanded
+    w2, kappa = q.new_zeros(()), delta @ mu - eps @ nu
+    for block, part in zip(_row_blocks(m, _BLOCK_ROWS), cols):
+        w = (part[:, :c] @ y).to(f64).add_(q[block]).sub_(kappa)
+        part[:, c + 1] = w
+        w2 += w @ w
+    bottom = torch.addmm(h[c_s:], W.T, h[:c_s]).neg_()  # M H, M = [[I - W W^T, -W], [-W^T, -I]]
+    mh = torch.cat([torch.addmm(h[:c_s], W, bottom), bottom])
     d = mu @ mu - nu @ nu
-    total = xx.pow(2).sum() - 2 * xy.pow(2).sum() + yy.pow(2).sum() + 2 * m * w2 + m * m * d * d
-    grams = (xx + m * torch.outer(mu, mu), xy + m * torch.outer(mu, nu), yy + m * torch.outer(nu, nu))
-    return total / (m * m), grams, (r_s, r_t)
+    total = (mh * mh.T).sum() + 2 * m * w2 + m * m * d * d
+    return total / (m * m), _Parts(r_s, r_t, mu, nu, g, mh, h, W, d, tuple(cols))
+
+
+@contextlib.contextmanager
+def _exact_matmuls(t: Tensor):
+    """Full float32 GEMMs whatever the global settings: no autocast, no TF32 / bf16 passes."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with _no_autocast(t):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 class _ExactManifold(torch.autograd.Function):
-    """Forward via Grams; backward streams rows again, so nothing of size m x m (or m x c) is saved."""
+    """Forward through H; the backward is one GEMM with the kept C' and a projection per row."""
 
     @staticmethod
-    def forward(ctx, f_s: Tensor, f_t: Tensor, chunk: int) -> Tensor:
-        value, grams, norms = _manifold_gram(f_s, f_t, chunk=chunk)
-        ctx.chunk = chunk
-        ctx.save_for_backward(f_s, f_t, *grams, *norms)
+    def forward(ctx, f_s: Tensor, f_t: Tensor) -> Tensor:
+        with _exact_matmuls(f_s):
+            value, parts = _manifold_gram(f_s, f_t, dtype=torch.promote_types(f_s.dtype, torch.float32))
+        ctx.save_for_backward(f_s, f_t, *parts[:-1], *parts.cols)
         return value.to(torch.promote_types(f_s.dtype, torch.float32))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        # d/dA ||AA^T - BB^T||^2 = 4 (AA^T - BB^T) A = 4 (A (A^T A) - B (B^T A)), and symmetrically for B;
-        # then through a = x / ||x||: dx = (da - a (a . da)) / ||x|| (just da / eps below eps, as F.normalize).
-        f_s, f_t, xx, xy, yy, r_s, r_t = ctx.saved_tensors
-        f64, m = torch.float64, f_s.shape[0] * f_s.shape[1]
-        scale = 4 * grad_out.to(f64) / (m * m)
-        xx, xy, yy = xx * scale, xy * scale, yy * scale  # scaled once here, not per row
-        need_s, need_t = ctx.needs_input_grad[:2]
-        grad_s = f_s.new_empty(m, f_s.shape[-1]) if need_s else None
-        grad_t = f_t.new_empty(m, f_t.shape[-1]) if need_t else None
+        # dL/dA = 4/m^2 D A with D = AA^T - BB^T, and D A = G Ab + 1 (Ab^T w)^T + m (w + d 1) mu^T;
+        # dL/dB = -4/m^2 D B alike. G Ab = C (M H)[:, :c_s], G Bb = C ((M H)[:, :c_s] W + (M H)[:, c_s:]),
+        # Ab^T w = H[:c_s] z and Bb^T w = W^T Ab^T w + H[c_s:] z with w = C z. C = C' - 1 g^T: the 1 and
+        # w columns of C' carry the rank-one parts. Then through a = x / ||x||: dx = (da - a (a . da)) / ||x||
+        # (just da / eps below eps, as F.normalize).
+        f_s, f_t, r_s, r_t, mu, nu, g, mh, h, W, d, *cols = ctx.saved_tensors
+        m, c_s = f_s.shape[0] * f_s.shape[1], f_s.shape[-1]
+        scale = 4 * grad_out.to(torch.float64) / (m * m)
+        z = torch.cat([mu - W @ nu, -nu])
+        ab_w = h[:c_s] @ z
 
-        def through_norm(da, a, r):
-            coef = torch.linalg.vecdot(a, da, dim=1)[:, None] * (r < 1 / _EPS)
-            return da.sub_(a * coef).mul_(r)
+        c = len(mh)
+        gram_x = mh.new_zeros(c + 2, c + 2)  # of C' = [Ab' | E' | 1 | w] (C'^T w = H z since 1^T C = 0)
+        gram_x[:c, :c] = torch.addr(h, g, g, alpha=m)
+        gram_x[:c, c] = gram_x[c, :c] = m * g
+        gram_x[:c, c + 1] = gram_x[c + 1, :c] = h @ z
+        gram_x[c, c], gram_x[c + 1, c + 1] = m, z @ h @ z
 
-        for x_s, x_t, rows in _blocks(f_s, f_t, ctx.chunk):
-            a, b = x_s.to(f64) * r_s[rows], x_t.to(f64) * r_t[rows]
-            if need_s:
-                grad_s[rows] = through_norm(torch.addmm(a @ xx, b, xy.T, alpha=-1), a, r_s[rows])
-            if need_t:
-                grad_t[rows] = through_norm(torch.addmm(b @ yy, a, xy, alpha=-1), b, r_t[rows])
-        return (grad_s.view(f_s.shape) if need_s else None), (grad_t.view(f_t.shape) if need_t else None), None
+        def kernel(k0, v, mean, sign, unit):
+            # rows for [Ab' | E' | 1 | w], minus lam (the unit rows, as C' unit), which the projection below
+            # removes anyway. lam is the least-squares radial part of D A: when the features have similar
+            # norms most of D A is radial, and the float32 GEMM would otherwise round that, not the rest.
+            k = torch.cat([k0, (v + m * d * mean - k0.T @ g)[None], m * mean[None]]) * (sign * scale)
+            gu = gram_x @ unit
+            norm = (unit * gu).sum()
+            lam = (k * gu).sum() / norm if norm > 0 else norm.new_zeros(())
+            return k.sub_(unit, alpha=lam.item()), lam.item()
+
+        eye_s, eye_t = (torch.eye(n, dtype=mh.dtype, device=mh.device) for n in (c_s, c - c_s))
+        s_t = torch.cat([mu - g[:c_s], nu - g[c_s:] - W.T @ g[:c_s]])  # the provisional shifts s, t
+        sides = [None, None]  # (input, reciprocal norms, kernel, lam) per side that needs a gradient
+        if ctx.needs_input_grad[0]:  # a = Ab' + s
+            unit = torch.cat([eye_s, eye_s.new_zeros(c - c_s, c_s), s_t[:c_s][None], eye_s.new_zeros(1, c_s)])
+            sides[0] = (f_s, r_s, *kernel(mh[:, :c_s], ab_w, mu, 1, unit))
+        if ctx.needs_input_grad[1]:  # b = Ab' W + E' + t
+            unit = torch.cat([W, eye_t, s_t[c_s:][None], eye_t.new_zeros(1, len(eye_t))])
+            k0 = torch.addmm(mh[:, c_s:], mh[:, :c_s], W)
+            sides[1] = (f_t, r_t, *kernel(k0, W.T @ ab_w + h[c_s:] @ z, nu, -1, unit))
+        sides = [(f, r, k, lam, f.new_empty(m, f.shape[-1])) for f, r, k, lam in filter(None, sides)]
+        with _exact_matmuls(cols[0]):
+            kmat = torch.cat([k for _, _, k, _, _ in sides], 1).to(cols[0].dtype)
+            for block, part in zip(_row_blocks(m, _BLOCK_ROWS), cols):
+                da, start = part @ kmat, 0
+                for f, r, k, lam, grad in sides:
+                    x, span = f.reshape(m, -1), slice(start, start + k.shape[1])
+                    for local in _row_blocks(len(part), 2 * _CHUNK):
+                        rows = slice(block.start + local.start, block.start + local.stop)
+                        ga, rr = da[local, span], r[rows].to(da.dtype)
+                        a = x[rows] * rr
+                        # below eps F.normalize does not project: put back the lam * a taken out above
+                        coef = torch.linalg.vecdot(a, ga, dim=1)[:, None].where(r[rows] < 1 / _EPS, -lam)
+                        torch.mul(ga.addcmul_(a, coef, value=-1), rr, out=grad[rows])
+                    start = span.stop
+        grads = iter(grad.view(f.shape) for f, _, _, _, grad in sides)
+        grad_s = next(grads) if ctx.needs_input_grad[0] else None
+        grad_t = next(grads) if ctx.needs_input_grad[1] else None
+        return grad_s, grad_t
 
 
 def manifold_exact(f_s: Tensor, f_t: Tensor) -> Tensor:
     """Exact patch-level manifold loss, Eq. 8, averaged over the (np x np) map: ||M(F_S) - M(F_T)||^2 / (np)^2.
 
-    Computed without the map in O(np c^2) time and O(c^2 + chunk c) memory (see the derivation above),
-    accurate to float32 output precision (~1e-7 relative) even when student and teacher maps nearly
-    coincide, where the float32 map itself errs by up to ~1e-2. Differentiable in both inputs.
+    Computed without the map in O(np c^2) time and O(np c) memory (see the derivation above), accurate
+    to ~1e-7 relative even when student and teacher maps nearly coincide, where the float32 map itself
+    errs by up to ~1e-2. Differentiable in both inputs.
     """
     _check_pair(f_s, f_t)
     with _no_autocast(f_s):
         return _ExactManifold.apply(
             f_s.to(torch.promote_types(f_s.dtype, torch.float32)),
             f_t.to(torch.promote_types(f_t.dtype, torch.float32)),
-            _CHUNK,
         )
 
 

@@ -1,5 +1,5 @@
 """Plug-ins: what other installed packages add to kdgrid's registries, named under an entry-point group
-(`kdgrid.methods`; launchers once they are a registry). Loading an entry point imports its module, which
+(`kdgrid.methods`, `kdgrid.datasets`). Loading an entry point imports its module, which
 registers what it provides, as kdgrid's own modules do; a lab's package extends kdgrid without forking it.
 """
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from trainer import methods, strict_yaml
+from trainer import datasets, methods, strict_yaml
 from trainer.methods import embedding, manifold
 from trainer.problems import SpecError, validation_problems
 from trainer.spec_base import NOT_HASHED, Block, Positive, StrictModel, Weight  # noqa: F401 (re-exported)
@@ -87,8 +87,8 @@ class AugmentSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
-    dataset: Literal["fashion_mnist", "imagenet"]
-    root: str | None = None  # fashion_mnist: Debian's /usr/share/datasets/fashion-mnist; imagenet: train/ val/
+    dataset: str  # a registered dataset (trainer.datasets): fashion_mnist, imagenet, or a plug-in's
+    root: str | None = None  # where its files are (fashion_mnist: Debian's package's; imagenet: train/ val/)
     img_size: int = Field(28, ge=8)
     in_chans: int = Field(1, ge=1)
     num_classes: int = Field(10, ge=2)
@@ -97,6 +97,12 @@ class DataSpec(StrictModel):
     subset_seed: int = 0
     augment: AugmentSpec = AugmentSpec()
     num_workers: int = Field(0, ge=0, json_schema_extra=NOT_HASHED)
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        datasets.get(name)  # ValueError naming every registered dataset
+        return name
 
 
 class RecipeSpec(StrictModel):

@@ -1,7 +1,9 @@
-"""`kdgrid train`: spec files trained in this process (several share a teacher pass when they can)."""
+"""`kdgrid train`: spec files trained in this process (several share a teacher pass when they can), with a bar
+per run in a terminal and a progress line per report otherwise (a pipe, a file: trainer/progress.py)."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 
 from orchestrator.launch.outcome import Outcome
@@ -13,10 +15,13 @@ def run(args) -> int:
     specs = [load_experiment(p) for p in args.specs]  # every spec is checked before anything trains
     progress, callbacks = nullcontext(), ()
     if not args.quiet:
-        from trainer.progress import RichProgress
+        from trainer.progress import LogLines, RichProgress
 
-        progress = RichProgress()
-        callbacks = (progress,)
+        if sys.stdout.isatty():
+            progress = RichProgress()
+            callbacks = (progress,)
+        else:
+            callbacks = (LogLines(),)
     with progress:
         results = train_specs(
             specs,

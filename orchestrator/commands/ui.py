@@ -1,4 +1,5 @@
-"""`kdgrid ui`: the MLflow UI (`mlflow server`) on the grid's store, loopback-only by default, until Ctrl-C."""
+"""`kdgrid ui`: the MLflow UI (`mlflow server`) on the grid's store, loopback-only by default, until Ctrl-C;
+it prints where the UI opens on each grid (the experiment's runs in kdgrid's view), not MLflow's home page."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def run(args) -> int:
         if not server.wait_healthy(url, proc):
             print(f"error: the MLflow server did not come up (exit code {proc.poll()})", file=sys.stderr)
             return 1
-        print(f"MLflow UI: {url}  (store: {uri}; experiments kdgrid-<scale>; Ctrl-C stops it)", flush=True)
+        views = server.grid_views(url)
+        lines = [f"MLflow UI: {url}  (store: {uri}; Ctrl-C stops it)"]
+        lines += [f"  {name}: {view}" for name, view in views] or ["  no kdgrid experiment in this store yet"]
+        print("\n".join(lines), flush=True)  # one write: the server's log shares the stream
         proc.wait()
         return 0
     except KeyboardInterrupt:

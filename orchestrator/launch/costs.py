@@ -29,7 +29,7 @@ TRAIN = 3.0  # a training step in forward passes (forward + backward)
 SETUP = "setup"  # the rate key of a process's set-up (seconds per process)
 DEFAULT_RATE = 5e-11  # CPU-s per forward FLOP: benchmarks/bench_step's steps on the 2-core machine, 1 thread
 DEFAULT_SETUP = 5.0  # CPU-s to build the models and data of a process
-FULL = {"fashion_mnist": (60000, 10000), "imagenet": (1281167, 50000)}  # (train, val) images
+GUESS = (100000, 10000)  # (train, val) images of a dataset that does not say its sizes
 RIDGE = 0.01  # weight of the pull towards the common rate, per model, against one observation's relative error
 
 
@@ -102,8 +102,10 @@ def teacher_key(spec) -> str:
 
 
 def images(spec) -> tuple[int, int]:
-    """(training, validation) images an epoch of this run sees."""
-    train, val = FULL.get(spec.data.dataset, (100000, 10000))
+    """(training, validation) images an epoch of this run sees: the subsets, or the sizes its dataset says."""
+    from trainer import datasets
+
+    train, val = datasets.get(spec.data.dataset).sizes or GUESS
     return spec.data.train_subset or train, spec.data.val_subset or val
 
 

@@ -103,6 +103,10 @@ def _train(payload: dict, work, tracking_uri: str, threads, device, callbacks, r
     if todo and rank == 0 and lock_wait_s > 0:
         wait_for_locks(work, [s.content_hash() for s in todo], lock_wait_s)
     if todo:
+        if rank == 0:  # how each run is doing, in the item's log (trainer/progress.py)
+            from trainer.progress import LogLines
+
+            callbacks = (*callbacks, LogLines())
         results.update(
             train_specs(
                 todo, work=work, tracking_uri=tracking_uri, threads=threads, device=device, callbacks=tuple(callbacks)

@@ -17,6 +17,7 @@ from orchestrator.report import figure, sequential, versions
 from orchestrator.report import protocol as protocol_mod
 from orchestrator.report.collect import Collected, collect
 from orchestrator.report.tables import TableModel, build_tables
+from trainer import datasets
 from trainer.tracking import default_uri
 
 COMPARABLE, ANALOG, NOTHING_YET = "Comparable with the paper", "Analog numbers", "Nothing to compare yet"
@@ -104,7 +105,7 @@ def describe_scale(plan: Any, protocols: Mapping[str, list[dict[str, str]]] | No
         return f"Scale '{plan.scale}'.", False, NOTHING_YET
     d, epochs = students[0].data, sorted({s.recipe.epochs for s in students})
     models = sorted({s.student.name for s in students} | {s.teacher.name for s in students if s.teacher})
-    dataset = {"imagenet": "ImageNet-1k", "fashion_mnist": "Fashion-MNIST"}.get(d.dataset, d.dataset)
+    dataset = datasets.get(d.dataset).display_name
     subset = f", {d.train_subset} training images" if d.train_subset else ""
     subset += f", {d.val_subset} validation images" if d.val_subset else ""
     ep = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"

@@ -1,8 +1,10 @@
 """The MLflow server `kdgrid ui` runs on the grid's store (loopback-only by default): started in its own process
-group, waited for until healthy, stopped with its children."""
+group with telemetry off and without MLflow's GenAI job runner (`server_env`), waited for until healthy,
+stopped with its children; and the grids it serves (`grid_views`: where the UI opens on each)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,8 +12,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 
-from trainer import tracking
+from orchestrator.tracking import grid_run
+from trainer import telemetry, tracking
+
+# MLflow 3's GenAI job runner (prompt optimisation, scorers) starts 7 idle processes with the server,
+# which slow a small machine several-fold; kdgrid's grids never use it.
+NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
@@ -57,9 +65,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> bo
     return False
 
 
+def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: this one, telemetry off and no job runner, unless the user set them."""
+    env = dict(os.environ if environ is None else environ)
+    return {**NO_JOBS, **env, **telemetry.environment(env)}
+
+
 def start(uri: str, host: str, port: int) -> subprocess.Popen:
     """`mlflow server` in its own process group: it starts uvicorn as a child, and `stop` ends both."""
-    return subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
+    return subprocess.Popen(ui_command(uri, host, port), start_new_session=True, env=server_env())
 
 
 def url(host: str, port: int) -> str:
@@ -78,3 +92,19 @@ def stop(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _post(url: str, endpoint: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"{url}{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def grid_views(url: str) -> list[tuple[str, str]]:
+    """(experiment, URL) of each kdgrid experiment the server at `url` holds, most recently changed first:
+    where the UI opens on its runs, the grids' rows among them, in kdgrid's saved view (grid_run.VIEW)."""
+    body = {"max_results": 1000, "filter": "name LIKE 'kdgrid-%'", "order_by": ["last_update_time DESC"]}
+    found = _post(url, "/api/2.0/mlflow/experiments/search", body).get("experiments", [])
+    return [(e["name"], grid_run.view_url(url, e["experiment_id"])) for e in found]

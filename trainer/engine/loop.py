@@ -2,13 +2,15 @@
 
 Each epoch goes in micro-batches: every batch is augmented once and goes through the teacher once, then
 each member takes its own step. Nothing syncs the host inside a step except at logging intervals
-(`recipe.log_every`), where the loss terms are read and checked finite. A member that fails (an error in
+(`recipe.log_every` steps, or trainer.progress's seconds if that comes first, in a single process), where
+the loss terms are read and checked finite and the callbacks told. A member that fails (an error in
 its step, a non-finite loss, a full disk at its checkpoint) leaves the cohort with its reason; the others
 go on.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer import tracking, workdir
+from trainer import progress, tracking, workdir
 from trainer.data import micro_seed
 from trainer.distributed import DistEnv
 from trainer.engine import ema
@@ -107,6 +109,9 @@ def train_epoch(c: Cohort, active: list[Member], epoch: int, meter: EpochMeter |
         m.sums, m.count = {}, 0
     meter = meter or EpochMeter(c.env.device, c.env.world_size)
     t0 = time.perf_counter()
+    # Every rank must report at the same steps (the loss terms are all-reduced): by the clock only alone.
+    every_s = progress.interval_s() if c.env.world_size == 1 else math.inf
+    due = t0 + every_s
     for i, (x, y) in enumerate(meter.batches(c.train_data.epoch(c.spec.seed, epoch))):
         step, acc = divmod(i, c.accumulation)
         last = acc == c.accumulation - 1
@@ -118,8 +123,10 @@ def train_epoch(c: Cohort, active: list[Member], epoch: int, meter: EpochMeter |
                 micro_step(m, b, last, c.accumulation, c.precision)
                 if last:
                     optimizer_step(m, epoch * m.steps + step)
-        if last and ((step + 1) % c.spec.recipe.log_every == 0 or step + 1 == c.steps):
-            _report_progress(c, active, epoch, step, time.perf_counter() - t0)
+        now = time.perf_counter()
+        if last and ((step + 1) % c.spec.recipe.log_every == 0 or step + 1 == c.steps or now >= due):
+            _report_progress(c, active, epoch, step, now - t0, meter.images * c.env.world_size / max(now - t0, 1e-9))
+            due = time.perf_counter() + every_s
 
 
 def _batch(c: Cohort, x, y, epoch: int, j: int, meter: EpochMeter) -> Batch:
@@ -148,8 +155,9 @@ def member_guard(m: Member):
         fail(m, f"{type(err).__name__}: {err}", traceback.format_exc())
 
 
-def _report_progress(c: Cohort, active: list[Member], epoch: int, step: int, elapsed: float) -> None:
-    """A logging interval: each member's mean loss terms so far, checked finite, to the callbacks."""
+def _report_progress(c: Cohort, active: list[Member], epoch: int, step: int, elapsed: float, images_s: float) -> None:
+    """A logging interval: each member's mean loss terms so far, checked finite, to the callbacks, with the
+    epoch's pace (seconds per step, images per second of the cohort)."""
     for m in active:
         if m.failed:
             continue
@@ -159,6 +167,7 @@ def _report_progress(c: Cohort, active: list[Member], epoch: int, step: int, ela
             continue
         values["lr"] = m.optimizer.param_groups[0]["lr"]
         values["step_time_s"] = elapsed / (step + 1)
+        values["images_per_s"] = images_s
         for cb in c.callbacks:
             cb.on_progress(m.hash, epoch, step + 1, values)
 

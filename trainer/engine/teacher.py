@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer import data as data_mod
-from trainer import models, tracking, workdir
+from trainer import datasets, models, tracking, workdir
 from trainer.engine.cohort import Cohort
 from trainer.engine.evaluation import evaluate
 from trainer.engine.runlog import log_predictions
@@ -80,21 +79,10 @@ def _hub_file_sha256(model: nn.Module) -> str | None:
 
 
 def teacher_val_data(teacher: nn.Module, spec: ExperimentSpec, val_data):
-    """(validation source, what transform) for the teacher's own accuracy: at an image folder, the teacher's
-    eval transform from timm's pretrained_cfg (crop_pct, interpolation, mean/std); on the in-memory CPU
-    datasets the student's (the analogs have no pretrained config)."""
-    if spec.data.dataset != "imagenet":
-        return val_data, "the student's"
-    from timm.data import create_transform, resolve_data_config
-
-    cfg = resolve_data_config({}, model=teacher)
-    cfg["input_size"] = (spec.data.in_chans, spec.data.img_size, spec.data.img_size)
-    tf = create_transform(**cfg, is_training=False)
-    how = (
-        f"crop_pct={cfg.get('crop_pct')} {cfg.get('interpolation')} mean={tuple(round(v, 4) for v in cfg['mean'])} "
-        f"std={tuple(round(v, 4) for v in cfg['std'])}"
-    )
-    return data_mod.with_transform(val_data, tf), how
+    """(validation source, what transform) for the teacher's own accuracy, as the dataset says: at an image
+    folder, the teacher's eval transform from timm's pretrained_cfg; on the in-memory CPU datasets the
+    student's (the analogs have no pretrained config)."""
+    return datasets.get(spec.data.dataset).teacher_val_data(teacher, spec, val_data)
 
 
 def evaluate_teacher(cohort: Cohort) -> None:

@@ -37,7 +37,7 @@ K = Annotated[int, Strict(), Field(ge=0)]
 # runs hash with those tokens, so every run keeps its content hash.
 Reduction = Literal["sum", "mean"]
 OLD_REDUCTION = {"paper": "sum", "released": "mean"}
-LOSS_REDUCTION = {"sum": "paper", "mean": "released"}  # the token trainer.losses and the content hash use
+LOSS_REDUCTION = losses.SPEC_REDUCTION  # the token trainer.losses and the content hash use
 
 
 def distinct_terms(terms):

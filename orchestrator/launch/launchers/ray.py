@@ -35,6 +35,7 @@ from orchestrator.launch.registry import Launcher, register
 from orchestrator.launch.scheduler import Scheduler
 from orchestrator.launch.view import RunView
 from orchestrator.launch.worker import REPO_ROOT, run_item
+from trainer import telemetry
 
 
 def _init(ctx: LaunchContext) -> None:
@@ -57,7 +58,8 @@ def init_ray(address: str | None, tracking_uri: str) -> None:
             address=address,
             runtime_env={
                 "py_modules": [str(REPO_ROOT / "trainer"), str(REPO_ROOT / "orchestrator")],
-                "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri},
+                # the trials' telemetry off too (a cluster's own usage stats are its `ray start`'s to set)
+                "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **telemetry.environment()},
             },
             **quiet,
         )

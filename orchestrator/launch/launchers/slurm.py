@@ -46,7 +46,7 @@ from orchestrator.launch.outcome import Outcome, blocked_by, parse_all
 from orchestrator.launch.registry import Launcher, register
 from orchestrator.launch.view import RunView
 from orchestrator.launch.worker import REPO_ROOT, mark_abandoned, run_item
-from trainer import atomic
+from trainer import atomic, telemetry
 
 ALIVE = {
     "PENDING",
@@ -256,6 +256,7 @@ def _executor(
         f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
         f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}",
         f"export MLFLOW_TRACKING_URI={shlex.quote(ctx.tracking_uri)}",
+        *(f"export {k}={shlex.quote(v)}" for k, v in telemetry.environment().items()),  # whatever sbatch exports
         *res.setup,
     ]
     additional = dict(res.additional)
