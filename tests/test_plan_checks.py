@@ -122,7 +122,7 @@ def test_dataset_smaller_than_one_global_batch_is_refused(tiny_imagefolder):
 def test_dataset_absent_or_its_subset_too_small_is_refused(tmp_path):
     absent = make_plan("paper", "2", overrides=[f"data.root={tmp_path / 'nowhere'}"])
     [(_, field, reason)] = checks.problems(absent.runs)
-    assert field == "data.root" and "ImageNet not found" in reason and "train/ and val/" in reason
+    assert field == "data.root" and "not found at" in reason and "train/ and val/" in reason
     small = make_plan("smoke", "fig4", overrides=["data.train_subset=32"])
     [(_, field, reason)] = checks.problems(small.runs)  # the teacher keeps its own 4096 images
     assert field == "data.train_subset" and "holds 32 image(s), fewer than one global batch of 64" in reason

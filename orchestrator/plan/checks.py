@@ -17,7 +17,8 @@ from pathlib import Path
 
 from orchestrator.grid import GridError
 from orchestrator.plan.model import PlannedRun
-from trainer.dataset_files import dataset_problem, fashion_mnist_root
+from trainer.dataset_files import dataset_problem
+from trainer.datasets.fashion_mnist import root_of as fashion_mnist_root
 from trainer.problems import Entry
 from trainer.spec import accumulation_steps
 
