@@ -1,10 +1,17 @@
 # The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
 # ranges, pinned to the tested set by requirements/lock.txt).
-.PHONY: reproduce test check docs plan report ui bench lock image
+.PHONY: reproduce first-look test check docs plan report ui bench lock image
 
-reproduce:  ## the mini reproduction: local launcher, MLflow in ./kdgrid.db, report in ./reports
+# The mini reproduction that decides claims: 3 seeds per row (the sequential design's first look), then
+# --resolve adds seeds to the rows of claims without a verdict, look by look (4, 6, 8, 10), within 6 CPU-hours
+# (docs/statistics.md: why these numbers). Local launcher, MLflow in ./kdgrid.db, report in ./reports.
+reproduce:
 	scripts/bootstrap.sh run
-	.venv/bin/kdgrid reproduce $(ARGS)
+	.venv/bin/kdgrid reproduce --seeds 3 --resolve --budget-cpu-hours 6 $(ARGS)
+
+first-look:  ## one seed of the mini grid (~40 min on 2 cores): the tables and Figure 4; it decides no claim
+	scripts/bootstrap.sh run
+	.venv/bin/kdgrid reproduce --seeds 1 $(ARGS)
 
 test:  ## the checks, then the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
 	scripts/test.sh $(ARGS)
