@@ -134,7 +134,9 @@ def uninterrupted(tmp_path_factory):
         t0 = time.perf_counter()
         assert train(spec, base / "runs", f"sqlite:///{base / 'm.db'}") == {h: "finished"}
     print(f"uninterrupted: 3 epochs in {time.perf_counter() - t0:.1f} s")
-    return workdir.load(base / "runs" / h / "checkpoint.pt")["history"], workdir.load(base / "runs" / h / "final.pt")
+    run = base / "runs" / h
+    predictions = json.loads((run / "predictions.json").read_text())
+    return workdir.load(run / "checkpoint.pt")["history"], workdir.load(run / "final.pt"), predictions
 
 
 @pytest.mark.slow
@@ -177,9 +179,30 @@ def test_a_damaged_checkpoint_resumes_from_the_epoch_before_with_the_same_number
             steps = [m.step for m in c.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == [1, 2, 3], (key, steps)
 
-    history, final = uninterrupted
+    history, final, _ = uninterrupted
     assert numbers(workdir.load(ckpt)["history"]) == numbers(history)
     weights = workdir.load(work / h / "final.pt")["model"]
     assert weights.keys() == final["model"].keys()
     assert all(torch.equal(weights[k], final["model"][k]) for k in weights)
     assert not workdir.previous(ckpt).exists()  # a finished run keeps one checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_kill_after_the_last_checkpoint_still_logs_the_predictions(tmp_path, monkeypatch, uninterrupted):
+    """Killed between the last epoch's checkpoint and the run's end, the rerun trains nothing and finishes the
+    run with that epoch's per-image predictions (the agreement matrix and the noise split read them)."""
+    monkeypatch.setenv(tracking.SYSTEM_METRICS_INTERVAL, "0")
+    spec, work, uri = small_spec(), tmp_path / "runs", f"sqlite:///{tmp_path / 'm.db'}"
+    h = parse_experiment(spec).content_hash()
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, work, uri, callbacks=(_StopAfter(3),))
+    assert workdir.load(work / h / "checkpoint.pt")["epoch"] == 3
+    assert train(spec, work, uri) == {h: "finished"}
+
+    c = tracking.client(uri)
+    run = tracking.runs_by_hash(c, "test", [h])[h]
+    assert run.info.status == "FINISHED"
+    logged = c.download_artifacts(run.info.run_id, "predictions/predictions.json", str(tmp_path))
+    predictions = json.loads(open(logged).read())
+    assert len(predictions["label"]) == 256 and predictions == uninterrupted[2]

@@ -26,7 +26,7 @@ from trainer.engine import ema
 from trainer.engine.cohort import Batch, Callback, Cohort, NonFiniteLoss, cohort_key
 from trainer.engine.evaluation import evaluate
 from trainer.engine.member import Member
-from trainer.engine.runlog import fail, finish, interrupted
+from trainer.engine.runlog import PREDICTIONS, fail, finish, interrupted, save_predictions
 from trainer.engine.start import Session, claim, new_cohort, open_members
 from trainer.engine.step import finite_terms, mean_terms, micro_step, optimizer_step
 from trainer.engine.teacher import teacher_forward
@@ -193,6 +193,8 @@ def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float, measured: di
     m.history.append({"epoch": epoch + 1, **metrics})
     m.start_epoch = epoch + 1
     if c.env.main:
+        if m.predictions:  # on disk before the checkpoint: a run killed before it finishes still logs them
+            save_predictions(m, PREDICTIONS, m.predictions)
         workdir.save_checkpoint(m.state(epoch + 1), m.dir / "checkpoint.pt", epoch + 1)
         if epoch + 1 not in m.logged:
             m.run.log_metrics(metrics | measured, step=epoch + 1)

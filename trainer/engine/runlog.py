@@ -105,12 +105,20 @@ def warn_resume(m: Member, rejected: list[str]) -> None:
         m.run.set_tags({RESUME_WARNING: text})
 
 
-def log_predictions(m: Member, name: str, predictions: dict) -> None:
-    """Per-image validation top-1 ({"label": [...], "top1": [...], "cls": [...], ...}) as the artifact
-    predictions/<name>: what the report's agreement matrix compares."""
+PREDICTIONS = "predictions.json"  # the last epoch's, written beside its checkpoint
+
+
+def save_predictions(m: Member, name: str, predictions: dict) -> Path:
+    """Per-image validation top-1 ({"label": [...], "top1": [...], "cls": [...], ...}) written whole to the run
+    directory: what the report's agreement matrix and the noise split compare."""
     path = m.dir / name
     atomic.write_text(path, json.dumps(predictions, separators=(",", ":")))
-    m.run.log_artifact(path, "predictions")
+    return path
+
+
+def log_predictions(m: Member, name: str, predictions: dict) -> None:
+    """The predictions saved, and logged as the artifact predictions/<name>."""
+    m.run.log_artifact(save_predictions(m, name, predictions), "predictions")
 
 
 def fail(m: Member, reason: str, tb: str | None) -> None:
@@ -157,8 +165,9 @@ def finish(m: Member) -> None:
     workdir.save_atomic(final, m.dir / "final.pt")
     if m.epochs not in m.run.logged_steps("last_top1"):  # a kill after them, before FINISHED: not logged twice
         m.run.log_metrics(_finals(m), step=m.epochs)
-    if m.predictions:
-        log_predictions(m, "predictions.json", m.predictions)
+    saved = m.dir / PREDICTIONS  # saved before the last checkpoint (loop.end_epoch): there after a kill too
+    if saved.exists():
+        m.run.log_artifact(saved, "predictions")
     m.run.log_artifact(m.dir / "final.pt", "checkpoints")
     m.run.log_artifact(m.dir / "checkpoint.pt", "checkpoints")
     atomic.write_text(m.dir / "history.json", json.dumps(m.history, indent=1))
