@@ -1,6 +1,6 @@
 # The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
 # ranges, pinned to the tested set by requirements/lock.txt).
-.PHONY: reproduce first-look test check docs plan report ui bench lock image
+.PHONY: reproduce first-look test test-all check docs plan report ui bench lock image
 
 # The mini reproduction that decides claims: 3 seeds per row (the sequential design's first look), then
 # --resolve adds seeds to the rows of claims without a verdict, look by look (4, 6, 8, 10), within 6 CPU-hours
@@ -15,6 +15,9 @@ first-look:  ## one seed of the mini grid (~40 min on 2 cores): the tables and F
 
 test:  ## the checks, then the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
 	scripts/test.sh $(ARGS)
+
+test-all:  ## make test with the heavy tests too (the chaos test: 20 SIGKILLs of a smoke grid, minutes)
+	KDGRID_HEAVY=1 scripts/test.sh $(ARGS)
 
 check:  ## the checks alone, in seconds: ruff check, ruff format --check, lint-imports, mkdocs build --strict
 	scripts/bootstrap.sh test

@@ -78,6 +78,7 @@ def check_against(chaos: Chaos, reference: str, uri: str, plan, tmp, capsys, tit
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(3600)
 def test_local_launcher_survives_20_random_kills_bit_equal(tmp_path, plan, uninterrupted, capsys):
     args, uri = grid(tmp_path, "--workers", "1")

@@ -187,6 +187,6 @@ def test_a_smoke_grid_runs_through_a_launcher_from_another_package(serial_site, 
         timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "(serial launcher, critical path first" in out.stdout and "serially" in out.stdout
+    assert "1 at a time (serial launcher, critical path first" in out.stdout, out.stdout[-3000:]
     assert_all_finished(uri, make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2])), out.stdout)
     assert (tmp_path / "reports" / "report.md").exists()

@@ -19,7 +19,7 @@ from orchestrator.report import recipes as side_by_side
 from orchestrator.report.build import Report
 from orchestrator.report.seeds import added_seeds
 from trainer import atomic
-from trainer.tracking import default_uri
+from trainer.tracking import OUTAGE_S, default_uri
 
 DATA = {"csv": export.to_csv, "json": export.to_json}  # every table row as data
 TEXT = {"md": render.markdown, "latex": render.latex, "html": render.html, **DATA}
@@ -28,8 +28,10 @@ MAX_ADDED_SEEDS = 20  # how far `--added-seeds` looks for seeds `--resolve` adde
 
 def run(args) -> int:
     uri = args.tracking_uri or default_uri()
-    # An unreachable server fails in seconds, not after MLflow's default minutes of retries.
+    # An unreachable server fails in seconds, not after MLflow's default minutes of retries, nor after the
+    # outage a training process waits out (trainer.tracking.retry): a reader has nothing to lose.
     for var, value in (
+        (OUTAGE_S, "0"),
         ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
         ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
