@@ -125,7 +125,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     # stops --resolve for a claim: tested in test_claim_stats) and few seeds would resolve it; the budget
     # pays for the cheapest unresolved claim's seeds, not for a second one's.
     plan = make_plan("smoke", "6,fig4", 2)
-    paper = build_report(plan, uri)
+    paper = build_report(plan, uri, max_seeds=5)  # the design the command below fixes (--max-seeds 5)
     tops = [
         min(c.high for c in claim.comparisons if c.outcome == "unresolved")
         for claim in paper.claims
@@ -133,7 +133,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     ]
     assert tops and max(tops) > 0, [c.verdict for c in paper.claims]
     effect = round(0.8 * max(tops), 4)
-    report = build_report(plan, uri, effect=effect)
+    report = build_report(plan, uri, effect=effect, max_seeds=5)
     needs = R.needs_of(report, plan)
     assert any(not n.resolved and not n.excluded and n.seeds_needed and n.seeds_needed <= 5 for n in needs)
     seeds, cost = R.row_state(plan, run_cpu_s(uri, "smoke", [r.hash for r in plan.students]))
@@ -144,7 +144,14 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     )
     budget_h = costs[0] * 1.2 / 3600
     expected = R.next_step(needs, seeds, cost, budget_h * 3600, max_seeds=5)
-    assert expected.chosen and {n.id for n in needs if not n.resolved} - set(expected.chosen)  # one left out
+    assert expected.chosen and expected.cost_s <= budget_h * 3600
+    # Claims are raised to their next look, so a claim whose open rows the cheapest claim's seeds already
+    # cover comes at no cost (T6's two claims share rows); every other claim was left out for the budget.
+    for n in needs:
+        if not n.resolved and n.id not in expected.chosen:
+            assert n.id in expected.skipped and "CPU-h" in expected.skipped[n.id], expected
+        elif n.id in expected.chosen[1:]:
+            assert R.claim_cost(n, seeds, cost, expected.targets)[1] == 0
     before = set(tracking.runs_by_hash(tracking.client(uri), "smoke"))  # every run in the store
 
     p = _kdgrid(
@@ -163,7 +170,9 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     )
     out = json.loads((tmp_path / "resolved" / "resolve.json").read_text())
     print("\n" + (tmp_path / "resolved" / "resolve.md").read_text())  # what it added and why it stopped (-s)
-    assert out["reason"] in (loop.OUT_OF_BUDGET, loop.CANNOT), p.stdout[-2000:]
+    # one round: the budget pays for no second one; or the next look decided every claim (the difference
+    # sought is far outside the narrower intervals of a later look)
+    assert out["reason"] in (loop.OUT_OF_BUDGET, loop.CANNOT, loop.RESOLVED), p.stdout[-2000:]
     assert len(out["rounds"]) == 1
     chosen = out["rounds"][0]["chosen"]
     assert chosen == expected.chosen and all(out["verdicts_before"][c] == "unresolved" for c in chosen)
@@ -193,7 +202,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
     assert out["spent_cpu_h"] == pytest.approx(sum(r["cpu_h"] for r in out["rounds"])) and out["spent_cpu_h"] > 0
     # the report decides claims by the named test and counts the added seeds
     md = (tmp_path / "resolved" / "report.md").read_text()
-    assert "Welch's t-test" in md and "95% CI" in md
+    assert "Welch's t-test" in md and "95% sequential CI" in md
     for c in chosen:
         assert out["seeds_after"][c] == min(
             expected.targets[keys[r]] for r in next(x for x in report.claims if x.id == c).open_rows
@@ -212,7 +221,7 @@ def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_
         "--added-seeds",
         cwd=tmp_path,
     )
-    assert f"{out['seeds_after'][chosen[0]]} seeds per row (fewest)" in r.stdout
+    assert re.search(rf"- {out['seeds_after'][chosen[0]]} seeds per row[:,] ", r.stdout), r.stdout[-3000:]
 
 
 @pytest.mark.slow
