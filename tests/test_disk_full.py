@@ -112,5 +112,5 @@ def test_a_run_whose_disk_fills_fails_with_the_reason_and_resumes_once_there_is_
     run = tracking.runs_by_hash(c, "test", [h])[h]
     assert run.info.status == "FINISHED" and tracking.FAILURE not in run.data.tags
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val.top1")] == [1, 2, 3]
-    history, _ = uninterrupted
+    history = uninterrupted[0]
     assert numbers(workdir.load(ckpt)["history"]) == numbers(history)
