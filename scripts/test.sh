@@ -16,4 +16,7 @@ fi
 # The heavy tests (minutes of CPU each: the chaos test) run with KDGRID_HEAVY=1 (`make test-all`).
 heavy=(-m "not heavy")
 [ "${KDGRID_HEAVY:-0}" = 1 ] && heavy=()
-.venv/bin/python -m pytest -q --durations=25 "${heavy[@]}" "$@"
+# Two pytest workers (pytest-xdist): a module stays on one worker, the Ray and Slurm modules share one
+# (tests/conftest.py's scheduler). KDGRID_TEST_WORKERS=0 runs the tests in this process.
+workers=(-n "${KDGRID_TEST_WORKERS:-2}")
+.venv/bin/python -m pytest -q --durations=25 "${workers[@]}" "${heavy[@]}" "$@"

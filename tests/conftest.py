@@ -64,3 +64,47 @@ def write_yaml(tmp_path: Path) -> Callable[[str, Any], Path]:
         return path
 
     return write
+
+
+# pytest-xdist (`-n 2`, scripts/test.sh) runs a module on one worker, so its module fixtures are built
+# once, and the modules that start Ray or submit to Slurm on one worker together: two Ray clusters or two
+# Slurm grids at once on 2 cores only wait for each other. That group is the longest, so it starts first.
+CLUSTER_MODULES = (
+    "test_launch_ray",
+    "test_tune_search",
+    "test_slurm",
+    "test_failures",
+    "test_telemetry",
+    "test_launcher_plugin",
+)
+
+
+def _group(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return "cluster" if module in CLUSTER_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _group(item.nodeid) != "cluster")  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    # xdist's own `--dist loadgroup` cannot group under pytest 9 (it rewrites a node id pytest no longer
+    # reads), so the grouping is a scheduler: xdist's per-scope one, with our groups as its scopes.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ByGroup(config, log)
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this session shared by every xdist worker (each worker has its own basetemp below it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / name
+    path.mkdir(exist_ok=True)
+    return path

@@ -27,6 +27,9 @@ from trainer.engine import cohort_key
 
 # The smoke scale on less data: the mechanics are the same, the tests take a quarter of the time.
 LESS_DATA = ("--set", "data.train_subset=256", "--set", "data.val_subset=128")
+# What a cluster launcher's grid test trains: two teachers and their eight students (Tables 3 and 7), so both
+# stages and a cohort per teacher; the whole smoke grid (27 runs) only repeats them.
+TABLES = ("--tables", "3,7")
 
 
 def store(tmp_path: Path) -> tuple[str, Path]:

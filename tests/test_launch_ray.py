@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ROOT, kdgrid
-from tests.test_launch_local import LESS_DATA, assert_all_finished, store
+from tests.test_launch_local import LESS_DATA, TABLES, assert_all_finished, store
 
 
 @pytest.mark.slow
@@ -19,6 +19,7 @@ def test_smoke_grid_through_ray(tmp_path):
         "reproduce",
         "--scale",
         "smoke",
+        *TABLES,
         "--launcher",
         "ray",
         "--tracking-uri",
@@ -32,7 +33,7 @@ def test_smoke_grid_through_ray(tmp_path):
         timeout=1100,
     )
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
-    plan = make_plan("smoke", overrides=list(LESS_DATA[1::2]))
+    plan = make_plan("smoke", TABLES[1], overrides=list(LESS_DATA[1::2]))
     assert_all_finished(uri, plan, out.stdout)
     assert list((work / "ray").glob("kdgrid-smoke-*-stage1"))  # the Tune experiments, one per stage
     assert (tmp_path / "reports" / "report.md").exists()

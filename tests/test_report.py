@@ -22,12 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from filelock import FileLock
 
 from orchestrator.grid import load_table
 from orchestrator.report import claims as C
 from orchestrator.report.collect import RunResult
 from orchestrator.report.tables import build_table, run_status_text, stat
-from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
+from tests.conftest import kdgrid, kdgrid_command, kdgrid_env, shared_dir
 
 
 # ---- pure: statistics, comparisons, verdicts ---------------------------------------------------------
@@ -221,21 +222,27 @@ def smoke_plan():
 
 
 def trained_store(base: Path) -> tuple[str, object]:
-    """Train (once per test session: both report test modules share it) Tables 3 and 6 and Figure 4 of the
+    """Train (once per session, for every module and xdist worker) Tables 3 and 6 and Figure 4 of the
     smoke grid, two seeds, into a SQLite store, leaving out:
       Table 3 row 4 (L_cp, L_rs): both seeds missing;
       Table 3 row 3 (L_ci, L_rs): seed 0 left RUNNING after epoch 1, seed 1 FAILED after epoch 1;
       Table 6 row 4 (k=768): seed 1 missing;
       every row of Tables 2, 4, 5 and 7 that no trained run stands for.
     """
-    from trainer import tracking
-    from trainer.run import train_specs
 
     uri = f"sqlite:///{base / 'mlflow.db'}"
     plan = smoke_plan()
     done = base / "trained"
-    if done.exists():
-        return uri, plan
+    with FileLock(base / ".lock"):  # xdist workers share the store: the first trains it, the others wait
+        if not done.exists():
+            _train_store(base, uri, plan, done)
+    return uri, plan
+
+
+def _train_store(base: Path, uri: str, plan, done: Path) -> None:
+    from trainer import tracking
+    from trainer.run import train_specs
+
     students = [
         *plan.row_runs("3", 0),
         *plan.row_runs("3", 1),
@@ -260,13 +267,11 @@ def trained_store(base: Path) -> tuple[str, object]:
         log.log_metrics({"val.top1": 42.0, "val.best_top1": 42.0, "teacher.top1": 10.0}, step=1)
     tracking.RunLog.open(c, failed.spec, failed.hash).finish("FAILED", FAILURE)
     done.write_text("ok")
-    return uri, plan
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp() / "report-store"
-    base.mkdir(exist_ok=True)
+    base = shared_dir(tmp_path_factory, "report-store")  # the report tests' smoke store (2 seeds)
     t0 = time.perf_counter()
     uri, plan = trained_store(base)
     print(f"\nreport store ready in {time.perf_counter() - t0:.1f} s")

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.conftest import shared_dir
 from tests.test_report import trained_store
 
 pytestmark = pytest.mark.slow
@@ -42,8 +43,7 @@ window.addEventListener("load", () => {
 def report_html(tmp_path_factory):
     from orchestrator.report import write_reports
 
-    base = tmp_path_factory.getbasetemp() / "report-store"
-    base.mkdir(exist_ok=True)
+    base = shared_dir(tmp_path_factory, "report-store")  # the report tests' smoke store (2 seeds)
     uri, plan = trained_store(base)
     out = tmp_path_factory.mktemp("html")
     paths = write_reports(plan, uri, out, formats=("html",))

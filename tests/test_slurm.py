@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_launch_local import LESS_DATA, assert_all_finished, kdgrid, mlflow_runs, store
+from tests.test_launch_local import LESS_DATA, TABLES, assert_all_finished, kdgrid, mlflow_runs, store
 from trainer import tracking
 
 
@@ -135,6 +135,7 @@ def test_smoke_grid_through_slurm(tmp_path):
     grid = [
         "--scale",
         "smoke",
+        *TABLES,
         "--launcher",
         "slurm",
         "--slurm-config",
@@ -145,7 +146,7 @@ def test_smoke_grid_through_slurm(tmp_path):
         str(work),
         *LESS_DATA,
     ]
-    plan = make_plan("smoke", overrides=list(LESS_DATA[1::2]))
+    plan = make_plan("smoke", TABLES[1], overrides=list(LESS_DATA[1::2]))
 
     first = kdgrid("launch", *grid, cwd=tmp_path, timeout=300)  # submits and returns
     assert first.returncode == 0, first.stdout + first.stderr
