@@ -1,6 +1,6 @@
 # The two commands of the README. Both install what they need (scripts/bootstrap.sh: pyproject.toml's
 # ranges, pinned to the tested set by requirements/lock.txt).
-.PHONY: reproduce first-look test test-all check docs plan report ui bench lock image
+.PHONY: reproduce first-look test test-fast test-all check docs plan report ui bench lock image
 
 # The mini reproduction that decides claims: 3 seeds per row (the sequential design's first look), then
 # --resolve adds seeds to the rows of claims without a verdict, look by look (4, 6, 8, 10), within 6 CPU-hours
@@ -15,6 +15,10 @@ first-look:  ## one seed of the mini grid (~40 min on 2 cores): the tables and F
 
 test:  ## the checks, then the test suite (starts a real single-node Slurm when run as root beside ../shared/ci)
 	scripts/test.sh $(ARGS)
+
+test-fast:  ## the inner loop (~2 min on 2 cores): every test not marked slow or heavy, on two workers, no checks
+	scripts/bootstrap.sh test
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python -m pytest -q -n 2 -m "not slow and not heavy" $(ARGS)
 
 test-all:  ## make test with the heavy tests too (the chaos test: 20 SIGKILLs of a smoke grid, minutes)
 	KDGRID_HEAVY=1 scripts/test.sh $(ARGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.launch.items import work_items
 from orchestrator.plan import make_plan
 from trainer.footprint import cohort_bytes, footprint
@@ -23,6 +25,7 @@ def test_footprint_grows_with_the_model_and_the_manifold_maps():
     assert 0 < tiny_mf.teacher < tiny_mf.student
 
 
+@pytest.mark.slow
 def test_a_cohort_is_split_to_fit_the_memory_budget():
     runs = paper_s24_students()
     assert len(runs) == 12  # Tables 3-6 without their shared rows: one CaiT-S24 -> DeiT-Tiny cohort
@@ -44,6 +47,7 @@ def test_a_cohort_is_split_to_fit_the_memory_budget():
     assert len(big) == 1
 
 
+@pytest.mark.slow
 def test_a_run_larger_than_the_budget_trains_alone():
     runs = paper_s24_students()
     items = work_items(runs, workers=1, memory_budget=1 * GiB)

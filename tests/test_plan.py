@@ -387,6 +387,7 @@ def test_cli_plan_paper(tmp_path):
     assert "24 missing" in out.stdout and not (tmp_path / "kdgrid.db").exists()
 
 
+@pytest.mark.slow
 def test_cli_plan_mini_tables_seeds_and_dump(tmp_path):
     out = _cli(tmp_path, "--scale", "mini", "--tables", "2,5", "--seeds", "3", "--dump", "specs")
     assert out.returncode == 0, out.stderr

@@ -48,6 +48,7 @@ def test_slurm_world_size_is_held_against_the_global_batch(tmp_path):
     assert [e[1] for e in four] == ["student: nodes x tasks_per_node"]
 
 
+@pytest.mark.slow
 def test_slurm_launch_refused_at_plan_time_submits_nothing(tmp_path):
     """`kdgrid launch --launcher slurm` with 3 tasks per job for a global batch of 128: refused with the
     config, the field and the fix; no job is submitted (no Slurm needed: nothing reaches it)."""
@@ -129,6 +130,7 @@ def test_dataset_absent_or_its_subset_too_small_is_refused(tmp_path):
     assert "3 run(s)" in reason
 
 
+@pytest.mark.slow
 def test_local_launch_refused_trains_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = kdgrid(

@@ -4,6 +4,8 @@ by side with the test that decides the claims named. No training: plans and an e
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.cli import build_parser
 from orchestrator.grid import load_recipes
 from tests.conftest import kdgrid
@@ -23,6 +25,7 @@ def test_reproduce_with_no_arguments_plans_the_default_recipe(tmp_path):
     assert "layers=sum" in out.stdout and "reduction=mean" in out.stdout  # paper-mean's settings
 
 
+@pytest.mark.slow
 def test_the_old_recipe_name_plans_the_same_runs(tmp_path):
     runs = {}
     for name in ("paper", "paper-sum"):
@@ -48,6 +51,7 @@ def test_the_old_recipe_name_plans_the_same_runs(tmp_path):
     assert out.returncode == 2 and "no recipe 'nope'" in out.stderr and "paper (= paper-sum)" in out.stderr
 
 
+@pytest.mark.slow
 def test_report_sets_the_recipes_side_by_side_and_names_the_test(tmp_path):
     uri = f"sqlite:///{tmp_path / 'none.db'}"
     out = kdgrid(

@@ -452,6 +452,7 @@ def test_cli_report_on_the_partial_store(store, tmp_path):
     assert "html: " in out.stdout and "7 planned runs: 7 finished." in out.stdout  # 6 students, their teacher
 
 
+@pytest.mark.slow
 def test_cli_report_on_an_empty_store(tmp_path):
     db = tmp_path / "none.db"
     out = kdgrid(

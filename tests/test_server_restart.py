@@ -48,6 +48,7 @@ def _serving_after(port: int, after_s: float):
             server.server_close()
 
 
+@pytest.mark.slow
 def test_retry_waits_for_a_server_that_refuses_connections_then_gives_up(monkeypatch):
     """Connection refused (nothing listens yet) is waited out; past $KDGRID_TRACKING_OUTAGE_S it is raised."""
     port = cluster_store.free_port()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
+
 WRITERS = 4
 
 
@@ -32,6 +34,7 @@ def _writer(uri: str, experiment_id: str, barrier, results) -> None:
         results.put(f"{type(err).__name__}: {err}"[:300])
 
 
+@pytest.mark.slow
 def test_runs_that_start_together_log_the_same_dataset(tmp_path):
     import mlflow
 
