@@ -88,6 +88,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: _group(item.nodeid) != "cluster")  # stable: the rest keep their order
 
 
+@pytest.hookimpl(optionalhook=True)  # the tests also run without xdist (one process)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     # xdist's own `--dist loadgroup` cannot group under pytest 9 (it rewrites a node id pytest no longer
     # reads), so the grouping is a scheduler: xdist's per-scope one, with our groups as its scopes.

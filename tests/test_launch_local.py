@@ -128,14 +128,17 @@ def _killable_moment(work: Path, deadline: float) -> str:
             d = ckpt.parent
             if (d / "final.pt").exists() or not (d / "lock").exists():
                 continue
-            if time.time() - ckpt.stat().st_mtime < 0.3:  # let the epoch's MLflow write and save settle
-                continue
             try:
+                written = ckpt.stat().st_mtime_ns
+                if time.time_ns() - written < 300_000_000:  # let the epoch's MLflow write and save settle
+                    continue
                 epoch = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+                # Loading takes ~0.1 s: a short last epoch can save its checkpoint and end the run meanwhile.
+                # Still the same file and no final weights: the next epoch is under way.
+                if epoch == 1 and ckpt.stat().st_mtime_ns == written and not (d / "final.pt").exists():
+                    return d.name
             except Exception:
                 continue
-            if epoch == 1:
-                return d.name
         time.sleep(0.1)
     raise AssertionError("no run reached a checkpoint with its next epoch under way")
 
@@ -160,7 +163,7 @@ def _started(args: list[str], cwd: Path):
 def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
     uri, work = store(tmp_path)
     # Figure 4: the CaiT-S24 teacher and the no-distillation baseline, then two students of that teacher.
-    # 512 images: 8 steps an epoch, seconds long, so the kill lands inside an epoch.
+    # 1024 images: 16 steps an epoch, about a second on a quiet machine, so the kill lands inside an epoch.
     grid = [
         "--scale",
         "smoke",
@@ -173,7 +176,7 @@ def test_sigkill_mid_epoch_resumes_then_nothing_to_do(tmp_path):
         "--workers",
         "2",
         "--set",
-        "data.train_subset=512",
+        "data.train_subset=1024",
         "--set",
         "data.val_subset=128",
     ]
@@ -237,7 +240,7 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers(tmp_path):
         "--workers",
         "1",
         "--set",
-        "data.train_subset=512",
+        "data.train_subset=1024",
         "--set",
         "data.val_subset=128",
     ]
