@@ -20,7 +20,7 @@ test-fast:  ## the inner loop (~2 min on 2 cores): every test not marked slow or
 	scripts/bootstrap.sh test
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python -m pytest -q -n 2 -m "not slow and not heavy" $(ARGS)
 
-test-all:  ## make test with the heavy tests too (the chaos test: 20 SIGKILLs of a smoke grid, minutes)
+test-all:  ## make test with the heavy tests too (the Ray and Slurm chaos tests: a grid killed, cancelled, requeued)
 	KDGRID_HEAVY=1 scripts/test.sh $(ARGS)
 
 check:  ## the checks alone, in seconds: ruff check, ruff format --check, lint-imports, mkdocs build --strict

@@ -13,7 +13,7 @@ if [ "$(id -u)" = 0 ] && [ -x "$(command -v bash)" ] && [ -f "$slurm_up" ] && [ 
 elif [ "${KDGRID_REQUIRE_SLURM:-0}" = 1 ]; then
   echo "[test] KDGRID_REQUIRE_SLURM=1 but cannot start Slurm (needs root and $slurm_up): the Slurm tests will fail" >&2
 fi
-# The heavy tests (minutes of CPU each: the chaos test) run with KDGRID_HEAVY=1 (`make test-all`).
+# The heavy tests (minutes of CPU each: the Ray and Slurm chaos tests) run with KDGRID_HEAVY=1 (`make test-all`).
 heavy=(-m "not heavy")
 [ "${KDGRID_HEAVY:-0}" = 1 ] && heavy=()
 # Two pytest workers (pytest-xdist): a module stays on one worker, the Ray and Slurm modules share one

@@ -134,24 +134,39 @@ class Watch:
 # ---------------------------------------------------------------------------------------------------
 # Killing
 # ---------------------------------------------------------------------------------------------------
-def _group_alive(pgid: int) -> bool:
-    """A process of group `pgid` still runs (zombies waiting for init to reap them do not count)."""
+def _alive(pgid: int, field: int) -> list[int]:
+    """Processes whose group (`field` 2) or session (3) is `pgid` and that still run (zombies waiting for init
+    to reap them do not count)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
-    return False
+            if int(fields[field]) == pgid and fields[0] not in ("Z", "X"):
+                found.append(int(stat.parent.name))
+    return found
 
 
-def kill_group(p: subprocess.Popen) -> None:
-    """SIGKILL to the command's process group (the launcher and every worker), then wait until all are gone."""
+def kill_group(p: subprocess.Popen, session: bool = False) -> None:
+    """SIGKILL to the command's process group (the launcher and every worker), then wait until all are gone.
+
+    `session`: to every process of the command's session too, as when the machine dies. Ray's workers leave
+    the command's group for groups of their own, so killing the group alone kills the driver and Ray's
+    daemons but leaves a worker to notice it is orphaned, finish what it was doing and exit: a phase aimed
+    at would have passed by the time it is checked.
+    """
     with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, signal.SIGKILL)
     p.wait(60)
     deadline = time.monotonic() + 60
-    while _group_alive(p.pid):
-        assert time.monotonic() < deadline, f"processes of group {p.pid} outlived SIGKILL"
+    while left := _alive(p.pid, 2) + (_alive(p.pid, 3) if session else []):
+        assert time.monotonic() < deadline, f"processes {left} of the command's group or session outlived SIGKILL"
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while left := _alive(p.pid, 3):  # what Ray left must end by itself
+        assert time.monotonic() < deadline, f"processes {left} of session {p.pid} outlived its group by 60 s"
         time.sleep(0.05)
 
 
@@ -240,6 +255,7 @@ class Chaos:
     seed: int
     kills: int
     env: dict[str, str] = field(default_factory=dict)
+    session: bool = False  # kill the command's whole session (the machine dies), not its group alone
     timeout_s: float = 900.0  # one command, start to end
     landed: list[Kill] = field(default_factory=list)
     missed: list[Kill] = field(default_factory=list)  # killed just after its phase ended: counted apart
@@ -248,13 +264,14 @@ class Chaos:
     log: Path | None = None
 
     def choose(self, rng: random.Random, phases: Phases) -> Target:
-        """A reachable phase, those not hit yet three times likelier; the moment between a teacher and its
-        students, which may not come back, as soon as the grid is in it."""
+        """A reachable phase, those not hit yet six times likelier (training phases pass: once the grid is
+        trained only the report and random moments are left); the moment between a teacher and its students,
+        which may not come back, as soon as the grid is in it."""
         hit = Counter(k.phase for k in self.landed)
         reachable = [t for t in phases.targets if t.reachable(self.watch, set(hit))]
         if self.watch.between() and not hit["between teacher and students"]:
             return next(t for t in reachable if t.name == "between teacher and students")
-        weights = [1 if hit[t.name] or t.name not in REQUIRED else 3 for t in reachable]
+        weights = [1 if hit[t.name] or t.name not in REQUIRED else 6 for t in reachable]
         return rng.choices(reachable, weights)[0]
 
     def attempt(self, target: Target | None, n: int) -> Kill | None:
@@ -273,13 +290,13 @@ class Chaos:
                 assert elapsed < self.timeout_s, f"attempt {n} ran past {self.timeout_s} s: {self.log}"
                 detail = target.ready(self.watch, self.log.read_text(), elapsed, since) if target else None
                 if detail is not None:
-                    kill_group(p)
+                    kill_group(p, self.session)
                     self.seconds += time.monotonic() - t0
                     return Kill(target.name, detail, round(elapsed, 1), since)
                 time.sleep(target.poll_s if target else 0.5)
         finally:
             if p.poll() is None:
-                kill_group(p)
+                kill_group(p, self.session)
         self.seconds += time.monotonic() - t0
         assert p.returncode == 0, f"attempt {n} failed ({p.returncode}):\n{self.log.read_text()[-4000:]}"
         return None
@@ -316,7 +333,8 @@ class Chaos:
             parts.append(f"{name} {by[name]}" + (f" ({sub})" if sub else ""))
         missed = f"; {len(self.missed)} more landed just after their phase ended" if self.missed else ""
         return [
-            f"{len(self.landed)} kills (SIGKILL to the process group), {self.reruns} reruns, "
+            f"{len(self.landed)} kills (SIGKILL to the {'session' if self.session else 'process group'}), "
+            f"{self.reruns} reruns, "
             f"{self.seconds:.0f} s of commands in all, seed {self.seed}",
             "kills per phase: " + ", ".join(parts) + missed,
         ]
@@ -402,3 +420,111 @@ def report_rows(uri: str, plan) -> tuple[bool, list[dict]]:
         for rec in export.table_records(t)
     ]
     return report.complete, rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slurm: jobs cancelled and requeued under a waiting command
+# ---------------------------------------------------------------------------------------------------
+def squeue(jobs: Sequence[str]) -> dict[str, str]:
+    """{job id: state} of those of `jobs` still in the queue."""
+    if not jobs:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True)
+    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+
+
+@dataclass
+class SlurmChaos:
+    """Run `args` (`kdgrid reproduce` on the Slurm launcher, which submits and waits) while, at `events` random
+    moments drawn from `seed`, one of its running jobs is cancelled (`scancel`: the job's processes get SIGTERM,
+    which submitit ignores, then SIGKILL) or requeued (`scontrol requeue`: killed the same way and started
+    again, from the job's own script). A command that a cancel left with failed runs is rerun; the last one,
+    with no event left, must end the grid and write the report."""
+
+    args: Sequence[str]
+    cwd: Path
+    ledger: Path  # the launcher's kdgrid-jobs.json
+    seed: int
+    events: int
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 900.0
+    landed: list[Kill] = field(default_factory=list)
+    reruns: int = 0
+    seconds: float = 0.0
+
+    def jobs(self) -> dict[str, str]:
+        """{job id: item id} of every job the grid's launches submitted."""
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            return json.loads(self.ledger.read_text()).get("items", {})
+        return {}
+
+    def action(self, rng: random.Random) -> str:
+        kinds = Counter(k.phase for k in self.landed)
+        left = self.events - len(self.landed)
+        missing = [a for a in ("scancel", "requeue") if not kinds[a]]
+        if len(missing) >= left:  # the last events go to what has not happened yet
+            return missing[0]
+        return rng.choice(["scancel", "scancel", "requeue"])
+
+    def strike(self, rng: random.Random, job: str, since: float, t: float) -> Kill:
+        action = self.action(rng)
+        if action == "scancel":
+            subprocess.run(["scancel", job], check=True, timeout=30)
+        else:
+            subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+            deadline = time.monotonic() + 120
+            while squeue([job]).get(job) not in ("PENDING", "RUNNING"):
+                assert time.monotonic() < deadline, f"job {job} was not requeued: {squeue([job])}"
+                time.sleep(0.2)
+            # Slurm holds a requeued job back a while (BeginTime); start it now
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+        return Kill(action, self.jobs().get(job, "").split("-")[0], round(t, 1), since)
+
+    def attempt(self, rng: random.Random, n: int) -> int:
+        log = self.cwd / f"slurm-chaos-{n:02d}.log"
+        env = kdgrid_env({**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        t0, since, at = time.monotonic(), time.time(), None
+        with open(log, "w") as out:
+            p = subprocess.Popen(
+                kdgrid_command(*self.args), cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        try:
+            while p.poll() is None:
+                elapsed = time.monotonic() - t0
+                assert elapsed < self.timeout_s, f"attempt {n} ran past {self.timeout_s} s: {log}"
+                if len(self.landed) < self.events:
+                    running = sorted(j for j, s in squeue(list(self.jobs())).items() if s == "RUNNING")
+                    if running and at is None:
+                        at = elapsed + rng.uniform(0.5, 8.0)  # a random moment of a running job
+                    elif running and elapsed >= at:
+                        self.landed.append(self.strike(rng, rng.choice(running), since, elapsed))
+                        at = None
+                time.sleep(0.2)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            self.seconds += time.monotonic() - t0
+        return p.returncode
+
+    def run(self) -> SlurmChaos:
+        rng = random.Random(self.seed)
+        for n in range(4 * self.events):
+            before = len(self.landed)
+            rc = self.attempt(rng, n)
+            if rc == 0 and len(self.landed) == before >= self.events:  # undisturbed, and the grid is done
+                return self
+            self.reruns += 1
+        raise AssertionError(f"{4 * self.events} commands and the grid is still not done: {self.landed}")
+
+    def cancel_all(self) -> None:
+        if jobs := list(squeue(list(self.jobs()))):
+            subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+
+    def summary(self) -> list[str]:
+        by = Counter(f"{k.phase} of a {k.detail or 'job'}" for k in self.landed)
+        return [
+            f"{len(self.landed)} events (scancel or scontrol requeue of a running job), {self.reruns} reruns, "
+            f"{self.seconds:.0f} s of commands in all, seed {self.seed}",
+            "events: " + ", ".join(f"{k} {c}" for k, c in sorted(by.items())),
+        ]

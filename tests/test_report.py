@@ -229,7 +229,6 @@ def trained_store(base: Path) -> tuple[str, object]:
       Table 6 row 4 (k=768): seed 1 missing;
       every row of Tables 2, 4, 5 and 7 that no trained run stands for.
     """
-
     uri = f"sqlite:///{base / 'mlflow.db'}"
     plan = smoke_plan()
     done = base / "trained"
@@ -237,6 +236,12 @@ def trained_store(base: Path) -> tuple[str, object]:
         if not done.exists():
             _train_store(base, uri, plan, done)
     return uri, plan
+
+
+def report_store(tmp_path_factory) -> tuple[Path, str, object]:
+    """The report tests' smoke store (2 seeds), one for every module and xdist worker: (folder, uri, plan)."""
+    base = shared_dir(tmp_path_factory, "report-store")
+    return (base, *trained_store(base))
 
 
 def _train_store(base: Path, uri: str, plan, done: Path) -> None:
@@ -271,9 +276,8 @@ def _train_store(base: Path, uri: str, plan, done: Path) -> None:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    base = shared_dir(tmp_path_factory, "report-store")  # the report tests' smoke store (2 seeds)
     t0 = time.perf_counter()
-    uri, plan = trained_store(base)
+    _, uri, plan = report_store(tmp_path_factory)
     print(f"\nreport store ready in {time.perf_counter() - t0:.1f} s")
     return uri, plan
 

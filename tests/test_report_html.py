@@ -1,6 +1,6 @@
 """The HTML report in a real browser: headless Chromium renders the six tables and Figure 4.
 
-Uses the store the report tests train (tests/test_report.py's `trained_store`, shared within a session).
+Uses the store the report tests train (tests/test_report.py's `report_store`, shared within a session).
 Skipped, with the reason, where Chromium is not installed (`apt-get install -y chromium`).
 """
 
@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import shared_dir
-from tests.test_report import trained_store
+from tests.test_report import report_store
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +42,7 @@ window.addEventListener("load", () => {
 def report_html(tmp_path_factory):
     from orchestrator.report import write_reports
 
-    base = shared_dir(tmp_path_factory, "report-store")  # the report tests' smoke store (2 seeds)
-    uri, plan = trained_store(base)
+    _, uri, plan = report_store(tmp_path_factory)
     out = tmp_path_factory.mktemp("html")
     paths = write_reports(plan, uri, out, formats=("html",))
     return paths["html"], plan

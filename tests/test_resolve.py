@@ -95,12 +95,10 @@ def _kdgrid(*args: str, cwd: Path, timeout: float = 900):
 def test_resolve_adds_seeds_to_one_unresolved_claim_and_stops_at_the_budget(tmp_path, tmp_path_factory):
     from orchestrator.plan import make_plan
     from orchestrator.report.build import build_report
-    from tests.conftest import shared_dir
-    from tests.test_report import trained_store
+    from tests.test_report import report_store
     from trainer import tracking
 
-    base = shared_dir(tmp_path_factory, "report-store")  # the report tests' smoke store (2 seeds)
-    src_uri, _ = trained_store(base)
+    base, src_uri, _ = report_store(tmp_path_factory)
     shutil.copy(base / "mlflow.db", tmp_path / "mlflow.db")
     shutil.copytree(base / "work", tmp_path / "work")  # the teachers' checkpoints
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
