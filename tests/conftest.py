@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,23 @@ def _group(nodeid: str) -> str:
     return "cluster" if module in CLUSTER_MODULES else module
 
 
+# Modules of one long test (minutes): started beside the cluster group, not left for the end of the run.
+EARLY_MODULES = ("test_chaos",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _group(item.nodeid) != "cluster")  # stable: the rest keep their order
+    """The order xdist hands the groups out in: the cluster group, the early modules, then the rest largest
+    first (as xdist's own reordering would); a group's tests keep their order."""
+    size = Counter(_group(item.nodeid) for item in items)
+    first: dict[str, int] = {}
+    for n, item in enumerate(items):
+        first.setdefault(_group(item.nodeid), n)
+
+    def key(item: pytest.Item):
+        g = _group(item.nodeid)
+        return (g != "cluster", g not in EARLY_MODULES, -size[g], first[g])
+
+    items.sort(key=key)
 
 
 @pytest.hookimpl(optionalhook=True)  # the tests also run without xdist (one process)
@@ -93,6 +109,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     # xdist's own `--dist loadgroup` cannot group under pytest 9 (it rewrites a node id pytest no longer
     # reads), so the grouping is a scheduler: xdist's per-scope one, with our groups as its scopes.
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # the order is pytest_collection_modifyitems's
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

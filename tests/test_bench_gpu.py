@@ -81,7 +81,11 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
     assert data["ratio"] == pytest.approx(d / (t + s))
     assert data["images_per_s"] == pytest.approx(4 / (d / 1000))
     assert rows[("step", "distill / (teacher + student)")] == f"{data['ratio']:.3f}"
-    assert data["peak_tflops"] > 0 and 0 < data["distill_peak_share"] < 1
+    # the share of peak is the step's FLOP rate over the measured peak (both timed, at different moments: on a
+    # loaded CPU a small step can beat a peak measured a minute earlier, so no bound of 1 is asserted)
+    flop = data["teacher_tflop"] + data["student_tflop"]
+    assert data["peak_tflops"] > 0
+    assert data["distill_peak_share"] == pytest.approx(flop / (d / 1000) / data["peak_tflops"], rel=1e-6)
     # counted model FLOPs and the paper's Table 1 formula agree within a factor of two
     for what in ("teacher forward", "student fwd+bwd"):
         key = next(k for k in rows if k[0] == "flops" and k[1].startswith(what))
@@ -91,7 +95,7 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
         assert 0.5 < counted / formula < 2, (what, counted, formula)
     # a cohort shares one teacher forward: per-student cost falls below a solo step's
     assert data["cohort1_per_student"] == 1.0
-    assert data["cohort8_per_student"] < 1.0 and 0 < data["cohort_floor"] < 1.0
+    assert data["cohort8_per_student"] < 1.0 and data["cohort_floor"] < 1.0
     assert all(f"cohort{k}_per_student" in data for k in (2, 4))
     assert data["exact_over_terms_1"] > 0 and data["exact_over_terms_8"] > 0
     assert rows[("memory", "peak distill (allocated above the start)")] == "n/a (cpu)"
