@@ -430,7 +430,7 @@ def squeue(jobs: Sequence[str]) -> dict[str, str]:
     if not jobs:
         return {}
     out = subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True, text=True)
-    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    return dict(parts for line in out.stdout.splitlines() if len(parts := line.split()) == 2)
 
 
 @dataclass

@@ -95,7 +95,7 @@ def test_cpu_tiny_mode_prints_sane_table_without_mlflow_pydantic_ray(tmp_path):
         assert 0.5 < counted / formula < 2, (what, counted, formula)
     # a cohort shares one teacher forward: per-student cost falls below a solo step's
     assert data["cohort1_per_student"] == 1.0
-    assert data["cohort8_per_student"] < 1.0 and data["cohort_floor"] < 1.0
+    assert data["cohort8_per_student"] < 1.0 and 0 < data["cohort_floor"] < 1.0
     assert all(f"cohort{k}_per_student" in data for k in (2, 4))
     assert data["exact_over_terms_1"] > 0 and data["exact_over_terms_8"] > 0
     assert rows[("memory", "peak distill (allocated above the start)")] == "n/a (cpu)"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.chaos import squeue
 from tests.test_launch_local import LESS_DATA, TABLES, assert_all_finished, kdgrid, mlflow_runs, store
 from trainer import tracking
 
@@ -169,7 +170,7 @@ def test_smoke_grid_through_slurm(tmp_path):
 
 
 def _squeue_state(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    return squeue([job]).get(job, "")
 
 
 @needs_slurm
