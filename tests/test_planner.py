@@ -62,6 +62,50 @@ def test_spec_comes_back_from_mlflow_params(cut_plan):
     assert costs.spec_from_params({"student.name": "x", "recipe.epochs": "oops"}) is None
 
 
+def test_a_cohorts_runs_come_back_as_one_process_epoch(cut_plan, tmp_path):
+    """Each run of a cohort logs the equal training share plus its own evaluation as `cost.cpu_s`: the
+    observations must regroup the runs on the share (one process-epoch: every member's steps, one teacher
+    pass, their CPU summed), not on `cost.cpu_s`, which differs between them."""
+    from trainer import tracking
+    from trainer.engine import cohort_key
+
+    by_key: dict = {}
+    for r in cut_plan.students:
+        if r.spec.teacher is not None:
+            by_key.setdefault(cohort_key(r.spec), []).append(r)
+    runs = max(by_key.values(), key=len)[:3]
+    assert len(runs) == 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    share, evals = 30.0, [1.5, 2.0, 2.5]
+    for r, e in zip(runs, evals):
+        log = tracking.RunLog.open(c, r.spec, r.hash)
+        log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
+        log.log_metrics({"cost.cpu_s": share + e, costs.SHARE: share}, step=1)
+    obs = costs.observations(uri, "mini")
+    assert len(obs) == 1
+    measured, work = obs[0]
+    assert measured == pytest.approx(3 * share + sum(evals))
+    expected: dict = {}
+    for r in runs:
+        for k, v in costs.epoch_work(r.spec)[0].items():
+            expected[k] = expected.get(k, 0.0) + v
+    for k, v in costs.epoch_work(runs[0].spec)[1].items():  # the teacher's pass, once for the process
+        expected[k] = expected.get(k, 0.0) + v
+    assert work == pytest.approx(expected)
+
+    # a store from before the share was logged: a run whose value no other run shares is a process of its own
+    old = tmp_path / "old.db"
+    c2 = tracking.client(f"sqlite:///{old}")
+    for r, e in zip(runs, evals):
+        log = tracking.RunLog.open(c2, r.spec, r.hash)
+        log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
+        log.log_metrics({"cost.cpu_s": share + e}, step=1)
+    assert sorted(m for m, _ in costs.observations(f"sqlite:///{old}", "mini")) == pytest.approx(
+        [share + e for e in evals]
+    )
+
+
 def simulate(items, mode: str, workers: int = 2) -> tuple[float, list]:
     """Drive a Scheduler as the local launcher does, with its own estimates as the true durations."""
     scheduler = Scheduler(items, workers, mode=mode)

@@ -9,9 +9,10 @@ pass once per part (`shared`), its students each their own steps (`own`), every 
 The price of a FLOP differs between models (small widths are overhead-bound on a CPU), so `calibrate`
 fits one rate per model (CPU-seconds per FLOP; a teacher's inference passes apart from its training) and
 one per process set-up to the `cost.*` metrics that
-earlier runs in the store logged. A cohort logs each epoch's process time split evenly among the runs
-that shared it, so runs of one cohort key that logged the very same share at the same epoch shared a
-process: their sum is that process's time, and it is compared with the work of exactly those runs.
+earlier runs in the store logged. A cohort logs each epoch's training time split evenly among the runs
+that shared it (`cost.train_share_cpu_s`), and each run's `cost.cpu_s` adds its own evaluation, so runs of
+one cohort key that logged the very same share at the same epoch shared a process: the sum of their
+`cost.cpu_s` is that process's time, and it is compared with the work of exactly those runs.
 The fit is least squares in relative error, pulled towards one common rate so models seen rarely (or
 never) take the store's average price; an empty store leaves the default rates (this project's 2-core
 machine, one thread), which only the absolute ETA depends on.
@@ -30,6 +31,7 @@ SETUP = "setup"  # the rate key of a process's set-up (seconds per process)
 DEFAULT_RATE = 5e-11  # CPU-s per forward FLOP: benchmarks/bench_step's steps on the 2-core machine, 1 thread
 DEFAULT_SETUP = 5.0  # CPU-s to build the models and data of a process
 GUESS = (100000, 10000)  # (train, val) images of a dataset that does not say its sizes
+SHARE = "cost.train_share_cpu_s"  # a cohort's epoch training CPU split evenly: equal for one process's runs
 RIDGE = 0.01  # weight of the pull towards the common rate, per model, against one observation's relative error
 
 
@@ -256,7 +258,7 @@ def observations(uri: str, scale: str) -> list[tuple[float, dict[str, float]]]:
     from trainer.engine import cohort_key
 
     c = tracking.client(uri)
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, list[tuple[Any, float]]] = {}
     for h, run in tracking.runs_by_hash(c, scale).items():
         if not any(k.startswith("cost.") for k in run.data.metrics):
             continue
@@ -264,11 +266,16 @@ def observations(uri: str, scale: str) -> list[tuple[float, dict[str, float]]]:
         if spec is None or spec.content_hash() != h:
             continue  # logged by another kdgrid: its params no longer describe a spec
         key = cohort_key(spec)
+        share = {m.step: m.value for m in tracking.retry(c.get_metric_history, run.info.run_id, SHARE)}
         for metric in ("cost.cpu_s", "cost.setup_cpu_s"):
             for m in tracking.retry(c.get_metric_history, run.info.run_id, metric):
-                groups.setdefault((key, metric, m.step, m.value), []).append(spec)
+                # an epoch's CPU is the equal training share plus the run's own evaluation: the share
+                # names the process (stores from before it was logged: the value, equal when no evaluation)
+                ident = share.get(m.step, m.value) if metric == "cost.cpu_s" else m.value
+                groups.setdefault((key, metric, m.step, ident), []).append((spec, m.value))
     out = []
-    for (_, metric, step, value), specs in groups.items():
+    for (_, metric, step, _), members in groups.items():
+        specs = [s for s, _ in members]
         work: dict[str, float] = {}
         if metric == "cost.cpu_s":
             for s in specs:
@@ -276,7 +283,7 @@ def observations(uri: str, scale: str) -> list[tuple[float, dict[str, float]]]:
             _add(work, epoch_work(specs[0])[1])
         else:
             work = setup_work(specs[0]) if step == 0 else {SETUP: 1.0}
-        out.append((value * len(specs), work))
+        out.append((sum(v for _, v in members), work))
     return out
 
 
