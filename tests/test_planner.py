@@ -81,7 +81,7 @@ def test_a_cohorts_runs_come_back_as_one_process_epoch(cut_plan, tmp_path):
     for r, e in zip(runs, evals):
         log = tracking.RunLog.open(c, r.spec, r.hash)
         log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
-        log.log_metrics({"cost.cpu_s": share + e, costs.SHARE: share}, step=1)
+        log.log_metrics({"cost.cpu_s": share + e, tracking.TRAIN_SHARE: share}, step=1)
     obs = costs.observations(uri, "mini")
     assert len(obs) == 1
     measured, work = obs[0]

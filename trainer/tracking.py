@@ -19,6 +19,8 @@ from typing import Any
 HASH, SCALE, RECIPE, ROLE = "kdgrid.hash", "kdgrid.scale", "kdgrid.recipe", "kdgrid.role"
 TABLES, ROWS, FAILURE, LOG = "kdgrid.tables", "kdgrid.rows", "kdgrid.failure", "kdgrid.log"
 SEED = "kdgrid.seed"  # the planned run's seed (a string, as every tag)
+# metric: a cohort's epoch training CPU split evenly, equal for one process's runs (costs regroups on it)
+TRAIN_SHARE = "cost.train_share_cpu_s"
 DEFAULT_DB = "kdgrid.db"
 # MLflow's own tags: what the UI reads
 PARENT, NOTE, SOURCE, SOURCE_TYPE = (

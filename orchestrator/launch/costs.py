@@ -31,7 +31,6 @@ SETUP = "setup"  # the rate key of a process's set-up (seconds per process)
 DEFAULT_RATE = 5e-11  # CPU-s per forward FLOP: benchmarks/bench_step's steps on the 2-core machine, 1 thread
 DEFAULT_SETUP = 5.0  # CPU-s to build the models and data of a process
 GUESS = (100000, 10000)  # (train, val) images of a dataset that does not say its sizes
-SHARE = "cost.train_share_cpu_s"  # a cohort's epoch training CPU split evenly: equal for one process's runs
 RIDGE = 0.01  # weight of the pull towards the common rate, per model, against one observation's relative error
 
 
@@ -266,7 +265,7 @@ def observations(uri: str, scale: str) -> list[tuple[float, dict[str, float]]]:
         if spec is None or spec.content_hash() != h:
             continue  # logged by another kdgrid: its params no longer describe a spec
         key = cohort_key(spec)
-        share = {m.step: m.value for m in tracking.retry(c.get_metric_history, run.info.run_id, SHARE)}
+        share = {m.step: m.value for m in tracking.retry(c.get_metric_history, run.info.run_id, tracking.TRAIN_SHARE)}
         for metric in ("cost.cpu_s", "cost.setup_cpu_s"):
             for m in tracking.retry(c.get_metric_history, run.info.run_id, metric):
                 # an epoch's CPU is the equal training share plus the run's own evaluation: the share

@@ -188,7 +188,7 @@ def end_epoch(c: Cohort, m: Member, epoch: int, train_cpu_s: float, measured: di
     metrics["lr"] = m.optimizer.param_groups[0]["lr"]
     metrics["eval_time_s"] = time.perf_counter() - t_eval
     metrics["cost.cpu_s"] = train_cpu_s + time.process_time() - cpu_eval  # this run's share of the epoch
-    metrics["cost.train_share_cpu_s"] = train_cpu_s  # equal for the process's members: costs regroups on it
+    metrics[tracking.TRAIN_SHARE] = train_cpu_s  # equal for the process's members: costs regroups on it
     m.best_top1 = max(m.best_top1, metrics["val.top1"])
     metrics["val.best_top1"] = m.best_top1
     m.history.append({"epoch": epoch + 1, **metrics})
