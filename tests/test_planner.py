@@ -75,14 +75,22 @@ def test_a_cohorts_runs_come_back_as_one_process_epoch(cut_plan, tmp_path):
             by_key.setdefault(cohort_key(r.spec), []).append(r)
     runs = max(by_key.values(), key=len)[:3]
     assert len(runs) == 3
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = tracking.client(uri)
     share, evals = 30.0, [1.5, 2.0, 2.5]
-    for r, e in zip(runs, evals):
-        log = tracking.RunLog.open(c, r.spec, r.hash)
-        log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
-        log.log_metrics({"cost.cpu_s": share + e, tracking.TRAIN_SHARE: share}, step=1)
-    obs = costs.observations(uri, "mini")
+
+    def store(name: str, with_share: bool) -> str:
+        """The three runs' epoch 1 in a new store, as the engine logs it (before the share: without it)."""
+        uri = f"sqlite:///{tmp_path / name}"
+        c = tracking.client(uri)
+        for r, e in zip(runs, evals):
+            log = tracking.RunLog.open(c, r.spec, r.hash)
+            log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
+            metrics = {"cost.cpu_s": share + e}
+            if with_share:
+                metrics[tracking.TRAIN_SHARE] = share
+            log.log_metrics(metrics, step=1)
+        return uri
+
+    obs = costs.observations(store("mlflow.db", with_share=True), "mini")
     assert len(obs) == 1
     measured, work = obs[0]
     assert measured == pytest.approx(3 * share + sum(evals))
@@ -95,15 +103,8 @@ def test_a_cohorts_runs_come_back_as_one_process_epoch(cut_plan, tmp_path):
     assert work == pytest.approx(expected)
 
     # a store from before the share was logged: a run whose value no other run shares is a process of its own
-    old = tmp_path / "old.db"
-    c2 = tracking.client(f"sqlite:///{old}")
-    for r, e in zip(runs, evals):
-        log = tracking.RunLog.open(c2, r.spec, r.hash)
-        log.log_params(r.spec.model_dump(mode="json", exclude={"tags", "name"}))
-        log.log_metrics({"cost.cpu_s": share + e}, step=1)
-    assert sorted(m for m, _ in costs.observations(f"sqlite:///{old}", "mini")) == pytest.approx(
-        [share + e for e in evals]
-    )
+    old = store("old.db", with_share=False)
+    assert sorted(m for m, _ in costs.observations(old, "mini")) == pytest.approx([share + e for e in evals])
 
 
 def simulate(items, mode: str, workers: int = 2) -> tuple[float, list]:
