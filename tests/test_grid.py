@@ -334,3 +334,38 @@ def test_other_tables_are_not_read_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "[]" and "'vitkd'" in out[1], out
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("analog_cait_s24", {"patch_size": 7, "embed_dim": 32, "num_heads": 8}),
+        ("analog_deit_tiny_distilled", {"patch_size": 7, "embed_dim": 16, "num_heads": 2}),
+        ("analog_regnety_160", {"depth": 6, "w0": 8, "wa": 8.0, "wm": 2.0, "group_size": 8}),
+        ("deit_small_patch16_224", {}),
+    ],
+)
+def test_model_info_reads_the_model_that_create_builds(name, kwargs):
+    """model_info (and the memory and FLOP estimates) build on the meta device with the initialisers skipped
+    (they only write values): that model has the parameters, shapes and attributes of the one `create` builds
+    with real weights."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from trainer.models import _NoValues, build_on_meta, create, model_info
+
+    real = create(name, **kwargs)
+    meta = build_on_meta(name, **kwargs)
+    assert [(k, v.shape) for k, v in meta.state_dict().items()] == [(k, v.shape) for k, v in real.state_dict().items()]
+    assert all(v.is_meta for v in meta.state_dict().values())
+    info = model_info(name, **kwargs)
+    assert info.params == sum(p.numel() for p in real.parameters())
+    if isinstance(real, VisionTransformer) or hasattr(real, "blocks"):
+        assert info.depth == len(real.blocks) and info.width == real.embed_dim
+        assert info.num_patches == real.patch_embed.num_patches
+    else:
+        assert info.kind == "cnn" and info.depth is None
+    # the values are skipped on meta tensors only: a real tensor under the mode is still initialised
+    with _NoValues():
+        t = torch.zeros(3).uniform_(1.0, 2.0)
+    assert bool((t >= 1.0).all())

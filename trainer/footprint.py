@@ -27,12 +27,7 @@ class Footprint:
 
 
 def _params(name: str, kwargs: dict) -> int:
-    import timm
-    import torch
-
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    return sum(p.numel() for p in model.parameters())
+    return model_info(name, **kwargs).params
 
 
 def _block_activations(info, batch: int, heads: int) -> int:

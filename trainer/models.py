@@ -22,6 +22,7 @@ from timm.models.cait import Cait
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.regnet import RegNet, RegNetCfg
 from timm.models.vision_transformer import VisionTransformer
+from torch.overrides import TorchFunctionMode
 
 # Shared defaults of every analog: Fashion-MNIST shaped input.
 _ANALOG_INPUT = dict(img_size=28, in_chans=1, num_classes=10)
@@ -149,6 +150,7 @@ class ModelInfo:
     num_patches: int | None
     img_size: int | None
     distilled: bool  # has DeiT's distillation token and head
+    params: int  # parameters (weights) in all
 
 
 def known_models() -> list[str]:
@@ -165,12 +167,33 @@ def check_known(name: str) -> None:
         )
 
 
+# Weight initialisers and the in-place arithmetic they are made of: they write values, never shapes.
+_VALUE_WRITES = frozenset(
+    "uniform_ normal_ trunc_normal_ zero_ zeros_ ones_ fill_ constant_ erfinv_ mul_ add_ sub_ div_ clamp_ copy_ "
+    "kaiming_uniform_ kaiming_normal_ xavier_uniform_ xavier_normal_ lecun_normal_ orthogonal_".split()
+)
+
+
+class _NoValues(TorchFunctionMode):
+    """A meta tensor has no values, so its initialisers have nothing to do; on the meta device they would
+    still run through torch's Python reference kernels, most of the time it takes to build a model there."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in _VALUE_WRITES and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_on_meta(name: str, **kwargs: Any) -> torch.nn.Module:
+    """`create(name, **kwargs)` on the meta device: the model's structure and shapes, no weights."""
+    check_known(name)
+    with torch.device("meta"), _NoValues():
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
 @functools.lru_cache(maxsize=256)
 def _info(name: str, frozen_kwargs: str) -> ModelInfo:
-    check_known(name)
-    kwargs = json.loads(frozen_kwargs)
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
+    model = build_on_meta(name, **json.loads(frozen_kwargs))
     blocks = getattr(model, "blocks", None)
     patch_embed = getattr(model, "patch_embed", None)
     if isinstance(model, Cait):
@@ -188,6 +211,7 @@ def _info(name: str, frozen_kwargs: str) -> ModelInfo:
         num_patches=getattr(patch_embed, "num_patches", None) if kind != "cnn" else None,
         img_size=img[0] if isinstance(img, (tuple, list)) else img,
         distilled=isinstance(model, VisionTransformerDistilled),
+        params=sum(p.numel() for p in model.parameters()),
     )
 
 

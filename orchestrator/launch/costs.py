@@ -36,14 +36,13 @@ RIDGE = 0.01  # weight of the pull towards the common rate, per model, against o
 
 @functools.cache
 def _forward_flops(name: str, kwargs_json: str, in_chans: int, img_size: int) -> float:
-    import timm
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    import trainer.models  # noqa: F401  (registers the analogs with timm)
+    from trainer.models import build_on_meta
 
+    model = build_on_meta(name, **json.loads(kwargs_json)).eval()
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **json.loads(kwargs_json)).eval()
         x = torch.empty(2, in_chans, img_size, img_size)
         with FlopCounterMode(display=False) as counter:
             model(x)
