@@ -125,7 +125,7 @@ def test_dataset_absent_or_its_subset_too_small_is_refused(tmp_path):
     [(_, field, reason)] = checks.problems(absent.runs)
     assert field == "data.root" and "not found at" in reason and "train/ and val/" in reason
     small = make_plan("smoke", "fig4", overrides=["data.train_subset=32"])
-    [(_, field, reason)] = checks.problems(small.runs)  # the teacher keeps its own 4096 images
+    [(_, field, reason)] = checks.problems(small.runs)  # the teacher keeps its own 2048 images
     assert field == "data.train_subset" and "holds 32 image(s), fewer than one global batch of 64" in reason
     assert "3 run(s)" in reason
 
