@@ -26,7 +26,18 @@ from trainer import tracking, workdir
 from trainer.engine import cohort_key
 
 # The smoke scale on less data: the mechanics are the same, the tests take a quarter of the time.
-LESS_DATA = ("--set", "data.train_subset=256", "--set", "data.val_subset=128")
+# Students on 256 images, their CaiT teachers on 512: every run trains, the grid's stages and cohorts are what
+# the launcher tests check, and the teachers' 2048 (experiments/smoke.yaml) would be most of each grid's CPU.
+LESS_DATA = (
+    "--set",
+    "data.train_subset=256",
+    "--set",
+    "data.val_subset=128",
+    "--set",
+    "teachers.cait_s24_224.data.train_subset=512",
+    "--set",
+    "teachers.cait_xxs24_224.data.train_subset=512",
+)
 # What a cluster launcher's grid test trains: two teachers and their eight students (Tables 3 and 7), so both
 # stages and a cohort per teacher; the whole smoke grid (27 runs) only repeats them.
 TABLES = ("--tables", "3,7")
@@ -269,7 +280,7 @@ def test_run_held_by_another_launch_is_running_elsewhere(tmp_path):
     from orchestrator.plan import make_plan
 
     uri, work = store(tmp_path)
-    plan = make_plan("smoke", "fig4", overrides=["data.train_subset=256", "data.val_subset=128"])
+    plan = make_plan("smoke", "fig4", overrides=list(LESS_DATA[1::2]))
     teacher = plan.teachers[0]
     lock = workdir.RunLock(workdir.run_dir(work, teacher.hash))  # another launch is training the teacher
     lock.acquire()
