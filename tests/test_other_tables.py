@@ -138,6 +138,30 @@ def test_agreement_matrix_and_its_claim_from_saved_predictions():
     assert "| ground truth |" in "\n".join(agreement.markdown_lines(mats))
 
 
+def test_the_reader_returns_a_runs_predictions_and_keeps_no_copy(tmp_path, monkeypatch):
+    """The report reads each prediction file from MLflow into memory and deletes its download: a report over
+    DeiT's table used to leave one folder of downloaded predictions in /tmp per report."""
+    import json
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("agreement", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = c.create_run(exp)
+    preds = {"label": [3, 1, 4], "top1": [3, 1, 5]}
+    (tmp_path / "predictions.json").write_text(json.dumps(preds))
+    c.log_artifact(run.info.run_id, str(tmp_path / "predictions.json"), "predictions")
+
+    read = agreement._reader(uri)
+    assert read(run.info.run_id, "predictions.json") == preds
+    assert read(run.info.run_id, "teacher.json") is None  # not saved: no column
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_other_tables_are_found_by_their_content(tmp_path):
     from orchestrator import grid
 

@@ -88,14 +88,15 @@ def _reader(tracking_uri: str) -> Callable[[str, str], dict | None]:
     from trainer import tracking
 
     c = tracking.client(tracking_uri)
-    tmp = Path(tempfile.mkdtemp(prefix="kdgrid-predictions-"))
 
     def read(run_id: str, name: str) -> dict | None:
-        try:
-            path = tracking.fetch_artifact(c, run_id, f"predictions/{name}", tmp / run_id)
-            return json.loads(Path(path).read_text())
-        except Exception:  # not saved (a run from before predictions, a multi-process run): no column
-            return None
+        """The file's content; its download is deleted at once (a report must not leave copies in /tmp)."""
+        with tempfile.TemporaryDirectory(prefix="kdgrid-predictions-") as tmp:
+            try:
+                path = tracking.fetch_artifact(c, run_id, f"predictions/{name}", Path(tmp))
+                return json.loads(Path(path).read_text())
+            except Exception:  # not saved (a run from before predictions, a multi-process run): no column
+                return None
 
     return read
 
