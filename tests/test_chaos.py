@@ -20,28 +20,16 @@ import pytest
 
 from tests.chaos import REQUIRED, Chaos, SlurmChaos, Watch, compare, report_rows
 from tests.conftest import kdgrid
+from tests.test_launch_local import LESS_DATA
 from tests.test_slurm import config as slurm_config
 from tests.test_slurm import needs_slurm
 from trainer import tracking
 
 SEED = 27  # the issue's number; any seed must pass
-SMOKE = [
-    "--scale",
-    "smoke",
-    "--tables",
-    "fig4",
-    "--set",
-    "data.train_subset=256",
-    "--set",
-    "data.val_subset=128",
-    "--set",
-    "teachers.cait_s24_224.data.train_subset=512",
-    # more epochs of the same few images: more checkpoint writes and loggings to land in, little more CPU
-    "--set",
-    "student.recipe.epochs=4",
-    "--set",
-    "teachers.cait_s24_224.recipe.epochs=3",
-]
+# The launcher tests' small data, and more epochs of the same few images: more checkpoint writes and loggings
+# to land in, little more CPU.
+OVERRIDES = [*LESS_DATA[1::2], "student.recipe.epochs=4", "teachers.cait_s24_224.recipe.epochs=3"]
+SMOKE = ["--scale", "smoke", "--tables", "fig4", *(arg for o in OVERRIDES for arg in ("--set", o))]
 QUIET = {tracking.SYSTEM_METRICS_INTERVAL: "0"}  # MLflow's system metrics are samples in time, not numbers
 
 
@@ -56,7 +44,7 @@ def grid(tmp, *launcher: str) -> tuple[list[str], str]:
 def plan():
     from orchestrator.plan import make_plan
 
-    return make_plan("smoke", "fig4", overrides=SMOKE[5::2])
+    return make_plan("smoke", "fig4", overrides=OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import requests
 
 from tests import cluster_store
 from tests.conftest import kdgrid_command, kdgrid_env
-from tests.test_chaos import SMOKE
+from tests.test_chaos import OVERRIDES, SMOKE
 from trainer import tracking
 
 # Logged once per epoch by every run: each must hold exactly one value per epoch, steps 1..epochs.
@@ -80,7 +80,7 @@ def _epoch_logged(db, n: int) -> bool:
 def test_mlflow_server_restart_mid_grid_loses_no_metric(tmp_path, capsys):
     from orchestrator.plan import make_plan
 
-    plan = make_plan("smoke", "fig4", overrides=SMOKE[5::2])
+    plan = make_plan("smoke", "fig4", overrides=OVERRIDES)
     db, artifacts, log = tmp_path / "server.db", tmp_path / "artifacts", tmp_path / "server.log"
     port = cluster_store.free_port()
     server = cluster_store.start_mlflow_server(f"sqlite:///{db}", artifacts, log, port)
