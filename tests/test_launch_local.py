@@ -25,9 +25,8 @@ from tests.conftest import kdgrid, kdgrid_command, kdgrid_env
 from trainer import tracking, workdir
 from trainer.engine import cohort_key
 
-# The smoke scale on less data: the mechanics are the same, the tests take a quarter of the time.
-# Students on 256 images, their CaiT teachers on 512: every run trains, the grid's stages and cohorts are what
-# the launcher tests check, and the teachers' 2048 (experiments/smoke.yaml) would be most of each grid's CPU.
+# The smoke scale on less data, the mechanics the same: students on 256 images, their CaiT teachers on 512 (the
+# scale's 2048 would be most of each grid's CPU).
 LESS_DATA = (
     "--set",
     "data.train_subset=256",

@@ -26,10 +26,6 @@ class Footprint:
     teacher: int  # bytes for the teacher's forward (shared by a cohort), 0 without a teacher
 
 
-def _params(name: str, kwargs: dict) -> int:
-    return model_info(name, **kwargs).params
-
-
 def _block_activations(info, batch: int, heads: int) -> int:
     tokens = (info.num_patches or 0) + 2
     return FLOAT * batch * tokens * (16 * info.width + 2 * heads * tokens)
@@ -43,8 +39,7 @@ def footprint(spec: ExperimentSpec) -> Footprint:
     b = spec.recipe.batch_size
     s_kwargs = spec.model_kwargs()
     s = model_info(spec.student.name, **s_kwargs)
-    params = _params(spec.student.name, s_kwargs)
-    student = params * (16 + (4 if spec.recipe.ema else 0))
+    student = s.params * (16 + (4 if spec.recipe.ema else 0))
     if s.kind == "cnn":  # no per-token model: a generous multiple of the input per image
         student += FLOAT * b * spec.data.in_chans * spec.data.img_size**2 * 64
     else:
@@ -58,7 +53,7 @@ def footprint(spec: ExperimentSpec) -> Footprint:
     if spec.teacher is not None:
         t_kwargs = spec.teacher_kwargs()
         t = model_info(spec.teacher.name, **t_kwargs)
-        teacher = _params(spec.teacher.name, t_kwargs) * FLOAT
+        teacher = t.params * FLOAT
         if t.kind == "cnn":
             teacher += FLOAT * b * spec.data.in_chans * spec.data.img_size**2 * 16
         else:
